@@ -1,0 +1,20 @@
+"""etl: export the model run from Labelbox and write the dataset snapshot (DESIGN §4).
+
+The snapshot is written before validation so that a failed step still leaves stats.json
+explaining which rows were skipped and why.
+"""
+
+from __future__ import annotations
+
+from jobs.context import StageContext, StageResult
+from jobs.tasks.base import write_dataset
+
+
+def run(ctx: StageContext) -> StageResult:
+    ctx.progress(f"exporting model run {ctx.model_run_id}", model_run_id=ctx.model_run_id)
+    rows = list(ctx.labelbox().export_rows(ctx.model_run_id))
+    ctx.progress(f"exported {len(rows)} rows", rows=len(rows))
+    dataset = ctx.task.convert(rows, ctx.model_run_id, ctx.params, ctx.outputs_uri, ctx.progress)
+    uris = write_dataset(ctx.outputs_uri, dataset)
+    ctx.task.validate(dataset, ctx.config.min_examples)
+    return StageResult(uris=uris, metrics=ctx.task.etl_summary(dataset))

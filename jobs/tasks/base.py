@@ -1,0 +1,177 @@
+"""The task interface every model type implements, and the dataset snapshot the stages pass on.
+
+The stage modules (`jobs/etl.py` … `jobs/deploy.py`) know nothing about text, images or
+sklearn: they call a `Task` and move its artifacts around. A new model type is one module
+under `jobs/tasks/` exposing `TASK`, named by `lbtrain.pipelines` (DESIGN §3).
+Only the standard library is imported here so `jobs.serving` and `jobs.main` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from lbtrain import storage
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+# Snapshot file names (DESIGN §4). `predict_only.jsonl` holds the data rows that are not
+# training/evaluation examples (no split, no usable label) but still get a prediction.
+DATASET_FILE = "dataset.jsonl"
+PREDICT_ONLY_FILE = "predict_only.jsonl"
+LABEL_MAP_FILE = "label_map.json"
+STATS_FILE = "stats.json"
+MODEL_DIR = "model"
+MODEL_META_FILE = "model.json"
+
+Progress = Callable[..., None]
+
+
+class JobError(Exception):
+    """An expected failure whose message is one human sentence (goes to error.json as is)."""
+
+
+class DatasetError(JobError):
+    """The model run's data cannot be trained on (too few examples, no classes, bad labels)."""
+
+
+class ParamError(JobError):
+    """A run parameter (`params` of the run request) has a bad value."""
+
+
+class ModelError(JobError):
+    """A model directory is missing or not loadable."""
+
+
+@dataclass
+class Dataset:
+    """One ETL snapshot: examples with a split and target, plus rows to predict only."""
+
+    examples: list[dict[str, Any]]
+    label_map: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    predict_only: list[dict[str, Any]] = field(default_factory=list)
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.examples if e["split"] == name]
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        """Every data row of the model run that has content: what evaluate predicts."""
+        return self.examples + self.predict_only
+
+
+@dataclass
+class Evaluation:
+    """What evaluate produces: full metrics, the small summary for outputs.json, Labelbox rows."""
+
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+    prediction_rows: list[dict[str, Any]]
+
+
+class Predictor(Protocol):
+    """A loaded model. Used by evaluate (on dataset rows) and by the serving process."""
+
+    meta: dict[str, Any]
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Predict dataset-shaped rows (e.g. {"text": ...}); one JSON-able dict per row."""
+
+    def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
+        """Vertex `instances` → dataset-shaped rows; raises ValueError on a bad instance."""
+
+
+class Task(ABC):
+    """One model type's ML code. Stage modules call these methods in order."""
+
+    model_type: ClassVar[str]
+
+    @abstractmethod
+    def convert(self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any],
+                out_uri: str, progress: Progress) -> Dataset:
+        """Export v2 rows → snapshot. `out_uri` is where media may be copied. Never drops silently:
+        every row that is not an example is counted (and named) in `stats`."""
+
+    @abstractmethod
+    def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
+        """Raise DatasetError naming the class and split when the snapshot cannot be trained on."""
+
+    @abstractmethod
+    def train(self, dataset: Dataset, model_dir: str, params: Mapping[str, Any],
+              progress: Progress) -> dict[str, Any]:
+        """Fit, write a self-contained model under `model_dir` (ending with model.json), return
+        train metrics (validation scores, sizes, seconds)."""
+
+    @abstractmethod
+    def load_predictor(self, model_dir: str) -> Predictor:
+        """Load what `train` wrote, offline."""
+
+    @abstractmethod
+    def evaluate(self, dataset: Dataset, predictor: Predictor, progress: Progress) -> Evaluation:
+        """Predict every data row, score the test split, build Labelbox prediction + metric rows."""
+
+    def etl_summary(self, dataset: Dataset) -> dict[str, Any]:
+        """Small numbers for the etl step's outputs.json."""
+        per_split = {s: len(dataset.split(s)) for s in SPLITS}
+        return {
+            "examples": len(dataset.examples),
+            **per_split,
+            "predict_only": len(dataset.predict_only),
+            "skipped": sum(v["count"] for v in dataset.stats.get("skipped", {}).values()),
+            "rows": dataset.stats.get("rows", 0),
+        }
+
+
+# --- snapshot I/O (through lbtrain.storage so gs:// can be added in one place) ---
+
+
+def dumps_jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+
+
+def loads_jsonl(text: str) -> list[dict[str, Any]]:
+    # split on "\n" only: str.splitlines() also splits on U+2028/U+0085, which JSON leaves raw.
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+def write_dataset(out_uri: str, dataset: Dataset) -> dict[str, str]:
+    """Write the snapshot files; return their URIs by name."""
+    uris = {
+        "dataset": storage.join(out_uri, DATASET_FILE),
+        "predict_only": storage.join(out_uri, PREDICT_ONLY_FILE),
+        "label_map": storage.join(out_uri, LABEL_MAP_FILE),
+        "stats": storage.join(out_uri, STATS_FILE),
+    }
+    storage.write_text(uris["dataset"], dumps_jsonl(dataset.examples))
+    storage.write_text(uris["predict_only"], dumps_jsonl(dataset.predict_only))
+    storage.write_json(uris["label_map"], dataset.label_map)
+    storage.write_json(uris["stats"], dataset.stats)
+    return uris
+
+
+def read_dataset(etl_uri: str) -> Dataset:
+    """Read the snapshot an etl step wrote (its outputs dir)."""
+    path = storage.join(etl_uri, DATASET_FILE)
+    if not storage.exists(path):
+        raise JobError(f"the etl outputs at {etl_uri} have no {DATASET_FILE}")
+    predict_only = storage.join(etl_uri, PREDICT_ONLY_FILE)
+    stats = storage.join(etl_uri, STATS_FILE)
+    return Dataset(
+        examples=loads_jsonl(storage.read_text(path)),
+        label_map=storage.read_json(storage.join(etl_uri, LABEL_MAP_FILE)),
+        stats=storage.read_json(stats) if storage.exists(stats) else {},
+        predict_only=loads_jsonl(storage.read_text(predict_only)) if storage.exists(predict_only) else [],
+    )
+
+
+def read_model_meta(model_dir: str) -> dict[str, Any]:
+    path = storage.join(model_dir, MODEL_META_FILE)
+    if not storage.exists(path):
+        raise ModelError(f"no trained model at {model_dir} ({MODEL_META_FILE} missing)")
+    meta = storage.read_json(path)
+    if not isinstance(meta, dict) or not meta.get("model_type"):
+        raise ModelError(f"{path} does not name a model_type")
+    return meta

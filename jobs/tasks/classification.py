@@ -1,0 +1,116 @@
+"""Single-label classification pieces shared by text and image tasks: metrics, validation,
+and the Labelbox prediction/metric rows. Pure Python so they are easy to test and reuse.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jobs.tasks.base import SPLITS, DatasetError
+
+CONFUSION_METRIC_NAME = "confusion_matrix"  # custom metric name ("precision", "f1"... are reserved)
+_UUID_NS = uuid.UUID("6f0f6a57-3a35-4a51-9d4e-6c2b7f1f2d10")
+
+
+def validate_counts(examples: Sequence[Mapping[str, Any]], classes: Sequence[str],
+                    min_examples: Mapping[str, int], *, model_run_id: str = "") -> None:
+    """Every class needs min_examples[split] examples in each split; ≥ 2 classes overall."""
+    where = f" in model run {model_run_id!r}" if model_run_id else ""
+    if not examples:
+        raise DatasetError(f"no labeled examples with a train/validation/test split{where}")
+    if len(classes) < 2:
+        found = ", ".join(f'"{c}"' for c in classes) or "none"
+        raise DatasetError(f"need at least 2 classes to train, found {len(classes)} ({found}){where}")
+    counts = {(c, s): 0 for c in classes for s in SPLITS}
+    for e in examples:
+        key = (e["target"], e["split"])
+        if key in counts:
+            counts[key] += 1
+    problems = [
+        (c, s, counts[(c, s)], min_examples.get(s, 1))
+        for s in SPLITS
+        for c in classes
+        if counts[(c, s)] < min_examples.get(s, 1)
+    ]
+    if problems:
+        c, s, n, need = problems[0]
+        more = f" (and {len(problems) - 1} more class/split pairs too small)" if len(problems) > 1 else ""
+        raise DatasetError(f'too few examples: class "{c}" has {n} in split "{s}" (minimum {need}){more}')
+
+
+def metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """accuracy, macro/micro/weighted F1, per-class P/R/F1/support and the confusion matrix
+    (rows = true class, columns = predicted, in `classes` order)."""
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    matrix = [[0] * k for _ in range(k)]
+    for t, p in zip(y_true, y_pred, strict=True):
+        if t in index and p in index:
+            matrix[index[t]][index[p]] += 1
+    n = len(y_true)
+    accuracy = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p) / n if n else 0.0
+    per_class: dict[str, dict[str, float | int]] = {}
+    f1s: list[float] = []
+    for c, i in index.items():
+        tp = matrix[i][i]
+        predicted = sum(row[i] for row in matrix)
+        support = sum(matrix[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+                        "support": support}
+    weighted = sum(f1 * per_class[c]["support"] for f1, c in zip(f1s, classes, strict=True))
+    return {
+        "accuracy": round(accuracy, 4),
+        "macro_f1": round(sum(f1s) / k, 4) if k else 0.0,
+        "micro_f1": round(accuracy, 4),  # single-label: micro P = micro R = micro F1 = accuracy
+        "weighted_f1": round(weighted / n, 4) if n else 0.0,
+        "test_size": n,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": list(classes), "matrix": matrix},
+    }
+
+
+def row_uuid(*parts: str) -> str:
+    """Deterministic annotation uuid: re-running evaluate uploads identical rows."""
+    return str(uuid.uuid5(_UUID_NS, "/".join(parts)))
+
+
+def prediction_row(question: str, data_row_id: str, answer: str, confidence: float) -> dict[str, Any]:
+    """Radio prediction (fixtures/labelbox/classification_import_name_only.json)."""
+    return {
+        "uuid": row_uuid("prediction", question, data_row_id),
+        "name": question,
+        "answer": {"name": answer, "confidence": round(min(max(float(confidence), 0.0), 1.0), 6)},
+        "dataRow": {"id": data_row_id},
+    }
+
+
+def confusion_rows(data_row_id: str, true: str, pred: str, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One CONFUSION_MATRIX metric row per class for one data row: [TP, FP, TN, FN]
+    (fixtures/labelbox/custom_confusion_matrix_import.json)."""
+    rows = []
+    for c in classes:
+        tp = int(true == c and pred == c)
+        fp = int(true != c and pred == c)
+        fn = int(true == c and pred != c)
+        tn = 1 - tp - fp - fn
+        rows.append({
+            "uuid": row_uuid("metric", CONFUSION_METRIC_NAME, c, data_row_id),
+            "dataRow": {"id": data_row_id},
+            "metricValue": [tp, fp, tn, fn],
+            "featureName": c,
+            "metricName": CONFUSION_METRIC_NAME,
+            "aggregation": "CONFUSION_MATRIX",
+        })
+    return rows
+
+
+def summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    """What outputs.json carries (the orchestrator copies it into the run document)."""
+    keys = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "test_size", "per_class", "confusion_matrix")
+    return {k: m[k] for k in keys if k in m}

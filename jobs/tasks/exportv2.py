@@ -1,0 +1,180 @@
+"""Reading Labelbox Export v2 rows (labelbox-formats.md): the parts every task shares.
+
+Pure functions over dicts: where the model run sits in a row, its split, its labels, and
+fetching text that `row_data` points to. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+# Labelbox writes "training"/"validation"/"test" (SDK enum TRAINING|VALIDATION|TEST|UNASSIGNED);
+# people and older exports use the short forms.
+_SPLIT_ALIASES = {
+    "training": "train",
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+URL_SCHEMES = ("http://", "https://", "file://")
+MAX_NAMED_IDS = 20
+
+
+@dataclass(frozen=True)
+class RowRef:
+    data_row_id: str
+    global_key: str | None
+    row_data: Any
+    run: Mapping[str, Any] | None  # experiments[*].runs[model_run_id], None if absent
+
+
+def row_ref(row: Mapping[str, Any], model_run_id: str) -> RowRef:
+    data_row = row.get("data_row") or {}
+    return RowRef(
+        data_row_id=str(data_row.get("id") or ""),
+        global_key=data_row.get("global_key") or None,
+        row_data=data_row.get("row_data"),
+        run=find_run(row, model_run_id),
+    )
+
+
+def find_run(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | None:
+    """experiments[<any model id>].runs[model_run_id] of an Export v2 row."""
+    experiments = row.get("experiments") or {}
+    if not isinstance(experiments, Mapping):
+        return None
+    for experiment in experiments.values():
+        runs = (experiment or {}).get("runs") or {}
+        if isinstance(runs, Mapping) and model_run_id in runs:
+            return runs[model_run_id] or {}
+    return None
+
+
+def parse_split(value: Any) -> tuple[str | None, str | None]:
+    """→ (split, None) or (None, skip reason). Case-insensitive; missing means unassigned."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, "no_split"
+    text = str(value).strip().lower()
+    if text == "unassigned":
+        return None, "unassigned_split"
+    split = _SPLIT_ALIASES.get(text)
+    return (split, None) if split else (None, "unknown_split")
+
+
+def run_labels(run: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    labels = (run or {}).get("labels") or []
+    return [label for label in labels if isinstance(label, Mapping)]
+
+
+def classifications(label: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    items = (label.get("annotations") or {}).get("classifications") or []
+    return [c for c in items if isinstance(c, Mapping)]
+
+
+def first_radio_question(rows: Sequence[Mapping[str, Any]], model_run_id: str) -> str | None:
+    """Name of the first radio question answered in the model run (export order)."""
+    for row in rows:
+        for label in run_labels(find_run(row, model_run_id)):
+            for c in classifications(label):
+                if isinstance(c.get("radio_answer"), Mapping) and c.get("name"):
+                    return str(c["name"])
+    return None
+
+
+def radio_answers(run: Mapping[str, Any] | None, question: str) -> list[str]:
+    """The answers to `question` in each label of the run (one per label that answers it)."""
+    out = []
+    for label in run_labels(run):
+        for c in classifications(label):
+            answer = c.get("radio_answer")
+            if c.get("name") == question and isinstance(answer, Mapping) and answer.get("name"):
+                out.append(str(answer["name"]))
+                break
+    return out
+
+
+def is_url(value: str) -> bool:
+    """row_data that is a single URL (text rows may also carry the text inline)."""
+    v = value.strip()
+    return v.lower().startswith(URL_SCHEMES) and not any(ch.isspace() for ch in v)
+
+
+class FetchError(Exception):
+    pass
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)) and not isinstance(
+        getattr(exc, "reason", None), FileNotFoundError)
+
+
+def fetch_text(url: str, *, timeout: float = 20.0, retries: int = 3, backoff: float = 0.5,
+               opener: Callable[..., Any] = urllib.request.urlopen) -> str:
+    """GET a text URL (http, https, file) with a timeout and `retries` retries on transient errors."""
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            with opener(url, timeout=timeout) as resp:
+                raw = resp.read()
+                charset = None
+                headers = getattr(resp, "headers", None)
+                if headers is not None and hasattr(headers, "get_content_charset"):
+                    charset = headers.get_content_charset()
+            return raw.decode(charset or "utf-8", errors="replace")
+        except Exception as exc:  # noqa: BLE001 - classified below
+            last = exc
+            if attempt == retries or not _transient(exc):
+                break
+            time.sleep(backoff * (2**attempt))
+    raise FetchError(f"could not fetch {url}: {last}")
+
+
+def resolve_texts(values: Sequence[Any], *, workers: int = 8, **fetch_kw: Any) -> list[str | FetchError]:
+    """row_data values → texts, fetching URLs in a small thread pool (order preserved)."""
+    out: list[str | FetchError] = [v if isinstance(v, str) else "" for v in values]
+    todo = [i for i, v in enumerate(values) if isinstance(v, str) and is_url(v)]
+    if not todo:
+        return out
+
+    def one(i: int) -> tuple[int, str | FetchError]:
+        try:
+            return i, fetch_text(str(values[i]).strip(), **fetch_kw)
+        except FetchError as exc:
+            return i, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        for i, result in pool.map(one, todo):
+            out[i] = result
+    return out
+
+
+class SkipLog:
+    """Counts skipped rows per reason and names the first few, for stats.json."""
+
+    def __init__(self, cap: int = MAX_NAMED_IDS):
+        self.cap = cap
+        self.reasons: dict[str, dict[str, Any]] = {}
+
+    def add(self, reason: str, data_row_id: str) -> None:
+        entry = self.reasons.setdefault(reason, {"count": 0, "data_row_ids": []})
+        entry["count"] += 1
+        if len(entry["data_row_ids"]) < self.cap:
+            entry["data_row_ids"].append(data_row_id)
+
+    def total(self) -> int:
+        return sum(e["count"] for e in self.reasons.values())
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: self.reasons[k] for k in sorted(self.reasons)}

@@ -1,0 +1,334 @@
+"""Text, one radio answer per data row: TF-IDF (word 1–2-grams + char_wb 2–5-grams) + logistic
+regression, C picked on the validation split (DESIGN §3).
+
+sklearn/joblib are imported inside the functions that need them: importing this module is
+cheap, so `jobs.main` can fail fast on bad inputs and `jobs.serving` stays light until loading.
+
+Run params understood (all optional, from the run request's `params`):
+  question             radio question to learn (default: the first one answered in the export)
+  C                    number or list of numbers to try (default [1, 3, 10, 30])
+  class_weight         "balanced" (default) or "none"
+  refit_on_validation  after picking C, refit on train+validation (default true)
+  max_iter             solver iterations (default 2000)
+  seed                 random seed (default 0)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from jobs.tasks import classification, exportv2
+from jobs.tasks.base import (
+    MODEL_META_FILE,
+    SPLITS,
+    Dataset,
+    DatasetError,
+    Evaluation,
+    ModelError,
+    ParamError,
+    Progress,
+    Task,
+    read_model_meta,
+)
+from lbtrain import storage
+
+MODEL_TYPE = "text_single_classification"
+MODEL_FILE = "model.joblib"
+DEFAULT_C = (1.0, 3.0, 10.0, 30.0)
+
+
+# --- params -------------------------------------------------------------------------------
+
+
+def _train_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the training params; a bad value is a ParamError naming the param."""
+    raw_c = params.get("C", list(DEFAULT_C))
+    grid = raw_c if isinstance(raw_c, list) else [raw_c]
+    if not grid or not all(isinstance(c, int | float) and not isinstance(c, bool) and c > 0 for c in grid):
+        raise ParamError(f"param C must be a positive number or a list of them, not {raw_c!r}")
+    class_weight = params.get("class_weight", "balanced")
+    if class_weight in (None, "none", "None"):
+        class_weight = None
+    elif class_weight != "balanced":
+        raise ParamError(f'param class_weight must be "balanced" or "none", not {class_weight!r}')
+    out = {"C": sorted(float(c) for c in grid), "class_weight": class_weight}
+    for name, default in (("max_iter", 2000), ("seed", 0)):
+        value = params.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ParamError(f"param {name} must be a non-negative integer, not {value!r}")
+        out[name] = value
+    refit = params.get("refit_on_validation", True)
+    if not isinstance(refit, bool):
+        raise ParamError(f"param refit_on_validation must be true or false, not {refit!r}")
+    out["refit_on_validation"] = refit
+    return out
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def _features() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([
+        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1,
+                                 strip_accents="unicode")),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
+                                 strip_accents="unicode")),
+    ])
+
+
+def _classifier(c: float, cfg: Mapping[str, Any]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, class_weight=cfg["class_weight"], max_iter=cfg["max_iter"],
+                              random_state=cfg["seed"])
+
+
+class TextClassifier:
+    """A fitted sklearn pipeline (text → class probabilities) plus model.json metadata."""
+
+    def __init__(self, pipeline: Any, meta: dict[str, Any]):
+        self.pipeline = pipeline
+        self.meta = meta
+        self.classes: list[str] = [str(c) for c in pipeline.classes_]
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        proba = self.pipeline.predict_proba([str(r.get("text") or "") for r in rows])
+        out = []
+        for p in proba:
+            best = int(p.argmax())
+            out.append({
+                "label": self.classes[best],
+                "confidence": round(float(p[best]), 6),
+                "scores": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
+            })
+        return out
+
+    def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
+        """Vertex instances: a string, or {"text": ...} (also "content", as Vertex text models use)."""
+        rows = []
+        for i, inst in enumerate(instances):
+            if isinstance(inst, str):
+                rows.append({"text": inst})
+            elif isinstance(inst, Mapping) and isinstance(inst.get("text", inst.get("content")), str):
+                rows.append({"text": inst.get("text", inst.get("content"))})
+            else:
+                raise ValueError(f'instance {i} must be a string or an object with a "text" string')
+        return rows
+
+
+# --- the task -----------------------------------------------------------------------------
+
+
+class TextSingleClassification(Task):
+    model_type = MODEL_TYPE
+
+    def convert(self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any],
+                out_uri: str, progress: Progress) -> Dataset:
+        rows = list(rows)
+        if not rows:
+            raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
+        refs = [exportv2.row_ref(r, model_run_id) for r in rows]
+        in_run = [ref for ref in refs if ref.run is not None]
+        if not in_run:
+            raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
+        question = params.get("question") or exportv2.first_radio_question(rows, model_run_id)
+        if not question:
+            raise DatasetError(f"no radio classification is answered in model run {model_run_id!r}: "
+                               "text_single_classification needs one radio question")
+        n_urls = sum(1 for ref in in_run if isinstance(ref.row_data, str) and exportv2.is_url(ref.row_data))
+        if n_urls:
+            progress(f"fetching {n_urls} text row(s) by URL", urls=n_urls)
+        texts = exportv2.resolve_texts([ref.row_data for ref in in_run])
+
+        skipped = exportv2.SkipLog()
+        conflicts = exportv2.SkipLog()
+        examples: list[dict[str, Any]] = []
+        predict_only: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for ref in refs:
+            if ref.run is None:
+                skipped.add("not_in_model_run", ref.data_row_id)
+        for ref, text in zip(in_run, texts, strict=True):
+            if not ref.data_row_id:
+                skipped.add("no_data_row_id", ref.global_key or "?")
+                continue
+            if ref.data_row_id in seen:
+                skipped.add("duplicate_data_row", ref.data_row_id)
+                continue
+            seen.add(ref.data_row_id)
+            if isinstance(text, exportv2.FetchError):
+                skipped.add("fetch_failed", ref.data_row_id)
+                continue
+            if not text.strip():
+                skipped.add("no_text", ref.data_row_id)
+                continue
+            row: dict[str, Any] = {"data_row_id": ref.data_row_id, "text": text}
+            if ref.global_key:
+                row["global_key"] = ref.global_key
+            answers = exportv2.radio_answers(ref.run, question)
+            if len(set(answers)) > 1:
+                conflicts.add("conflicting_answers", ref.data_row_id)  # first label wins
+            split, reason = exportv2.parse_split((ref.run or {}).get("split"))
+            if not answers:
+                reason = "no_label" if not exportv2.run_labels(ref.run) else "no_answer"
+            row["split"] = split or "unassigned"
+            row["target"] = answers[0] if answers else None
+            if reason:
+                skipped.add(reason, ref.data_row_id)
+                predict_only.append({**row, "reason": reason})
+            else:
+                examples.append(row)
+
+        classes = sorted({e["target"] for e in examples})
+        per_class = {c: {s: 0 for s in SPLITS} for c in classes}
+        for e in examples:
+            per_class[e["target"]][e["split"]] += 1
+        stats = {
+            "model_run_id": model_run_id,
+            "question": question,
+            "rows": len(rows),
+            "examples": len(examples),
+            "per_split": {s: sum(1 for e in examples if e["split"] == s) for s in SPLITS},
+            "per_class": per_class,
+            "predict_only": len(predict_only),
+            "skipped": skipped.as_dict(),
+            "notes": conflicts.as_dict(),
+            "fetched_urls": n_urls,
+        }
+        progress(f"converted {len(rows)} rows: {len(examples)} examples, {len(predict_only)} predict-only, "
+                 f"{skipped.total()} not used for training", examples=len(examples))
+        return Dataset(examples=examples, label_map={"question": question, "classes": classes},
+                       stats=stats, predict_only=predict_only)
+
+    def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
+        classification.validate_counts(dataset.examples, dataset.label_map.get("classes", []), min_examples,
+                                       model_run_id=dataset.stats.get("model_run_id", ""))
+
+    def etl_summary(self, dataset: Dataset) -> dict[str, Any]:
+        return {**super().etl_summary(dataset), "classes": len(dataset.label_map.get("classes", [])),
+                "question": dataset.label_map.get("question", "")}
+
+    def train(self, dataset: Dataset, model_dir: str, params: Mapping[str, Any],
+              progress: Progress) -> dict[str, Any]:
+        import joblib
+        import sklearn
+        from sklearn.pipeline import Pipeline
+
+        cfg = _train_params(params)
+        started = time.monotonic()
+        train, val = dataset.split("train"), dataset.split("validation")
+        if not train:
+            raise DatasetError('no examples in split "train"')
+        classes = list(dataset.label_map["classes"])
+        progress(f"training on {len(train)} examples ({len(val)} validation, {len(classes)} classes)",
+                 train_size=len(train), validation_size=len(val))
+        features = _features()
+        x_train = features.fit_transform([e["text"] for e in train])
+        y_train = [e["target"] for e in train]
+        progress(f"features: {x_train.shape[1]} tf-idf columns", n_features=int(x_train.shape[1]))
+        x_val = features.transform([e["text"] for e in val]) if val else None
+        y_val = [e["target"] for e in val]
+
+        best: tuple[float, float, Any] | None = None  # (macro_f1, C, fitted classifier)
+        tried = []
+        for c in cfg["C"]:
+            clf = _classifier(c, cfg).fit(x_train, y_train)
+            if x_val is None:
+                best = (0.0, c, clf)
+                break
+            m = classification.metrics(y_val, [str(p) for p in clf.predict(x_val)], classes)
+            tried.append({"C": c, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]})
+            progress(f"C={c:g}: validation macro_f1={m['macro_f1']:.4f} accuracy={m['accuracy']:.4f}", **tried[-1])
+            if best is None or m["macro_f1"] > best[0]:  # ties keep the smaller C (stronger regularization)
+                best = (m["macro_f1"], c, clf)
+        assert best is not None
+        best_c = best[1]
+        val_metrics = next((t for t in tried if t["C"] == best_c), {"macro_f1": None, "accuracy": None})
+        if cfg["refit_on_validation"] and val:
+            progress(f"refitting with C={best_c:g} on train+validation ({len(train) + len(val)} examples)")
+            both = train + val
+            pipeline = Pipeline([("features", _features()), ("clf", _classifier(best_c, cfg))])
+            pipeline.fit([e["text"] for e in both], [e["target"] for e in both])
+            fitted_on = ["train", "validation"]
+        else:
+            pipeline = Pipeline([("features", features), ("clf", best[2])])
+            fitted_on = ["train"]
+
+        storage.makedirs(model_dir)
+        target = storage.local_path(storage.join(model_dir, MODEL_FILE))
+        tmp = target.with_name(f".{target.name}.tmp")
+        joblib.dump(pipeline, tmp, compress=3)
+        os.replace(tmp, target)
+        seconds = round(time.monotonic() - started, 2)
+        meta = {
+            "model_type": MODEL_TYPE,
+            "question": dataset.label_map["question"],
+            "classes": [str(c) for c in pipeline.classes_],
+            "format": "sklearn-pipeline-joblib",
+            "file": MODEL_FILE,
+            "input": "text",
+            "sklearn_version": sklearn.__version__,
+            "params": {**cfg, "C": best_c},
+            "fitted_on": fitted_on,
+        }
+        storage.write_json(storage.join(model_dir, MODEL_META_FILE), meta)
+        progress(f"trained in {seconds:.1f}s (C={best_c:g})", train_seconds=seconds)
+        return {
+            "validation_accuracy": val_metrics["accuracy"],
+            "validation_macro_f1": val_metrics["macro_f1"],
+            "train_size": len(train),
+            "validation_size": len(val),
+            "fitted_on_size": len(train) + (len(val) if fitted_on[-1] == "validation" else 0),
+            "C": best_c,
+            "grid": tried,
+            "n_features": int(x_train.shape[1]),
+            "train_seconds": seconds,
+        }
+
+    def load_predictor(self, model_dir: str) -> TextClassifier:
+        import joblib
+
+        meta = read_model_meta(model_dir)
+        if meta["model_type"] != MODEL_TYPE:
+            raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {MODEL_TYPE}")
+        path = storage.join(model_dir, meta.get("file", MODEL_FILE))
+        if not storage.exists(path):
+            raise ModelError(f"no trained model file at {path}")
+        return TextClassifier(joblib.load(storage.local_path(path)), meta)
+
+    def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
+        question = dataset.label_map["question"]
+        classes = list(dataset.label_map["classes"])
+        progress(f"predicting {len(dataset.all_rows())} data rows", rows=len(dataset.all_rows()))
+        predictions = predictor.predict(dataset.all_rows())
+        rows = [classification.prediction_row(question, r["data_row_id"], p["label"], p["confidence"])
+                for r, p in zip(dataset.all_rows(), predictions, strict=True)]
+        y_true: list[str] = []
+        y_pred: list[str] = []
+        for example, p in zip(dataset.examples, predictions, strict=False):
+            if example["split"] != "test":
+                continue
+            y_true.append(example["target"])
+            y_pred.append(p["label"])
+            rows.extend(classification.confusion_rows(example["data_row_id"], example["target"], p["label"],
+                                                      classes))
+        if not y_true:
+            raise DatasetError('no examples in split "test" to evaluate on')
+        m = classification.metrics(y_true, y_pred, classes)
+        m["predicted_rows"] = len(predictions)
+        m["question"] = question
+        progress(f"test accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} on {len(y_true)} rows",
+                 accuracy=m["accuracy"], macro_f1=m["macro_f1"], test_size=len(y_true))
+        summary = {**classification.summary(m), "predicted_rows": len(predictions)}
+        return Evaluation(metrics=m, summary=summary, prediction_rows=rows)
+
+
+TASK = TextSingleClassification()

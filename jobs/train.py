@@ -1,0 +1,16 @@
+"""train: read the etl snapshot, fit, write model/ and train_metrics.json (DESIGN §4)."""
+
+from __future__ import annotations
+
+from jobs.context import StageContext, StageResult, scalars
+from jobs.tasks.base import MODEL_DIR, read_dataset
+from lbtrain import storage
+
+
+def run(ctx: StageContext) -> StageResult:
+    dataset = read_dataset(ctx.upstream_uri("etl"))
+    model_dir = ctx.out(MODEL_DIR)
+    metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)
+    metrics_uri = ctx.out("train_metrics.json")
+    storage.write_json(metrics_uri, metrics)
+    return StageResult(uris={"model": model_dir, "train_metrics": metrics_uri}, metrics=scalars(metrics))

@@ -1,0 +1,51 @@
+"""The job backend port: how stages' jobs are launched. LocalBackend runs them as subprocesses;
+a Vertex AI backend implements the same four calls with CustomJobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lbtrain.domain import JobRef, JobStatus
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str  # deterministic: domain.job_name(...)
+    run_id: str
+    stage: str
+    attempt: int
+    model_type: str
+    inputs_uri: str
+    outputs_uri: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        """The job arguments of DESIGN §4."""
+        return ["--run-id", self.run_id, "--stage", self.stage, "--attempt", str(self.attempt),
+                "--inputs", self.inputs_uri, "--outputs", self.outputs_uri]
+
+
+class JobBackend(Protocol):
+    name: str
+
+    def submit(self, spec: JobSpec) -> JobRef:
+        """Start the job without waiting for it. Submitting a name that exists returns that job."""
+
+    def get_status(self, job_id: str) -> JobStatus:
+        """The job's real state, read from the backend."""
+
+    def find_by_name(self, name: str) -> JobRef | None:
+        """The job submitted under this deterministic name, if any (crash recovery)."""
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the job to stop; its completion event follows with state CANCELLED."""
+
+
+def from_config(config, bus_factory=None) -> JobBackend:  # noqa: ANN001
+    if config.job_backend == "local":
+        from lbtrain.adapters.local_backend import LocalBackend
+
+        return LocalBackend(config)
+    raise ValueError(f"JOB_BACKEND={config.job_backend!r} is not available in this version; use JOB_BACKEND=local")

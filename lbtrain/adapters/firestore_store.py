@@ -1,0 +1,422 @@
+"""Pipeline state in Firestore (DESIGN §6). Every transition is one transaction: one writer wins
+and a duplicate becomes a no-op. One document per run and one per step keeps contention low.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from lbtrain import domain as d
+from lbtrain.domain import JobRef
+
+RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
+DELIVERY_TTL = timedelta(days=7)
+LAUNCH_LEASE = timedelta(seconds=30)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    """The request is valid but the run is in a state that forbids it (HTTP 409)."""
+
+
+class Busy(RuntimeError):
+    """Another handler holds the step right now; retry later (HTTP 503)."""
+
+
+@dataclass
+class CreateResult:
+    run_id: str
+    created: bool
+    reason: str = ""  # "duplicate delivery" | "active run for model run"
+
+
+@dataclass
+class Claim:
+    kind: str  # "claimed" | "reclaim" | "noop"
+    run: dict[str, Any] = field(default_factory=dict)
+    step: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class LaunchRecord:
+    cancel_job: bool  # the run was cancelled while the job was being launched
+    duplicate: bool = False
+
+
+@dataclass
+class Completion:
+    moved: bool  # this call changed the step
+    run: dict[str, Any]
+    next_stage: str | None = None  # publish a StepMessage for it
+    next_attempt: int = 0
+    finished: str | None = None  # run's terminal status if it ended (now or earlier)
+    reason: str = ""
+
+
+@dataclass
+class CancelResult:
+    status: str
+    job: JobRef | None = None  # a running job the caller must cancel at the backend
+    changed: bool = True
+
+
+def delivery_doc_id(key: str) -> str:
+    """Document ids can't hold '/' and are limited in size: hash the dedupe key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class FirestoreStore:
+    def __init__(self, client: firestore.Client):
+        self.db = client
+        self.writes = 0  # documents written by this process (bench/handoff.py reports it)
+
+    # -- helpers -----------------------------------------------------------------
+    def _run_ref(self, run_id: str):
+        return self.db.collection(RUNS).document(run_id)
+
+    def _step_ref(self, run_id: str, stage: str):
+        return self._run_ref(run_id).collection(STEPS).document(stage)
+
+    def _txn(self):
+        return self.db.transaction(max_attempts=10)
+
+    def _count(self, n: int) -> None:
+        self.writes += n
+
+    # -- reads -------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        snap = self._run_ref(run_id).get()
+        if not snap.exists:
+            raise NotFound(run_id)
+        return snap.to_dict()
+
+    def get_steps(self, run_id: str) -> list[dict[str, Any]]:
+        steps = [s.to_dict() for s in self._run_ref(run_id).collection(STEPS).stream()]
+        return sorted(steps, key=lambda s: s["index"])
+
+    def get_step(self, run_id: str, stage: str) -> dict[str, Any]:
+        snap = self._step_ref(run_id, stage).get()
+        if not snap.exists:
+            raise NotFound(f"{run_id}/{stage}")
+        return snap.to_dict()
+
+    def job_index(self, job_id: str) -> dict[str, Any] | None:
+        snap = self.db.collection(JOBS).document(_job_doc_id(job_id)).get()
+        return snap.to_dict() if snap.exists else None
+
+    def list_runs(self, status: str | None = None, model_type: str | None = None,
+                  model_run_id: str | None = None, limit: int = 50,
+                  before: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; `before` is the run_id of the last run of the previous page."""
+        q = self.db.collection(RUNS)
+        if status:
+            q = q.where(filter=firestore.FieldFilter("status", "==", status))
+        if model_type:
+            q = q.where(filter=firestore.FieldFilter("model_type", "==", model_type))
+        if model_run_id:
+            q = q.where(filter=firestore.FieldFilter("model_run_id", "==", model_run_id))
+        q = q.order_by("created_at", direction=firestore.Query.DESCENDING)
+        if before:
+            snap = self._run_ref(before).get()
+            if snap.exists:
+                q = q.start_after(snap)
+        return [s.to_dict() for s in q.limit(limit).stream()]
+
+    def active_runs(self) -> list[dict[str, Any]]:
+        q = self.db.collection(RUNS).where(
+            filter=firestore.FieldFilter("status", "in", list(d.ACTIVE_RUN_STATUSES)))
+        return [s.to_dict() for s in q.stream()]
+
+    # -- transitions ---------------------------------------------------------------
+    def create_run(self, *, run_id: str, model_type: str, model_run_id: str, model_id: str,
+                   params: dict[str, Any], trigger: dict[str, Any], stages: tuple[str, ...],
+                   delivery_key: str | None) -> CreateResult:
+        """Create a run and its steps, unless the delivery was seen or the model run is busy."""
+        delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)) if delivery_key else None
+        mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> CreateResult:
+            at = d.now()
+            if delivery_ref is not None:
+                seen = delivery_ref.get(transaction=t)
+                if seen.exists:
+                    return CreateResult(seen.get("run_id"), False, "duplicate delivery")
+            mr = mr_ref.get(transaction=t)
+            active = mr.get("active_run_id") if mr.exists else None
+            if active:
+                if delivery_ref is not None:
+                    t.set(delivery_ref, {"run_id": active, "at": at, "expire_at": at + DELIVERY_TTL})
+                    self._count(1)
+                return CreateResult(active, False, "active run for model run")
+            t.create(self._run_ref(run_id), d.initial_run(
+                run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at))
+            for i, stage in enumerate(stages):
+                t.create(self._step_ref(run_id, stage), d.initial_step(stage, i, at))
+            t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
+            if delivery_ref is not None:
+                t.set(delivery_ref, {"run_id": run_id, "at": at, "expire_at": at + DELIVERY_TTL})
+            self._count(len(stages) + 2 + (delivery_ref is not None))
+            return CreateResult(run_id, True)
+
+        return txn(self._txn())
+
+    def claim_step(self, run_id: str, stage: str, attempt: int) -> Claim:
+        """PENDING → LAUNCHING before the backend is called (DESIGN §7.2).
+
+        A step already LAUNCHING whose lease expired is handed back as "reclaim": the previous
+        launcher may have crashed after submitting, so the caller looks the job up by name first.
+        A live lease means another launcher is at work: `Busy`.
+        """
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> Claim:
+            at = d.now()
+            run_snap, step_snap = run_ref.get(transaction=t), step_ref.get(transaction=t)
+            if not run_snap.exists or not step_snap.exists:
+                return Claim("noop", reason="unknown run or stage")
+            run, step = run_snap.to_dict(), step_snap.to_dict()
+            if run["status"] not in (d.QUEUED, d.RUNNING):
+                return Claim("noop", run, step, f"run is {run['status']}")
+            if step["attempt"] != attempt:
+                return Claim("noop", run, step, f"stale attempt {attempt} (step is at {step['attempt']})")
+            if step["state"] == d.LAUNCHING:
+                if step.get("lease_until") and step["lease_until"] > at:
+                    raise Busy(f"{run_id}/{stage} is being launched")
+                kind = "reclaim"
+            elif step["state"] == d.PENDING:
+                kind = "claimed"
+            else:
+                return Claim("noop", run, step, f"step is {step['state']}")
+            step_update = {"state": d.LAUNCHING, "lease_until": at + LAUNCH_LEASE, "updated_at": at}
+            if kind == "claimed":
+                step_update["launched_at"] = at
+            t.update(step_ref, step_update)
+            t.update(run_ref, {"status": d.RUNNING, "stage": stage, "updated_at": at})
+            self._count(2)
+            return Claim(kind, {**run, "status": d.RUNNING, "stage": stage}, {**step, **step_update})
+
+        return txn(self._txn())
+
+    def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef) -> LaunchRecord:
+        """LAUNCHING → RUNNING with the job, plus the jobs/ reverse index."""
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+        job_ref = self.db.collection(JOBS).document(_job_doc_id(job.id))
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> LaunchRecord:
+            at = d.now()
+            run = run_ref.get(transaction=t).to_dict()
+            step = step_ref.get(transaction=t).to_dict()
+            if step["attempt"] != attempt:
+                return LaunchRecord(cancel_job=False, duplicate=True)
+            if step["state"] != d.LAUNCHING:
+                same_job = (step.get("job") or {}).get("id") == job.id
+                # Cancelled while we launched: the job we just made must go too.
+                return LaunchRecord(cancel_job=step["state"] == d.CANCELLED and not same_job,
+                                    duplicate=same_job)
+            t.set(job_ref, {"run_id": run_id, "stage": stage, "attempt": attempt,
+                            "job_name": job.name, "backend": job.backend, "created_at": at})
+            t.update(step_ref, {"state": d.RUNNING, "job": job.to_dict(), "started_at": at,
+                                "lease_until": None, "updated_at": at})
+            t.update(run_ref, {"updated_at": at})
+            self._count(3)
+            return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
+
+        return txn(self._txn())
+
+    def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
+                      outputs_uri: str | None, metrics: dict[str, Any], error: str,
+                      stages: tuple[str, ...]) -> Completion:
+        """Move a RUNNING step with this job to its terminal state and advance or end the run."""
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+        new_state = d.JOB_STATE_TO_STEP[job_state]
+        idx = stages.index(stage)
+        nxt = stages[idx + 1] if idx + 1 < len(stages) else None
+        next_ref = self._step_ref(run_id, nxt) if nxt else None
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> Completion:
+            at = d.now()
+            run = run_ref.get(transaction=t).to_dict()
+            step = step_ref.get(transaction=t).to_dict()
+            next_step = next_ref.get(transaction=t).to_dict() if next_ref else None
+            same_job = (step.get("job") or {}).get("id") == job_id
+            if step["attempt"] != attempt or not same_job:
+                if step["state"] == d.LAUNCHING and step["attempt"] == attempt:
+                    raise Busy(f"{run_id}/{stage} has not recorded its job yet")
+                return Completion(False, run, reason="event for another attempt or job")
+            if step["state"] != d.RUNNING:
+                # Duplicate event: nothing moves, but the downstream effect is re-offered so a
+                # publish lost after the first commit is not lost for good.
+                if step["state"] == d.SUCCEEDED and next_step and next_step["state"] == d.PENDING \
+                        and run["status"] in (d.QUEUED, d.RUNNING):
+                    return Completion(False, run, nxt, next_step["attempt"], reason="duplicate")
+                finished = run["status"] if run["status"] in d.TERMINAL_RUN_STATUSES else None
+                return Completion(False, run, finished=finished, reason="duplicate")
+
+            step_update: dict[str, Any] = {"state": new_state, "ended_at": at, "updated_at": at,
+                                           "outputs_uri": outputs_uri, "metrics": metrics,
+                                           "error": error or None}
+            run_update: dict[str, Any] = {"updated_at": at}
+            result = Completion(True, run)
+            if run["status"] == d.CANCELLING:
+                # Whatever the job's own outcome, a cancelled run ends CANCELLED.
+                result.finished = d.CANCELLED
+                if new_state == d.SUCCEEDED:
+                    run_update[f"outputs.{stage}"] = outputs_uri
+            elif new_state == d.SUCCEEDED:
+                run_update[f"outputs.{stage}"] = outputs_uri
+                if stage == "evaluate":
+                    run_update["metrics"] = metrics
+                elif stage == "deploy":
+                    run_update["deployment"] = metrics
+                if nxt:
+                    run_update["stage"] = nxt
+                    result.next_stage, result.next_attempt = nxt, next_step["attempt"]
+                else:
+                    result.finished = d.SUCCEEDED
+            elif new_state == d.CANCELLED:
+                result.finished = d.CANCELLED
+            else:
+                result.finished = d.FAILED
+                run_update["error"] = {"stage": stage, "message": error or f"job {job_state.lower()}"}
+            if result.finished:
+                run_update.update({"status": result.finished, "finished_at": at})
+                self._release_model_run(t, run, at)
+            t.update(step_ref, step_update)
+            t.update(run_ref, run_update)
+            self._count(2)
+            result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
+            return result
+
+        return txn(self._txn())
+
+    def _release_model_run(self, t: firestore.Transaction, run: dict[str, Any], at: Any) -> None:
+        """End single flight for the model run. Written blind: only this run can hold it while active."""
+        mr_ref = self.db.collection(MODEL_RUNS).document(run["model_run_id"])
+        t.set(mr_ref, {"active_run_id": None, "last_run_id": run["run_id"], "updated_at": at})
+        self._count(1)
+
+    def cancel_run(self, run_id: str) -> CancelResult:
+        run_ref = self._run_ref(run_id)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> CancelResult:
+            at = d.now()
+            snap = run_ref.get(transaction=t)
+            if not snap.exists:
+                raise NotFound(run_id)
+            run = snap.to_dict()
+            if run["status"] in d.TERMINAL_RUN_STATUSES:
+                raise Conflict(f"run {run_id} is already {run['status']}")
+            step_ref = self._step_ref(run_id, run["stage"])
+            step = step_ref.get(transaction=t).to_dict()
+            if step["state"] == d.RUNNING and step.get("job"):
+                if run["status"] != d.CANCELLING:
+                    t.update(run_ref, {"status": d.CANCELLING, "updated_at": at})
+                    self._count(1)
+                return CancelResult(d.CANCELLING, JobRef.from_dict(step["job"]),
+                                    changed=run["status"] != d.CANCELLING)
+            # Nothing runs (PENDING/LAUNCHING): the run ends now; a launcher that is mid-launch
+            # sees the CANCELLED step when it records its job and cancels that job.
+            t.update(step_ref, {"state": d.CANCELLED, "ended_at": at, "updated_at": at, "lease_until": None})
+            t.update(run_ref, {"status": d.CANCELLED, "finished_at": at, "updated_at": at})
+            self._count(2)
+            self._release_model_run(t, run, at)
+            return CancelResult(d.CANCELLED)
+
+        return txn(self._txn())
+
+    def retry_run(self, run_id: str) -> tuple[str, int]:
+        """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1."""
+        run_ref = self._run_ref(run_id)
+        steps_ref = run_ref.collection(STEPS)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> tuple[str, int]:
+            at = d.now()
+            snap = run_ref.get(transaction=t)
+            if not snap.exists:
+                raise NotFound(run_id)
+            run = snap.to_dict()
+            if run["status"] not in (d.FAILED, d.CANCELLED):
+                raise Conflict(f"run {run_id} is {run['status']}; only FAILED or CANCELLED runs can be retried")
+            mr_ref = self.db.collection(MODEL_RUNS).document(run["model_run_id"])
+            mr = mr_ref.get(transaction=t)
+            active = mr.get("active_run_id") if mr.exists else None
+            if active and active != run_id:
+                raise Conflict(f"model run {run['model_run_id']} has an active run {active}")
+            steps = [s.to_dict() for s in steps_ref.get(transaction=t)]
+            step = d.retry_stage(steps)
+            if step is None:
+                raise Conflict(f"run {run_id} has no stage left to retry")
+            attempt = step["attempt"] + 1
+            t.update(steps_ref.document(step["stage"]), {
+                "state": d.PENDING, "attempt": attempt, "job": None, "launched_at": None,
+                "started_at": None, "ended_at": None, "lease_until": None, "error": None,
+                "outputs_uri": None, "metrics": {}, "updated_at": at,
+                "attempts": [*step.get("attempts", []), d.history_entry(step)],
+            })
+            # Later stages cancelled along with the run go back to PENDING.
+            for other in steps:
+                if other["index"] > step["index"] and other["state"] == d.CANCELLED:
+                    t.update(steps_ref.document(other["stage"]), {"state": d.PENDING, "updated_at": at})
+                    self._count(1)
+            t.update(run_ref, {"status": d.QUEUED, "stage": step["stage"], "error": None,
+                               "finished_at": None, "updated_at": at})
+            t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
+            self._count(3)
+            return step["stage"], attempt
+
+        return txn(self._txn())
+
+    def fail_run(self, run_id: str, stage: str, message: str) -> bool:
+        """Mark an active run FAILED (dead-lettered messages); False if it had already ended."""
+        run_ref = self._run_ref(run_id)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> bool:
+            at = d.now()
+            snap = run_ref.get(transaction=t)
+            if not snap.exists:
+                return False
+            run = snap.to_dict()
+            if run["status"] in d.TERMINAL_RUN_STATUSES:
+                return False
+            step_ref = self._step_ref(run_id, stage or run["stage"])
+            step_snap = step_ref.get(transaction=t)
+            if step_snap.exists and step_snap.get("state") not in (d.SUCCEEDED, d.FAILED, d.CANCELLED):
+                t.update(step_ref, {"state": d.FAILED, "error": message, "ended_at": at, "updated_at": at,
+                                    "lease_until": None})
+                self._count(1)
+            t.update(run_ref, {"status": d.FAILED, "error": {"stage": stage or run["stage"], "message": message},
+                               "finished_at": at, "updated_at": at})
+            self._count(1)
+            self._release_model_run(t, run, at)
+            return True
+
+        return txn(self._txn())
+
+
+def _job_doc_id(job_id: str) -> str:
+    """Vertex job ids are numeric, local ones are names; both are safe, but '/' is not."""
+    return job_id.replace("/", "_")
+
+
+def make_client(project: str) -> firestore.Client:
+    return firestore.Client(project=project)
+
+
+__all__ = ["FirestoreStore", "NotFound", "Conflict", "Busy", "gexc", "make_client"]

@@ -1,0 +1,121 @@
+"""The Labelbox port: what the pipeline needs from Labelbox, and the file-backed adapter (DESIGN §9).
+
+The domain only sees the `Labelbox` protocol; `LABELBOX_BACKEND=sdk` (a later adapter)
+implements the same methods with the labelbox SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+STATUSES = ("EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL", "COMPLETE", "FAILED")
+MAX_ERROR_MESSAGE = 255
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class ModelRunNotFound(LookupError):
+    def __str__(self) -> str:
+        return f"model run {self.args[0]!r} not found in Labelbox"
+
+
+class Labelbox(Protocol):
+    def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
+        """Export v2 rows of the model run (with model_run_details and media_attributes)."""
+
+    def update_status(self, model_run_id: str, status: str, metadata: dict[str, str] | None = None,
+                      error_message: str | None = None) -> None:
+        """Set the model run's training status as Labelbox shows it."""
+
+    def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> None:
+        """Add prediction and metric rows to the model run."""
+
+
+def clip_error(message: str) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 1] + "…"
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _SAFE_NAME.match(value):
+        raise ValueError(f"{what} {value!r} is not a safe identifier")
+    return value
+
+
+class FileLabelbox:
+    """`$LABELBOX_DIR/model_runs/<id>/{export.ndjson,status.jsonl,predictions/<name>.ndjson}`."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def model_run_dir(self, model_run_id: str) -> Path:
+        return self.root / "model_runs" / _check_id(model_run_id, "model run id")
+
+    def _existing_dir(self, model_run_id: str) -> Path:
+        d = self.model_run_dir(model_run_id)
+        if not d.is_dir():
+            raise ModelRunNotFound(model_run_id)
+        return d
+
+    def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
+        path = self._existing_dir(model_run_id) / "export.ndjson"
+        if not path.exists():
+            raise ModelRunNotFound(model_run_id)
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from None
+
+    def statuses(self, model_run_id: str) -> list[dict[str, Any]]:
+        path = self.model_run_dir(model_run_id) / "status.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def update_status(self, model_run_id: str, status: str, metadata: dict[str, str] | None = None,
+                      error_message: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown Labelbox status {status!r}")
+        d = self._existing_dir(model_run_id)
+        entry = {
+            "status": status,
+            "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
+            "error_message": clip_error(error_message) if error_message else None,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        prior = self.statuses(model_run_id)
+        # Redelivered handlers report the same status again; like the real API, setting it
+        # twice leaves one visible state, so consecutive repeats are not appended.
+        if prior and {k: prior[-1].get(k) for k in ("status", "metadata", "error_message")} == {
+            k: entry[k] for k in ("status", "metadata", "error_message")
+        }:
+            return
+        with (d / "status.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> None:
+        d = self._existing_dir(model_run_id) / "predictions"
+        d.mkdir(exist_ok=True)
+        target = d / f"{_check_id(name, 'prediction upload name')}.ndjson"
+        tmp = target.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+
+
+def from_config(config: Any) -> Labelbox:
+    if config.labelbox_backend == "file":
+        return FileLabelbox(config.labelbox_dir)
+    raise ValueError(
+        f"LABELBOX_BACKEND={config.labelbox_backend!r} is not available in this version; use LABELBOX_BACKEND=file"
+    )

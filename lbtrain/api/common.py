@@ -1,0 +1,135 @@
+"""What every HTTP entry point shares: JSON errors, request context for logs, push auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from lbtrain import log as logmod
+from lbtrain.config import Config
+from lbtrain.deps import Deps
+
+log = logging.getLogger("lbtrain.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def jsonable(value: Any) -> Any:
+    """Firestore values → JSON (timestamps as ISO 8601 UTC)."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def error(status: int, message: str) -> tuple[Response, int]:
+    return jsonify({"error": message}), status
+
+
+def install(app: Flask, deps: Deps) -> None:
+    """Error handlers, per-request log context and config on the app."""
+    app.config["MAX_CONTENT_LENGTH"] = deps.config.max_body_bytes
+    app.extensions["lbtrain"] = deps
+
+    @app.before_request
+    def _bind() -> None:
+        g._log_ctx = logmod.bind(trace=logmod.trace_from_header(request.headers.get("X-Cloud-Trace-Context")))
+        g._log_ctx.__enter__()
+
+    @app.teardown_request
+    def _unbind(exc: BaseException | None) -> None:
+        ctx = g.pop("_log_ctx", None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):  # noqa: ANN202
+        return error(exc.status, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # noqa: ANN202
+        if exc.code == 413:
+            return error(413, f"request body is larger than {deps.config.max_body_bytes} bytes")
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # noqa: ANN202
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/healthz")
+    def healthz():  # noqa: ANN202
+        return jsonify({"ok": True})
+
+
+def deps_of(app: Flask) -> Deps:
+    return app.extensions["lbtrain"]
+
+
+def require_token(config: Config) -> None:
+    """REST API and dashboard actions: `Authorization: Bearer $API_TOKEN`, constant time."""
+    if not config.api_token:
+        raise ApiError(401, "the REST API is disabled: API_TOKEN is not configured on the server")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "missing 'Authorization: Bearer <API_TOKEN>' header")
+    if not hmac.compare_digest(token.strip().encode(), config.api_token.encode()):
+        raise ApiError(401, "invalid API token")
+
+
+def verify_push(config: Config) -> None:
+    """Pub/Sub push requests carry an OIDC token in the cloud; the emulator sends none."""
+    if config.push_auth == "none":
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "push request without an OIDC token")
+    from google.auth.transport import requests as grequests
+    from google.oauth2 import id_token
+
+    try:
+        claims = id_token.verify_oauth2_token(token, grequests.Request(), config.push_audience or None)
+    except ValueError as exc:
+        raise ApiError(401, f"invalid OIDC token: {exc}") from None
+    if not claims.get("email_verified"):
+        raise ApiError(401, "OIDC token email is not verified")
+
+
+def push_handler(fn: Callable[[Deps, Any], str]) -> Callable[[Deps, Any], tuple[str, int]]:
+    """Map a push handler's outcome to Pub/Sub's ack semantics (DESIGN §5):
+    204 done or duplicate; 400 never succeeds (→ dead letter); 503 transient (redelivered)."""
+    from lbtrain.adapters.firestore_store import Busy, NotFound
+    from lbtrain.messages import BadMessage
+
+    def wrapped(deps: Deps, envelope: Any) -> tuple[str, int]:
+        try:
+            outcome = fn(deps, envelope)
+        except BadMessage as exc:
+            log.error("bad message, will not retry: %s", exc)
+            return f"bad message: {exc}", 400
+        except NotFound as exc:
+            log.error("message for unknown run or step %s", exc)
+            return f"unknown run or step: {exc}", 400
+        except Busy as exc:
+            log.info("busy, retry later: %s", exc)
+            return f"busy: {exc}", 503
+        log.debug(outcome)
+        return "", 204
+
+    return wrapped

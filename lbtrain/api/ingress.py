@@ -1,0 +1,169 @@
+"""The ingress: Labelbox's model-training integration (`GET /models`, `POST /model_run`) and the
+REST API (`/runs…`). Kept import-light for Cloud Run cold starts: no ML, no aiplatform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from lbtrain import domain as d
+from lbtrain import pipelines, signature
+from lbtrain.api.common import ApiError, deps_of, jsonable, require_token
+from lbtrain.intake import start_run
+from lbtrain.messages import BadMessage, RunRequest
+
+bp = Blueprint("ingress", __name__)
+
+RUN_FIELDS_FROM_LABELBOX = {"modelType": "model_type", "modelRunId": "model_run_id", "modelId": "model_id"}
+
+
+def _verified_body() -> bytes:
+    """The raw body, after the signature check; 401 and nothing else happens otherwise."""
+    deps = deps_of(current_app)
+    body = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    problem = signature.verify(deps.config.labelbox_webhook_secret, body, request.headers)
+    if problem:
+        raise ApiError(401, problem)
+    return body
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+@bp.get("/models")
+def models():  # noqa: ANN201
+    _verified_body()
+    return jsonify({name: {"description": pipelines.get(name).description} for name in pipelines.names()})
+
+
+@bp.post("/model_run")
+def model_run():  # noqa: ANN201
+    body = _verified_body()
+    data = _json_object(body)
+    missing = [k for k in ("modelType", "modelRunId") if not data.get(k)]
+    if missing:
+        raise ApiError(400, f"missing field(s): {', '.join(missing)}")
+    for key in RUN_FIELDS_FROM_LABELBOX:
+        if key in data and not isinstance(data[key], str):
+            raise ApiError(400, f"field {key!r} must be a string")
+    delivery = request.headers.get("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
+    req = RunRequest(model_type=data["modelType"], model_run_id=data["modelRunId"],
+                     model_id=data.get("modelId") or "", source="labelbox")
+    return _start(req, {"source": "labelbox", "delivery_id": delivery,
+                        "event": request.headers.get("X-Labelbox-Event", "")}, f"labelbox:{delivery}")
+
+
+def _start(req: RunRequest, trigger: dict[str, Any], key: str | None):  # noqa: ANN202
+    deps = deps_of(current_app)
+    try:
+        result = start_run(deps, req, trigger=trigger, delivery_key=key)
+    except BadMessage as exc:
+        raise ApiError(400, str(exc)) from None
+    return jsonify({"run_id": result.run_id, "created": result.created,
+                    **({"reason": result.reason} if result.reason else {})}), 200
+
+
+# -- REST API ---------------------------------------------------------------------------------
+
+@bp.before_request
+def _auth() -> None:
+    if request.path.startswith("/runs"):
+        require_token(deps_of(current_app).config)
+
+
+@bp.post("/runs")
+def create_run():  # noqa: ANN201
+    data = _json_object(request.get_data(cache=True))
+    try:
+        req = RunRequest.from_dict({**data, "source": "api"})
+    except BadMessage as exc:
+        raise ApiError(400, str(exc)) from None
+    key = request.headers.get("Idempotency-Key") or data.get("idempotency_key")
+    return _start(req, {"source": "api", "delivery_id": key or ""}, f"api:{key}" if key else None)
+
+
+@bp.get("/runs")
+def list_runs():  # noqa: ANN201
+    args = request.args
+    status = args.get("status")
+    if status and status.upper() not in d.RUN_STATUSES:
+        raise ApiError(400, f"unknown status {status!r}; one of {', '.join(d.RUN_STATUSES)}")
+    model_type = args.get("model_type")
+    if model_type and model_type not in pipelines.names():
+        raise ApiError(400, f"unknown model type {model_type!r}; known: {', '.join(pipelines.names())}")
+    try:
+        limit = max(1, min(int(args.get("limit", 50)), 500))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer") from None
+    runs = deps_of(current_app).store.list_runs(status=status.upper() if status else None, model_type=model_type,
+                                                 model_run_id=args.get("model_run_id"), limit=limit,
+                                                 before=args.get("before"))
+    next_before = runs[-1]["run_id"] if len(runs) == limit else None
+    return jsonify({"runs": jsonable(runs), "next_before": next_before})
+
+
+def _run_view(run_id: str) -> dict[str, Any]:
+    from lbtrain.adapters.firestore_store import NotFound
+
+    store = deps_of(current_app).store
+    try:
+        run = store.get_run(run_id)
+    except NotFound:
+        raise ApiError(404, f"run {run_id!r} not found") from None
+    run["steps"] = store.get_steps(run_id)
+    return jsonable(run)
+
+
+@bp.get("/runs/<run_id>")
+def get_run(run_id: str):  # noqa: ANN201
+    return jsonify(_run_view(run_id))
+
+
+@bp.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: str):  # noqa: ANN201
+    from lbtrain.adapters.firestore_store import Conflict, NotFound
+    from lbtrain.completion import finish_report
+
+    deps = deps_of(current_app)
+    try:
+        result = deps.store.cancel_run(run_id)
+    except NotFound:
+        raise ApiError(404, f"run {run_id!r} not found") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    if result.job is not None:
+        deps.backend.cancel(result.job.id)
+    elif result.status == d.CANCELLED:
+        finish_report(deps, deps.store.get_run(run_id), d.CANCELLED)
+    return jsonify(_run_view(run_id)), 202 if result.status == d.CANCELLING else 200
+
+
+@bp.post("/runs/<run_id>/retry")
+def retry_run(run_id: str):  # noqa: ANN201
+    from lbtrain.adapters.firestore_store import Conflict, NotFound
+    from lbtrain.intake import publish_step
+    from lbtrain.reporting import report_status
+
+    deps = deps_of(current_app)
+    try:
+        stage, attempt = deps.store.retry_run(run_id)
+    except NotFound:
+        raise ApiError(404, f"run {run_id!r} not found") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    publish_step(deps, run_id, stage, attempt)
+    run = _run_view(run_id)
+    report_status(deps, run["model_run_id"], "EXPORTING_DATA" if stage == "etl" else "TRAINING_MODEL",
+                  run_id=run_id, metadata={"retry_from": stage, "attempt": str(attempt)})
+    return jsonify(run)

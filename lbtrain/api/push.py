@@ -1,0 +1,123 @@
+"""Pub/Sub push endpoints: runs topic, per-stage launcher, job events, dead letters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, request
+
+from lbtrain import log as logmod
+from lbtrain import pipelines
+from lbtrain.api.common import ApiError, deps_of, push_handler, verify_push
+from lbtrain.completion import finish_report, handle_job_event
+from lbtrain.deps import Deps
+from lbtrain.intake import start_run
+from lbtrain.launch import handle_step
+from lbtrain.messages import BadMessage, JobEvent, RunRequest, StepMessage, decode_push
+
+log = logging.getLogger("lbtrain.push")
+
+
+def all_stages() -> list[str]:
+    seen: dict[str, None] = {}
+    for name in pipelines.names():
+        seen.update(dict.fromkeys(pipelines.get(name).stages))
+    return list(seen)
+
+
+@push_handler
+def process_run_request(deps: Deps, envelope: Any) -> str:
+    msg = decode_push(envelope)
+    req = RunRequest.from_dict(msg.data)
+    key = req.idempotency_key or f"pubsub:{msg.message_id}"
+    result = start_run(deps, req, trigger={"source": req.source or "pubsub", "delivery_id": key},
+                       delivery_key=key)
+    outcome = f"run request {msg.message_id}: run {result.run_id} ({'created' if result.created else result.reason})"
+    log.info(outcome)
+    return outcome
+
+
+def _step_handler(stage: str):  # noqa: ANN202
+    @push_handler
+    def process(deps: Deps, envelope: Any) -> str:
+        msg = decode_push(envelope)
+        step = StepMessage.from_dict(msg.data)
+        if step.stage != stage or msg.attributes.get("stage", stage) != stage:
+            # The emulator ignores subscription filters; a misrouted message is acked, not retried.
+            return f"no-op: step message for {step.stage} reached the {stage} launcher"
+        with logmod.bind(run_id=step.run_id, stage=step.stage, attempt=step.attempt):
+            outcome = handle_step(deps, step)
+            log.info(outcome)
+            return outcome
+
+    return process
+
+
+@push_handler
+def process_job_event(deps: Deps, envelope: Any) -> str:
+    msg = decode_push(envelope)
+    event = JobEvent.from_dict(msg.data)
+    with logmod.bind(run_id=event.run_id, stage=event.stage, attempt=event.attempt or None):
+        outcome = handle_job_event(deps, event)
+        log.info(outcome)
+        return outcome
+
+
+@push_handler
+def process_dead_letter(deps: Deps, envelope: Any) -> str:
+    """A message that could not be delivered: the run it belongs to fails with the reason."""
+    msg = decode_push(envelope)
+    data = msg.data if isinstance(msg.data, dict) else {}
+    run_id = data.get("run_id") or msg.attributes.get("run_id")
+    if not run_id:
+        return f"no-op: dead letter {msg.message_id} names no run"
+    source = msg.attributes.get("CloudPubSubDeadLetterSourceSubscription", "a subscription")
+    stage = data.get("stage") or msg.attributes.get("stage") or ""
+    reason = f"message could not be delivered to {source} after repeated attempts"
+    if deps.store.fail_run(run_id, stage, reason):
+        finish_report(deps, deps.store.get_run(run_id), "FAILED")
+        log.error("run %s failed: %s", run_id, reason, extra={"fields": {"run_id": run_id, "stage": stage}})
+        return f"run {run_id} failed: {reason}"
+    return f"no-op: run {run_id} had already ended"
+
+
+def blueprint(stages: list[str] | None = None, *, runs: bool = True, job_events: bool = True,
+              dead_letter: bool = True) -> Blueprint:
+    bp = Blueprint("push", __name__)
+    handlers = {s: _step_handler(s) for s in (stages if stages is not None else all_stages())}
+
+    def body() -> Any:
+        deps = deps_of(current_app)
+        verify_push(deps.config)
+        envelope = request.get_json(silent=True)
+        if envelope is None:
+            raise ApiError(400, "push body is not JSON")
+        return deps, envelope
+
+    if runs:
+        @bp.post("/push/runs")
+        def push_runs():  # noqa: ANN202
+            return process_run_request(*body())
+
+    if handlers:
+        @bp.post("/push/step/<stage>")
+        def push_step(stage: str):  # noqa: ANN202
+            if stage not in handlers:
+                raise ApiError(404, f"this launcher does not serve stage {stage!r}")
+            return handlers[stage](*body())
+
+    if job_events:
+        @bp.post("/push/job-events")
+        def push_job_events():  # noqa: ANN202
+            return process_job_event(*body())
+
+    if dead_letter:
+        @bp.post("/push/dead-letter")
+        def push_dead_letter():  # noqa: ANN202
+            return process_dead_letter(*body())
+
+    return bp
+
+
+__all__ = ["blueprint", "process_job_event", "process_run_request", "process_dead_letter", "BadMessage"]

@@ -1,0 +1,258 @@
+"""`lbtrain`: the local stack, the demo, datasets, runs over the REST API, webhook signing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from lbtrain import config as configmod
+
+
+def _config() -> configmod.Config:
+    try:
+        return configmod.from_env()
+    except ValueError as exc:
+        sys.exit(f"lbtrain: configuration error: {exc}")
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202
+    from lbtrain.client import Client
+    from lbtrain.devstack import read_local_secrets
+
+    cfg = _config()
+    local = read_local_secrets(cfg.state_dir)
+    default_url = configmod.Config.api_url
+    url = args.api_url or (cfg.api_url if cfg.api_url != default_url else local.get("api_url", default_url))
+    token = cfg.api_token or local.get("api_token", "")
+    return Client(url, token=token)
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    from lbtrain.domain import headline
+
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in headline(metrics).items())
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    lines = [f"run {run['run_id']}  {run['status']}  {run['model_type']}  model run {run['model_run_id']}"]
+    for step in run.get("steps", []):
+        job = (step.get("job") or {}).get("id", "")
+        lines.append(f"  {step['stage']:<9} {step['state']:<10} a{step['attempt']}  {job}")
+    if run.get("error"):
+        lines.append(f"  error in {run['error'].get('stage')}: {run['error'].get('message')}")
+    if run.get("metrics"):
+        lines.append(f"  metrics: {_fmt_metrics(run['metrics'])}")
+    if run.get("deployment"):
+        dep = run["deployment"]
+        lines.append(f"  deployed: {dep.get('deployed')}  {dep.get('endpoint', '')}  {dep.get('reason', '')}".rstrip())
+    return "\n".join(lines)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from lbtrain import log as logmod
+    from lbtrain.devstack import DevStack
+
+    cfg = _config()
+    logmod.setup(secrets=cfg.secrets(), project=cfg.project)
+    stack = DevStack(cfg, port=args.port, reconcile_interval=args.reconcile_interval)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stack.start()
+        c = stack.config
+        print(f"lbtrain dev ready at {stack.url} (healthz 200)\n"
+              f"  webhooks:  {stack.url}/models, {stack.url}/model_run\n"
+              f"  REST API:  {stack.url}/runs (token in {c.state_dir}/dev.json unless API_TOKEN is set)\n"
+              f"  Pub/Sub emulator {c.pubsub_emulator_host}, Firestore emulator {c.firestore_emulator_host}, "
+              f"project {c.project}, topics {c.deployment_name}-*\n"
+              f"  Labelbox dir {c.labelbox_dir}, artifacts {c.artifact_root}\n"
+              f"Ctrl-C stops everything.", flush=True)
+        stop.wait()
+    finally:
+        print("lbtrain dev: stopping", flush=True)
+        stack.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lbtrain.demo import run_demo
+
+    return run_demo(port=args.port, limit=args.limit, timeout=args.timeout)
+
+
+def cmd_datasets_build(args: argparse.Namespace) -> int:
+    from lbtrain import datasets
+
+    try:
+        summary = datasets.build(args.model_type, args.out, args.model_run_id, limit=args.limit, seed=args.seed,
+                                 **({"dataset": args.dataset} if args.dataset else {}))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"lbtrain datasets build: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from lbtrain.client import ApiError
+
+    c = _client(args)
+    try:
+        if args.runs_cmd == "start":
+            params = json.loads(args.params) if args.params else {}
+            out = c.start_run(args.model_type, args.model_run_id, args.model_id or "", params)
+            if args.json and not args.wait:
+                _print(out, True)
+            else:
+                print(f"run {out['run_id']} ({'created' if out.get('created') else out.get('reason', 'existing')})")
+            if args.wait:
+                return _wait(c, out["run_id"], args.timeout, args.json)
+        elif args.runs_cmd == "list":
+            out = c.list_runs(status=args.status, model_type=args.model_type, limit=args.limit)
+            if args.json:
+                _print(out, True)
+            else:
+                for run in out["runs"]:
+                    print(f"{run['run_id']}  {run['status']:<10} {run['model_type']:<28} {run.get('stage', ''):<9}"
+                          f" {run['created_at']}  {_fmt_metrics(run.get('metrics') or {})}")
+        elif args.runs_cmd == "show":
+            run = c.get_run(args.run_id)
+            print(json.dumps(run, indent=2, sort_keys=True) if args.json else describe_run(run))
+        elif args.runs_cmd == "wait":
+            return _wait(c, args.run_id, args.timeout, args.json)
+        elif args.runs_cmd == "cancel":
+            run = c.cancel(args.run_id)
+            print(json.dumps(run, indent=2) if args.json else describe_run(run))
+        elif args.runs_cmd == "retry":
+            run = c.retry(args.run_id)
+            print(json.dumps(run, indent=2) if args.json else describe_run(run))
+    except ApiError as exc:
+        print(f"lbtrain runs {args.runs_cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _wait(c, run_id: str, timeout: float, as_json: bool) -> int:  # noqa: ANN001
+    def show(run: dict[str, Any]) -> None:
+        if not as_json:
+            print(f"{run['status']:<10} stage {run.get('stage')}", flush=True)
+
+    try:
+        run = c.wait(run_id, timeout=timeout, on_change=show)
+    except TimeoutError as exc:
+        print(f"lbtrain runs wait: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(run, indent=2, sort_keys=True) if as_json else describe_run(run))
+    return 0 if run["status"] == "SUCCEEDED" else 1
+
+
+def cmd_webhook_sign(args: argparse.Namespace) -> int:
+    from lbtrain import signature
+    from lbtrain.devstack import read_local_secrets
+
+    cfg = _config()
+    secret = cfg.labelbox_webhook_secret or read_local_secrets(cfg.state_dir).get("labelbox_webhook_secret", "")
+    if not secret:
+        print("lbtrain webhook sign: no secret (set LABELBOX_WEBHOOK_SECRET or run `lbtrain dev` once)",
+              file=sys.stderr)
+        return 2
+    body = args.body
+    if body.startswith("@"):
+        with open(body[1:], "rb") as fh:
+            raw = fh.read()
+    else:
+        raw = body.encode()
+    for name, value in signature.headers(secret, raw).items():
+        print(f"{name}: {value}")
+    if args.post:
+        from lbtrain.client import ApiError, Client
+
+        try:
+            status, out = Client(args.post.rsplit("/", 1)[0]).request(
+                "POST", "/" + args.post.rsplit("/", 1)[1], raw=raw,
+                headers={**signature.headers(secret, raw), **({"X-Labelbox-Id": args.delivery_id}
+                                                               if args.delivery_id else {})})
+        except ApiError as exc:
+            print(f"-> {exc}", file=sys.stderr)
+            return 1
+        print(f"-> {status} {json.dumps(out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbtrain", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    dev = sub.add_parser("dev", help="run the local stack until interrupted")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--reconcile-interval", type=float, default=5.0, help="seconds between reconciler sweeps")
+    dev.set_defaults(func=cmd_dev)
+
+    demo = sub.add_parser("demo", help="train text_single_classification end to end on the local stack")
+    demo.add_argument("--port", type=int, default=0, help="port for the stack (default: a free one)")
+    demo.add_argument("--limit", type=int, default=None, help="use a stratified subset of N examples")
+    demo.add_argument("--timeout", type=float, default=1800.0)
+    demo.set_defaults(func=cmd_demo)
+
+    ds = sub.add_parser("datasets", help="build file-backed Labelbox model runs from public data")
+    ds_sub = ds.add_subparsers(dest="datasets_cmd", required=True)
+    build = ds_sub.add_parser("build", help="write {out}/model_runs/{id}/export.ndjson")
+    build.add_argument("model_type")
+    build.add_argument("--out", required=True, help="the LABELBOX_DIR to write into")
+    build.add_argument("--model-run-id", required=True)
+    build.add_argument("--limit", type=int, default=None)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--dataset", default=None, help="which public dataset (default: the reference one)")
+    build.set_defaults(func=cmd_datasets_build)
+
+    runs = sub.add_parser("runs", help="runs over the REST API")
+    runs.add_argument("--api-url", default=None, help="default: LBTRAIN_API_URL or the running `lbtrain dev`")
+    runs.add_argument("--json", action="store_true")
+    rs = runs.add_subparsers(dest="runs_cmd", required=True)
+    start = rs.add_parser("start")
+    start.add_argument("--model-type", required=True)
+    start.add_argument("--model-run-id", required=True)
+    start.add_argument("--model-id", default="")
+    start.add_argument("--params", default="", help="JSON object of pipeline parameters")
+    start.add_argument("--wait", action="store_true")
+    start.add_argument("--timeout", type=float, default=1800.0)
+    lst = rs.add_parser("list")
+    lst.add_argument("--status")
+    lst.add_argument("--model-type")
+    lst.add_argument("--limit", type=int, default=20)
+    for name in ("show", "cancel", "retry"):
+        rs.add_parser(name).add_argument("run_id")
+    wait = rs.add_parser("wait")
+    wait.add_argument("run_id")
+    wait.add_argument("--timeout", type=float, default=1800.0)
+    runs.set_defaults(func=cmd_runs)
+
+    wh = sub.add_parser("webhook", help="Labelbox webhook helpers")
+    wh_sub = wh.add_subparsers(dest="webhook_cmd", required=True)
+    sign = wh_sub.add_parser("sign", help="print X-Hub-Signature headers for a body (and optionally POST it)")
+    sign.add_argument("--body", required=True, help="the JSON body, or @file")
+    sign.add_argument("--post", default="", help="POST the signed body to this URL, e.g. http://127.0.0.1:8080/model_run")
+    sign.add_argument("--delivery-id", default="", help="X-Labelbox-Id to send with --post")
+    sign.set_defaults(func=cmd_webhook_sign)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The job-events handler's work: a job ended → record its result → next stage or end the run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lbtrain import domain as d
+from lbtrain import pipelines, storage
+from lbtrain.adapters.firestore_store import Busy
+from lbtrain.deps import Deps
+from lbtrain.intake import publish_step
+from lbtrain.messages import JobEvent
+from lbtrain.reporting import report_status
+
+log = logging.getLogger("lbtrain.completion")
+
+
+def read_outputs(outputs_uri: str) -> dict[str, Any] | None:
+    try:
+        data = storage.read_json(storage.join(outputs_uri, "outputs.json"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def handle_job_event(deps: Deps, event: JobEvent) -> str:
+    index = deps.store.job_index(event.job_id)
+    if index is None:
+        if not (event.run_id and event.stage and event.attempt):
+            return f"no-op: unknown job {event.job_id}"
+        # The job can finish before its launcher recorded it; complete_step raises Busy then.
+        index = {"run_id": event.run_id, "stage": event.stage, "attempt": event.attempt}
+    run_id, stage, attempt = index["run_id"], index["stage"], int(index["attempt"])
+    status = deps.backend.get_status(event.job_id)  # the event is a hint; the backend is the truth
+    if not status.terminal:
+        raise Busy(f"job {event.job_id} is {status.state} at the backend")
+    outputs_uri = storage.run_dir(deps.config.artifact_root, run_id, stage, attempt)
+    state, error, metrics = status.state, status.error, {}
+    if state == "SUCCEEDED":
+        outputs = read_outputs(outputs_uri)
+        if outputs is None:
+            state, error = "FAILED", f"job succeeded but {outputs_uri}/outputs.json is missing or unreadable"
+        else:
+            metrics = outputs.get("metrics") or {}
+    run = deps.store.get_run(run_id)
+    stages = pipelines.get(run["model_type"]).stages
+    done = deps.store.complete_step(run_id, stage, attempt, event.job_id, state, outputs_uri=outputs_uri,
+                                    metrics=metrics, error=error, stages=stages)
+    if done.next_stage:
+        publish_step(deps, run_id, done.next_stage, done.next_attempt)
+    if done.finished:
+        finish_report(deps, done.run, done.finished)
+    what = "moved" if done.moved else f"no-op ({done.reason})"
+    return f"{stage} a{attempt} {state}: {what}" + (f"; next {done.next_stage}" if done.next_stage else "") + (
+        f"; run {done.finished}" if done.finished else "")
+
+
+def finish_report(deps: Deps, run: dict[str, Any], status: str) -> None:
+    if status == d.SUCCEEDED:
+        meta = {k: f"{v:.4f}" for k, v in d.headline(run.get("metrics") or {}).items()}
+        report_status(deps, run["model_run_id"], "COMPLETE", run_id=run["run_id"], metadata=meta)
+    elif status == d.FAILED:
+        err = run.get("error") or {}
+        report_status(deps, run["model_run_id"], "FAILED", run_id=run["run_id"],
+                      error=f"{err.get('stage', '?')}: {err.get('message', 'failed')} (lbtrain run {run['run_id']})")
+    elif status == d.CANCELLED:
+        report_status(deps, run["model_run_id"], "FAILED", run_id=run["run_id"],
+                      error=f"cancelled (lbtrain run {run['run_id']})")

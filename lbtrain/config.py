@@ -1,0 +1,119 @@
+"""Every environment variable lbtrain reads is read here, once (DESIGN §8).
+
+Everything else receives a `Config` (or plain values) as an argument, so tests can build
+one directly and nothing depends on process-wide state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
+
+
+@dataclass(frozen=True)
+class Config:
+    deployment_name: str = "dev"
+    project: str = "demo"
+    region: str = "us-central1"
+    artifact_root: str = ".lbtrain/artifacts"
+    job_backend: str = "local"
+    labelbox_backend: str = "file"
+    labelbox_dir: str = ".lbtrain/labelbox"
+    labelbox_api_key: str = field(default="", repr=False)
+    labelbox_webhook_secret: str = field(default="", repr=False)
+    api_token: str = field(default="", repr=False)
+    push_auth: str = "none"
+    push_audience: str = ""
+    pubsub_emulator_host: str = ""
+    firestore_emulator_host: str = ""
+    storage_emulator_host: str = ""
+    vertex_api_endpoint: str = ""
+    # Minimum examples per class per split before training is allowed.
+    min_examples: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIN_EXAMPLES))
+    # Largest webhook / API body accepted, in bytes.
+    max_body_bytes: int = 1 << 20
+    # A step left PENDING or LAUNCHING this long is re-driven by the reconciler.
+    stale_after_seconds: float = 120.0
+    # Python interpreter and module that run local jobs (LocalBackend).
+    job_python: str = ""
+    job_module: str = "jobs.main"
+    # The one stage a launcher deployment serves (STAGE=etl …); empty serves all (local stack).
+    stage: str = ""
+    # Local state of the dev stack and the CLI (dev.json with the generated local secrets).
+    state_dir: str = ".lbtrain"
+    # Where the CLI finds the REST API.
+    api_url: str = "http://127.0.0.1:8080"
+
+    def topic(self, name: str) -> str:
+        """Topic id for `runs`, `step-<stage>`, `job-events`, `dead-letter`."""
+        return f"{self.deployment_name}-{name}"
+
+    def with_overrides(self, **kwargs: object) -> Config:
+        return replace(self, **kwargs)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs, messages or documents."""
+        return [s for s in (self.labelbox_api_key, self.labelbox_webhook_secret, self.api_token) if s]
+
+
+def _min_examples(raw: str) -> dict[str, int]:
+    """Parse `train=5,validation=1,test=1`; unknown splits are an error."""
+    out = dict(DEFAULT_MIN_EXAMPLES)
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        split, _, num = part.partition("=")
+        if split not in out or not num.strip().isdigit():
+            raise ValueError(f"LBTRAIN_MIN_EXAMPLES: bad entry {part!r} (want e.g. train=5,validation=1,test=1)")
+        out[split] = int(num)
+    return out
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(Config)}
+    values: dict[str, object] = {}
+    for name in names:
+        key = name.upper()
+        if key in env and env[key] != "":
+            values[name] = env[key]
+    values.pop("min_examples", None)
+    if env.get("LBTRAIN_MIN_EXAMPLES"):
+        values["min_examples"] = _min_examples(env["LBTRAIN_MIN_EXAMPLES"])
+    # GOOGLE_CLOUD_PROJECT is the conventional name for the project.
+    if env.get("GOOGLE_CLOUD_PROJECT"):
+        values["project"] = env["GOOGLE_CLOUD_PROJECT"]
+    values.pop("max_body_bytes", None)
+    if env.get("LBTRAIN_MAX_BODY_BYTES"):
+        values["max_body_bytes"] = int(env["LBTRAIN_MAX_BODY_BYTES"])
+    values.pop("stale_after_seconds", None)
+    if env.get("LBTRAIN_STALE_AFTER_SECONDS"):
+        values["stale_after_seconds"] = float(env["LBTRAIN_STALE_AFTER_SECONDS"])
+    for name in ("job_python", "job_module", "api_url", "state_dir"):
+        values.pop(name, None)
+        if env.get(f"LBTRAIN_{name.upper()}"):
+            values[name] = env[f"LBTRAIN_{name.upper()}"]
+    if values.get("job_backend", "local") not in ("local", "vertex"):
+        raise ValueError(f"JOB_BACKEND must be local or vertex, not {values['job_backend']!r}")
+    if values.get("labelbox_backend", "file") not in ("file", "sdk"):
+        raise ValueError(f"LABELBOX_BACKEND must be file or sdk, not {values['labelbox_backend']!r}")
+    if values.get("push_auth", "none") not in ("none", "oidc"):
+        raise ValueError(f"PUSH_AUTH must be oidc or none, not {values['push_auth']!r}")
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def to_env(config: Config) -> dict[str, str]:
+    """The environment that reproduces `config` in a child process (jobs, dev stack)."""
+    env: dict[str, str] = {}
+    for f in fields(Config):
+        value = getattr(config, f.name)
+        if f.name == "min_examples":
+            env["LBTRAIN_MIN_EXAMPLES"] = ",".join(f"{k}={v}" for k, v in value.items())
+        elif f.name == "project":
+            env["GOOGLE_CLOUD_PROJECT"] = str(value)
+        elif f.name in ("max_body_bytes", "stale_after_seconds", "job_python", "job_module", "api_url", "state_dir"):
+            env[f"LBTRAIN_{f.name.upper()}"] = str(value)
+        elif value != "":
+            env[f.name.upper()] = str(value)
+    return env

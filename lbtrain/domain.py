@@ -1,0 +1,134 @@
+"""Runs, steps and their state machine (DESIGN §6–§7): pure values and rules, no I/O."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Run statuses
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
+    "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED",
+)
+RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+ACTIVE_RUN_STATUSES = (QUEUED, RUNNING, CANCELLING)
+TERMINAL_RUN_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+# Step states
+PENDING, LAUNCHING, SKIPPED = "PENDING", "LAUNCHING", "SKIPPED"
+STEP_STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, FAILED, CANCELLED, SKIPPED)
+
+# Job states reported by a backend that end a step, and what the step becomes.
+JOB_STATE_TO_STEP = {
+    "SUCCEEDED": SUCCEEDED,
+    "FAILED": FAILED,
+    "EXPIRED": FAILED,
+    "PARTIALLY_SUCCEEDED": FAILED,
+    "CANCELLED": CANCELLED,
+}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """16 lowercase hex chars: short enough for job names and Vertex labels."""
+    return uuid.uuid4().hex[:16]
+
+
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
+
+
+def job_name(deployment: str, run_id: str, stage: str, attempt: int) -> str:
+    """Deterministic job name `{dep}-{run_id}-{stage}-a{attempt}`, lowercase, ≤ 63 chars (DESIGN §7)."""
+    name = _LABEL_BAD.sub("-", f"{deployment}-{run_id}-{stage}-a{attempt}".lower())
+    if len(name) > 63:
+        # Keep the distinguishing tail (run id, stage, attempt); trim the deployment prefix.
+        tail = _LABEL_BAD.sub("-", f"-{run_id}-{stage}-a{attempt}".lower())
+        name = name[: 63 - len(tail)].rstrip("-") + tail
+    return name
+
+
+@dataclass(frozen=True)
+class JobRef:
+    backend: str
+    id: str
+    name: str
+    url: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRef:
+        return cls(backend=data["backend"], id=data["id"], name=data["name"], url=data.get("url", ""))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: str  # PENDING|RUNNING|SUCCEEDED|FAILED|CANCELLED|EXPIRED|PARTIALLY_SUCCEEDED (Vertex vocabulary)
+    error: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in JOB_STATE_TO_STEP
+
+
+def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, params: dict[str, Any],
+                trigger: dict[str, Any], first_stage: str, at: datetime) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "model_type": model_type,
+        "model_run_id": model_run_id,
+        "model_id": model_id,
+        "params": params,
+        "status": QUEUED,
+        "stage": first_stage,
+        "trigger": trigger,
+        "created_at": at,
+        "updated_at": at,
+        "finished_at": None,
+        "error": None,
+        "outputs": {},
+        "metrics": {},
+    }
+
+
+def initial_step(stage: str, index: int, at: datetime) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "index": index,
+        "state": PENDING,
+        "attempt": 1,
+        "job": None,
+        "launched_at": None,
+        "started_at": None,
+        "ended_at": None,
+        "updated_at": at,
+        "lease_until": None,
+        "outputs_uri": None,
+        "metrics": {},
+        "error": None,
+        "attempts": [],
+    }
+
+
+def retry_stage(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The step a retry restarts from: the first (in pipeline order) that did not succeed."""
+    for step in sorted(steps, key=lambda s: s["index"]):
+        if step["state"] not in (SUCCEEDED, SKIPPED):
+            return step
+    return None
+
+
+def history_entry(step: dict[str, Any]) -> dict[str, Any]:
+    """What an attempt leaves behind when a retry replaces it."""
+    return {k: step.get(k) for k in ("attempt", "state", "job", "launched_at", "started_at", "ended_at", "error")}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalar metrics only: what list views and logs show."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}

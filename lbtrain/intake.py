@@ -1,0 +1,64 @@
+"""Starting runs: webhooks, the REST API and the runs topic all end here."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from lbtrain import domain as d
+from lbtrain import pipelines
+from lbtrain.adapters.firestore_store import CreateResult
+from lbtrain.deps import Deps
+from lbtrain.messages import BadMessage, RunRequest, StepMessage
+from lbtrain.reporting import report_status
+
+log = logging.getLogger("lbtrain.intake")
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def validate(req: RunRequest) -> pipelines.ModelType:
+    """Raise BadMessage naming the problem; nothing is written for a bad request."""
+    try:
+        model_type = pipelines.get(req.model_type)
+    except pipelines.UnknownModelType as exc:
+        raise BadMessage(str(exc)) from None
+    if not _ID.match(req.model_run_id):
+        raise BadMessage(f"model_run_id {req.model_run_id!r} is not a valid id")
+    if req.model_id and not _ID.match(req.model_id):
+        raise BadMessage(f"model_id {req.model_id!r} is not a valid id")
+    return model_type
+
+
+def publish_step(deps: Deps, run_id: str, stage: str, attempt: int) -> None:
+    msg = StepMessage(run_id, stage, attempt)
+    deps.bus.publish(f"step-{stage}", msg.to_dict(), msg.attributes())
+
+
+def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_key: str | None) -> CreateResult:
+    model_type = validate(req)
+    result = deps.store.create_run(
+        run_id=d.new_run_id(), model_type=req.model_type, model_run_id=req.model_run_id,
+        model_id=req.model_id, params=req.params, trigger=trigger, stages=model_type.stages,
+        delivery_key=delivery_key)
+    if result.created:
+        publish_step(deps, result.run_id, model_type.stages[0], 1)
+        log.info("run %s started for model run %s (%s)", result.run_id, req.model_run_id, req.model_type,
+                 extra={"fields": {"run_id": result.run_id, "source": trigger.get("source")}})
+        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id)
+    else:
+        log.info("no new run: %s (run %s)", result.reason, result.run_id,
+                 extra={"fields": {"run_id": result.run_id}})
+        redrive_pending(deps, result.run_id)
+    return result
+
+
+def redrive_pending(deps: Deps, run_id: str) -> None:
+    """A redelivered request may follow a publish that failed: offer the current step again.
+    Duplicate step messages are harmless (the launcher's claim is transactional)."""
+    run = deps.store.get_run(run_id)
+    if run["status"] not in (d.QUEUED, d.RUNNING):
+        return
+    step = deps.store.get_step(run_id, run["stage"])
+    if step["state"] == d.PENDING:
+        publish_step(deps, run_id, run["stage"], step["attempt"])

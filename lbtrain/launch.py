@@ -1,0 +1,64 @@
+"""The launcher's work for one step message: claim the step, launch its job, record the job."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lbtrain import domain as d
+from lbtrain import pipelines, storage
+from lbtrain.adapters.backend import JobSpec
+from lbtrain.deps import Deps
+from lbtrain.messages import StepMessage
+from lbtrain.reporting import report_status
+
+log = logging.getLogger("lbtrain.launch")
+
+
+def inputs_uri(artifact_root: str, run_id: str, stage: str, attempt: int) -> str:
+    """The launcher's manifest for a job; outside the job's own outputs dir, which the job owns."""
+    return storage.join(artifact_root, "runs", run_id, "inputs", f"{stage}-a{attempt}.json")
+
+
+def job_inputs(run: dict[str, Any], stage: str, attempt: int) -> dict[str, Any]:
+    stages = pipelines.get(run["model_type"]).stages
+    earlier = stages[: stages.index(stage)]
+    return {
+        "run_id": run["run_id"], "model_type": run["model_type"], "model_run_id": run["model_run_id"],
+        "model_id": run.get("model_id", ""), "params": run.get("params") or {}, "stage": stage,
+        "attempt": attempt, "upstream": {s: run["outputs"][s] for s in earlier if run.get("outputs", {}).get(s)},
+    }
+
+
+def job_labels(deployment: str, run_id: str, stage: str, attempt: int) -> dict[str, str]:
+    return {"deployment": deployment, "run_id": run_id, "stage": stage, "attempt": str(attempt)}
+
+
+def handle_step(deps: Deps, msg: StepMessage) -> str:
+    """Returns what happened (for the log). Raises firestore_store.Busy when another launcher
+    holds the step: the message is redelivered later."""
+    claim = deps.store.claim_step(msg.run_id, msg.stage, msg.attempt)
+    if claim.kind == "noop":
+        return f"no-op: {claim.reason}"
+    run = claim.run
+    cfg = deps.config
+    name = d.job_name(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt)
+    job = deps.backend.find_by_name(name) if claim.kind == "reclaim" else None
+    if job is None:
+        in_uri = inputs_uri(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt)
+        storage.write_json(in_uri, job_inputs(run, msg.stage, msg.attempt))
+        spec = JobSpec(name=name, run_id=msg.run_id, stage=msg.stage, attempt=msg.attempt,
+                       model_type=run["model_type"], inputs_uri=in_uri,
+                       outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
+                       labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt))
+        job = deps.backend.submit(spec)
+    record = deps.store.record_launch(msg.run_id, msg.stage, msg.attempt, job)
+    if record.cancel_job:
+        deps.backend.cancel(job.id)
+        return f"job {job.id} launched while the run was cancelled: cancelling it"
+    if record.duplicate:
+        return f"job {job.id} already recorded"
+    status = pipelines.STAGE_LABELBOX_STATUS.get(msg.stage)
+    if status:
+        report_status(deps, run["model_run_id"], status, run_id=msg.run_id)
+    return f"launched {job.id}"

@@ -1,0 +1,158 @@
+"""Pub/Sub message bodies (DESIGN §5) and the push-envelope decoding every handler shares."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"})
+
+
+class BadMessage(ValueError):
+    """A message that can never succeed: answer 4xx so it goes to the dead-letter topic."""
+
+
+def _require(data: dict[str, Any], name: str, kind: type = str) -> Any:
+    value = data.get(name)
+    if value is None or value == "":
+        raise BadMessage(f"missing field {name!r}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadMessage(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _obj(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise BadMessage("message body must be a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    model_type: str
+    model_run_id: str
+    model_id: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = "pubsub"
+    idempotency_key: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRequest:
+        data = _obj(data)
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadMessage("field 'params' must be an object")
+        return cls(
+            model_type=_require(data, "model_type"),
+            model_run_id=_require(data, "model_run_id"),
+            model_id=str(data.get("model_id") or ""),
+            params=params,
+            source=str(data.get("source") or "pubsub"),
+            idempotency_key=str(data.get("idempotency_key") or ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    run_id: str
+    stage: str
+    attempt: int
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StepMessage:
+        data = _obj(data)
+        attempt = _require(data, "attempt", int)
+        if attempt < 1:
+            raise BadMessage("field 'attempt' must be >= 1")
+        return cls(run_id=_require(data, "run_id"), stage=_require(data, "stage"), attempt=attempt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def attributes(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "stage": self.stage}
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    state: str
+    run_id: str = ""
+    stage: str = ""
+    attempt: int = 0
+    outputs_uri: str = ""
+    error: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobEvent:
+        data = _obj(data)
+        attempt = data.get("attempt") or 0
+        if not isinstance(attempt, int):
+            raise BadMessage("field 'attempt' must be an int")
+        return cls(
+            job_id=_require(data, "job_id"),
+            state=_require(data, "state"),
+            run_id=str(data.get("run_id") or ""),
+            stage=str(data.get("stage") or ""),
+            attempt=attempt,
+            outputs_uri=str(data.get("outputs_uri") or ""),
+            error=str(data.get("error") or ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PushMessage:
+    """The part of a Pub/Sub push envelope handlers need."""
+
+    data: Any
+    attributes: dict[str, str]
+    message_id: str
+    subscription: str = ""
+
+
+def decode_push(envelope: Any) -> PushMessage:
+    """Decode `{"message": {"data": b64, "attributes", "messageId"}, "subscription"}`."""
+    envelope = _obj(envelope)
+    msg = envelope.get("message")
+    if not isinstance(msg, dict):
+        raise BadMessage("push envelope has no 'message' object")
+    raw = msg.get("data", "")
+    try:
+        body = base64.b64decode(raw, validate=True) if raw else b""
+    except (binascii.Error, TypeError) as exc:
+        raise BadMessage(f"message data is not base64: {exc}") from None
+    try:
+        data = json.loads(body) if body else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(f"message data is not JSON: {exc}") from None
+    attrs = msg.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise BadMessage("message attributes must be an object")
+    return PushMessage(
+        data=data,
+        attributes={str(k): str(v) for k, v in attrs.items()},
+        message_id=str(msg.get("messageId") or msg.get("message_id") or ""),
+        subscription=str(envelope.get("subscription") or ""),
+    )
+
+
+def encode_push(data: dict[str, Any], attributes: dict[str, str] | None = None, message_id: str = "1",
+                subscription: str = "projects/demo/subscriptions/test") -> dict[str, Any]:
+    """Build a push envelope like Pub/Sub's (used by tests, benchmarks and the CLI)."""
+    return {
+        "message": {
+            "data": base64.b64encode(json.dumps(data).encode()).decode(),
+            "attributes": attributes or {},
+            "messageId": message_id,
+        },
+        "subscription": subscription,
+    }

@@ -1,0 +1,48 @@
+"""Shared fixtures: the emulators (started once per session on free ports, or reused when
+`*_EMULATOR_HOST` is set) and fresh ids so tests never collide."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lbtrain import emulators
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def fresh_id(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def emulator_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """PUBSUB_EMULATOR_HOST / FIRESTORE_EMULATOR_HOST for the whole session."""
+    log_dir = tmp_path_factory.mktemp("emulators")
+    started: list[emulators.Emulator] = []
+    hosts = {}
+    saved = {k: os.environ.get(k) for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")}
+    try:
+        for var, start in (("PUBSUB_EMULATOR_HOST", emulators.start_pubsub),
+                           ("FIRESTORE_EMULATOR_HOST", emulators.start_firestore)):
+            if os.environ.get(var):
+                hosts[var] = os.environ[var]
+            else:
+                em = start(log_dir)
+                started.append(em)
+                hosts[var] = em.host
+            os.environ[var] = hosts[var]
+        yield hosts
+    finally:
+        for em in started:
+            em.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,216 @@
+"""End to end: `lbtrain dev` as a subprocess, real jobs training real models on public data,
+driven the way users drive it (signed webhooks, `gcloud pubsub topics publish`, the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbtrain.client import ApiError, Client
+from lbtrain.emulators import free_port
+from tests.conftest import ARTIFACTS, fresh_id
+
+TOKEN = "e2e-api-token-0123456789abcdef"
+SECRET = "e2e-webhook-secret-0123456789abcdef"
+LBTRAIN = [sys.executable, "-m", "lbtrain.cli"]
+
+
+class Dev:
+    def __init__(self, root: Path, env: dict[str, str], port: int):
+        self.root, self.env, self.port = root, env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.api = Client(self.url, token=TOKEN)
+        self.labelbox_dir = root / "labelbox"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*LBTRAIN, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lbtrain {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def build(self, model_run_id: str, *extra: str) -> dict[str, Any]:
+        out = self.cli("datasets", "build", "text_single_classification", "--out", str(self.labelbox_dir),
+                       "--model-run-id", model_run_id, *extra)
+        return json.loads(out.stdout)
+
+    def webhook(self, model_run_id: str, delivery_id: str) -> dict[str, Any]:
+        body = {"modelId": "e2e-model", "modelRunId": model_run_id, "modelType": "text_single_classification"}
+        status, answer = self.api.send_webhook("/model_run", body, SECRET, delivery_id=delivery_id)
+        assert status == 200
+        return answer
+
+    def model_run_dir(self, model_run_id: str) -> Path:
+        return self.labelbox_dir / "model_runs" / model_run_id
+
+    def statuses(self, model_run_id: str) -> list[dict[str, Any]]:
+        path = self.model_run_dir(model_run_id) / "status.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def dev(emulator_hosts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    root = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    env = {
+        **os.environ, **emulator_hosts,
+        "GOOGLE_CLOUD_PROJECT": fresh_id("e2e"), "DEPLOYMENT_NAME": "dev",
+        "LBTRAIN_STATE_DIR": str(root / "state"), "LABELBOX_DIR": str(root / "labelbox"),
+        "ARTIFACT_ROOT": str(root / "artifacts"), "API_TOKEN": TOKEN, "LABELBOX_WEBHOOK_SECRET": SECRET,
+        "LBTRAIN_API_URL": f"http://127.0.0.1:{port}", "PYTHONUNBUFFERED": "1",
+    }
+    log_path = root / "dev.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*LBTRAIN, "dev", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    d = Dev(root, env, port)
+    try:
+        deadline = time.monotonic() + 90
+        while "ready at" not in log_path.read_text():
+            assert proc.poll() is None, f"lbtrain dev exited early:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"lbtrain dev not ready:\n{log_path.read_text()}"
+            time.sleep(0.2)
+        with urllib.request.urlopen(d.url + "/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        yield d
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(log_path, ARTIFACTS / "e2e-dev.log")
+    assert proc.returncode == 0, f"lbtrain dev did not stop cleanly: {proc.returncode}"
+    assert "lbtrain dev: stopping" in log_path.read_text()
+
+
+def _wait(dev: Dev, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    return dev.api.wait(run_id, timeout=timeout, interval=0.5)
+
+
+def test_signed_webhook_trains_evaluates_and_deploys(dev: Dev):
+    mr = fresh_id("mr")
+    summary = dev.build(mr, "--limit", "900")
+    first = dev.webhook(mr, delivery_id="e2e-delivery-1")
+    again = dev.webhook(mr, delivery_id="e2e-delivery-1")  # Labelbox redelivers
+    assert again["run_id"] == first["run_id"] and again["created"] is False
+
+    run = _wait(dev, first["run_id"])
+    assert run["status"] == "SUCCEEDED", json.dumps(run, indent=1)
+    assert [(s["stage"], s["state"], s["attempt"]) for s in run["steps"]] == [
+        ("etl", "SUCCEEDED", 1), ("train", "SUCCEEDED", 1), ("evaluate", "SUCCEEDED", 1), ("deploy", "SUCCEEDED", 1)]
+    metrics = run["metrics"]
+    classes = ["fresh", "plot", "rotten"]
+    assert 0.5 < metrics["accuracy"] <= 1.0 and 0.5 < metrics["macro_f1"] <= 1.0  # 3 classes: chance is ~0.33
+    assert sorted(metrics["per_class"]) == classes
+    assert {"precision", "recall", "f1"} <= set(metrics["per_class"]["plot"])
+    cm = metrics["confusion_matrix"]
+    assert sum(sum(row) for row in cm["matrix"]) == metrics["test_size"]
+
+    # Labelbox saw the statuses in order and got a prediction for every data row.
+    assert [s["status"] for s in dev.statuses(mr)] == ["EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL",
+                                                       "COMPLETE"]
+    uploads = list((dev.model_run_dir(mr) / "predictions").glob("*.ndjson"))
+    assert len(uploads) == 1
+    rows = [json.loads(line) for line in uploads[0].read_text().splitlines()]
+    predictions = [r for r in rows if "answer" in r]
+    metric_rows = [r for r in rows if r.get("aggregation") == "CONFUSION_MATRIX"]
+    assert len({r["dataRow"]["id"] for r in predictions}) == summary["rows"]
+    assert all(r["answer"]["name"] in classes and 0 <= r["answer"]["confidence"] <= 1 for r in predictions)
+    assert metric_rows and all(len(r["metricValue"]) == 4 and r["featureName"] in classes for r in metric_rows)
+
+    # The deployed model answers on the Vertex prediction contract.
+    deployment = run["deployment"]
+    assert deployment["deployed"] is True and deployment["endpoint"]
+    req = urllib.request.Request(deployment["endpoint"], method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"instances": [{"text": "A dull, lifeless mess."}]}).encode())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer = json.loads(resp.read())
+    assert answer["predictions"][0]["label"] in classes
+
+    # The CLI sees the same run.
+    shown = dev.cli("runs", "show", first["run_id"]).stdout
+    assert "SUCCEEDED" in shown and "macro_f1=" in shown
+    listed = json.loads(dev.cli("runs", "--json", "list", "--status", "SUCCEEDED").stdout)
+    assert first["run_id"] in [r["run_id"] for r in listed["runs"]]
+
+
+def test_gcloud_publish_on_runs_topic_with_another_dataset(dev: Dev, tmp_path: Path):
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.fail("gcloud CLI is required (it ships the emulators)")
+    mr = fresh_id("mr")
+    dev.build(mr, "--dataset", "presidential_debates", "--limit", "600")
+    env = {**dev.env, "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{dev.env['PUBSUB_EMULATOR_HOST']}/",
+           "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true", "CLOUDSDK_CORE_PROJECT": dev.env["GOOGLE_CLOUD_PROJECT"],
+           "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    message = json.dumps({"model_type": "text_single_classification", "model_run_id": mr})
+    out = subprocess.run([gcloud, "pubsub", "topics", "publish", "dev-runs", f"--message={message}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+    def run_of_model_run():
+        runs = dev.api.list_runs(model_run_id=mr)["runs"]
+        return runs[0] if runs else None
+
+    deadline = time.monotonic() + 30
+    while (first := run_of_model_run()) is None:
+        assert time.monotonic() < deadline, "the published message started no run"
+        time.sleep(0.3)
+    assert first["trigger"]["source"] == "pubsub"
+    run = _wait(dev, first["run_id"])
+    assert run["status"] == "SUCCEEDED", json.dumps(run, indent=1)
+    assert run["metrics"]["macro_f1"] > 0.4
+    assert [s["status"] for s in dev.statuses(mr)][-1] == "COMPLETE"
+    assert len(dev.api.list_runs(model_run_id=mr)["runs"]) == 1
+
+
+def test_too_few_labels_fails_with_class_and_split(dev: Dev):
+    mr = fresh_id("mr")
+    dev.build(mr, "--limit", "300")
+    export = dev.model_run_dir(mr) / "export.ndjson"
+    rows = [json.loads(line) for line in export.read_text().splitlines()]
+
+    def is_test_plot(row: dict[str, Any]) -> bool:
+        run = next(iter(row["experiments"].values()))["runs"][mr]
+        answer = run["labels"][0]["annotations"]["classifications"][0]["radio_answer"]["name"]
+        return run["split"].lower() == "test" and answer == "plot"
+
+    export.write_text("".join(json.dumps(r) + "\n" for r in rows if not is_test_plot(r)))
+    run_id = dev.webhook(mr, delivery_id=fresh_id("d"))["run_id"]
+    run = _wait(dev, run_id, timeout=120)
+    assert run["status"] == "FAILED"
+    assert run["error"]["stage"] == "etl"
+    assert "plot" in run["error"]["message"] and "test" in run["error"]["message"]
+    last = dev.statuses(mr)[-1]
+    assert last["status"] == "FAILED" and "plot" in last["error_message"] and len(last["error_message"]) <= 255
+    assert [s["state"] for s in run["steps"]] == ["FAILED", "PENDING", "PENDING", "PENDING"]
+
+
+def test_bad_requests_are_refused_with_reasons(dev: Dev):
+    body = json.dumps({"modelRunId": "x", "modelType": "no_such_type"}).encode()
+    from lbtrain import signature
+
+    for raw, headers, status, text in [
+        (body, {}, 401, "missing signature"),
+        (body, {"X-Hub-Signature": "sha1=00"}, 401, "does not match"),
+        (b"{not json", signature.headers(SECRET, b"{not json"), 400, "malformed JSON"),
+        (body, signature.headers(SECRET, body), 400, "unknown model type 'no_such_type'"),
+    ]:
+        with pytest.raises(ApiError) as err:
+            Client(dev.url, retries=0).request("POST", "/model_run", raw=raw, headers=headers)
+        assert err.value.status == status and text in err.value.message
+    with pytest.raises(ApiError) as err:
+        Client(dev.url, retries=0).request("GET", "/runs")
+    assert err.value.status == 401
