@@ -48,15 +48,19 @@ class StageContext:
     def upstream_uri(self, stage: str) -> str:
         uri = self.upstream.get(stage)
         if not uri:
-            raise JobError(f"the {self.stage} stage needs the outputs of the {stage} stage, "
-                           f"but inputs.upstream has no {stage!r} entry")
+            raise JobError(
+                f"the {self.stage} stage needs the outputs of the {stage} stage, "
+                f"but inputs.upstream has no {stage!r} entry"
+            )
         return uri
 
     def upstream_outputs(self, stage: str) -> dict[str, Any]:
         """The outputs.json manifest of an earlier stage."""
         uri = storage.join(self.upstream_uri(stage), OUTPUTS_FILE)
         if not storage.exists(uri):
-            raise JobError(f"the {stage} stage's outputs at {self.upstream_uri(stage)} have no {OUTPUTS_FILE}")
+            raise JobError(
+                f"the {stage} stage's outputs at {self.upstream_uri(stage)} have no {OUTPUTS_FILE}"
+            )
         return storage.read_json(uri)
 
     def upstream_artifact(self, stage: str, name: str, default: str) -> str:

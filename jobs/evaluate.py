@@ -25,8 +25,11 @@ def run(ctx: StageContext) -> StageResult:
     storage.write_json(metrics_uri, evaluation.metrics)
     storage.write_text(predictions_uri, dumps_jsonl(evaluation.prediction_rows))
     name = upload_name(ctx.run_id, ctx.attempt)
-    ctx.progress(f"uploading {len(evaluation.prediction_rows)} prediction/metric rows as {name}",
-                 upload_name=name, upload_rows=len(evaluation.prediction_rows))
+    ctx.progress(
+        f"uploading {len(evaluation.prediction_rows)} prediction/metric rows as {name}",
+        upload_name=name,
+        upload_rows=len(evaluation.prediction_rows),
+    )
     ctx.labelbox().upload_predictions(ctx.model_run_id, name, evaluation.prediction_rows)
     return StageResult(
         uris={"metrics": metrics_uri, "predictions": predictions_uri, "model": model_dir},

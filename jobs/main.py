@@ -79,8 +79,9 @@ def human_message(exc: BaseException) -> str:
 
 def _write_error(outputs: str, exc: BaseException) -> None:
     try:
-        storage.write_json(storage.join(outputs, ERROR_FILE),
-                           {"message": human_message(exc), "type": type(exc).__name__})
+        storage.write_json(
+            storage.join(outputs, ERROR_FILE), {"message": human_message(exc), "type": type(exc).__name__}
+        )
     except Exception:  # noqa: BLE001 - nowhere left to report it but stderr
         traceback.print_exc(file=sys.stderr)
 
@@ -99,7 +100,9 @@ def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"inputs file {args.inputs} has no {key!r}")
     for key, expected in (("run_id", args.run_id), ("stage", args.stage), ("attempt", args.attempt)):
         if inputs.get(key) not in (None, expected):
-            raise UsageError(f"inputs {key}={inputs[key]!r} does not match --{key.replace('_', '-')} {expected!r}")
+            raise UsageError(
+                f"inputs {key}={inputs[key]!r} does not match --{key.replace('_', '-')} {expected!r}"
+            )
     for key in ("params", "upstream"):
         if not isinstance(inputs.get(key) or {}, dict):
             raise UsageError(f"inputs {key!r} must be an object")
@@ -155,30 +158,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         try:
             ctx = StageContext(
-                run_id=args.run_id, stage=args.stage, attempt=args.attempt,
-                model_type=inputs["model_type"], model_run_id=inputs["model_run_id"],
-                model_id=str(inputs.get("model_id") or ""), params=dict(inputs.get("params") or {}),
+                run_id=args.run_id,
+                stage=args.stage,
+                attempt=args.attempt,
+                model_type=inputs["model_type"],
+                model_run_id=inputs["model_run_id"],
+                model_id=str(inputs.get("model_id") or ""),
+                params=dict(inputs.get("params") or {}),
                 upstream={k: str(v) for k, v in (inputs.get("upstream") or {}).items() if v},
-                outputs_uri=args.outputs, config=config, task=task, logger=logger,
+                outputs_uri=args.outputs,
+                config=config,
+                task=task,
+                logger=logger,
             )
-            log.event(logger, f"{args.stage} started", model_type=ctx.model_type, model_run_id=ctx.model_run_id)
+            log.event(
+                logger, f"{args.stage} started", model_type=ctx.model_type, model_run_id=ctx.model_run_id
+            )
             result = importlib.import_module(STAGES[args.stage]).run(ctx)
             manifest = {
-                "run_id": args.run_id, "stage": args.stage, "attempt": args.attempt,
-                "model_type": ctx.model_type, "uris": result.uris, "metrics": result.metrics,
+                "run_id": args.run_id,
+                "stage": args.stage,
+                "attempt": args.attempt,
+                "model_type": ctx.model_type,
+                "uris": result.uris,
+                "metrics": result.metrics,
             }
             storage.write_json(storage.join(args.outputs, OUTPUTS_FILE), manifest)
         except BaseException as exc:  # noqa: BLE001 - every failure must leave error.json
             if isinstance(exc, SystemExit | KeyboardInterrupt):
                 exc = Cancelled(f"job interrupted ({type(exc).__name__})")
             traceback.print_exc(file=sys.stderr)
-            log.event(logger, f"{args.stage} failed: {human_message(exc)}", level=40, error_type=type(exc).__name__)
+            log.event(
+                logger, f"{args.stage} failed: {human_message(exc)}", level=40, error_type=type(exc).__name__
+            )
             _write_error(args.outputs, exc)
             return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
-        log.event(logger, f"{args.stage} succeeded in {time.monotonic() - started:.1f}s",
-                  seconds=round(time.monotonic() - started, 2), metrics=_short(result.metrics))
+        log.event(
+            logger,
+            f"{args.stage} succeeded in {time.monotonic() - started:.1f}s",
+            seconds=round(time.monotonic() - started, 2),
+            metrics=_short(result.metrics),
+        )
         return 0
 
 

@@ -50,8 +50,13 @@ def _load_predictor(model_dir: str) -> Any:
     return tasks.load(meta["model_type"]).load_predictor(model_dir)
 
 
-def make_server(predictor: Any, host: str, port: int, predict_route: str = DEFAULT_PREDICT_ROUTE,
-                health_route: str = DEFAULT_HEALTH_ROUTE) -> ThreadingHTTPServer:
+def make_server(
+    predictor: Any,
+    host: str,
+    port: int,
+    predict_route: str = DEFAULT_PREDICT_ROUTE,
+    health_route: str = DEFAULT_HEALTH_ROUTE,
+) -> ThreadingHTTPServer:
     """An HTTP server answering the Vertex prediction contract for `predictor`."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -112,8 +117,13 @@ def main() -> int:
     port = int(os.environ.get("AIP_HTTP_PORT", "8080"))
     host = os.environ.get("LBTRAIN_SERVING_HOST", "0.0.0.0")
     predictor = _load_predictor(model_dir)
-    server = make_server(predictor, host, port, os.environ.get("AIP_PREDICT_ROUTE", DEFAULT_PREDICT_ROUTE),
-                         os.environ.get("AIP_HEALTH_ROUTE", DEFAULT_HEALTH_ROUTE))
+    server = make_server(
+        predictor,
+        host,
+        port,
+        os.environ.get("AIP_PREDICT_ROUTE", DEFAULT_PREDICT_ROUTE),
+        os.environ.get("AIP_HEALTH_ROUTE", DEFAULT_HEALTH_ROUTE),
+    )
 
     def _stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)
@@ -211,8 +221,16 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def start(model_dir: str, artifact_root: str, model_type: str, run_id: str, *, host: str = "127.0.0.1",
-          timeout: float = 60.0, python: str = "") -> dict[str, Any]:
+def start(
+    model_dir: str,
+    artifact_root: str,
+    model_type: str,
+    run_id: str,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 60.0,
+    python: str = "",
+) -> dict[str, Any]:
     """Start (or find already running) the server for this run; return its record once healthy."""
     path = record_path(artifact_root, model_type, run_id)
     existing = read_record(path)
@@ -236,26 +254,42 @@ def start(model_dir: str, artifact_root: str, model_type: str, run_id: str, *, h
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_fh:
-            proc = subprocess.Popen([python or sys.executable, "-m", "jobs.serving"], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                [python or sys.executable, "-m", "jobs.serving"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         base = f"http://{host}:{port}"
         record = {
-            "pid": proc.pid, "port": port, "model_type": model_type, "run_id": run_id, "model_uri": model_dir,
-            "endpoint": base + DEFAULT_PREDICT_ROUTE, "health_url": base + DEFAULT_HEALTH_ROUTE,
-            "log": str(log_path), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "pid": proc.pid,
+            "port": port,
+            "model_type": model_type,
+            "run_id": run_id,
+            "model_uri": model_dir,
+            "endpoint": base + DEFAULT_PREDICT_ROUTE,
+            "health_url": base + DEFAULT_HEALTH_ROUTE,
+            "log": str(log_path),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         _write_record(path, record)  # before waiting: stop_all finds it even if we die here
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last_error = f"exited with code {proc.returncode}: {_log_tail(log_path)}"
-                break
-            if healthy(record["health_url"], timeout=1.0):
-                return record
-            time.sleep(0.2)
-        else:
-            last_error = f"not healthy after {timeout:.0f}s: {_log_tail(log_path)}"
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    last_error = f"exited with code {proc.returncode}: {_log_tail(log_path)}"
+                    break
+                if healthy(record["health_url"], timeout=1.0):
+                    return record
+                time.sleep(0.2)
+            else:
+                last_error = f"not healthy after {timeout:.0f}s: {_log_tail(log_path)}"
+        except BaseException:  # cancelled while waiting: leave no half-started server behind
+            stop_record(record, path)
+            raise
         stop_record(record, path)
     raise ServingError(f"the model server for run {run_id} did not start ({last_error})")
 
@@ -314,8 +348,12 @@ def stop_all(artifact_root: str, timeout: float = 5.0) -> int:
 
 def predict(endpoint: str, instances: list[Any], timeout: float = 30.0) -> dict[str, Any]:
     """POST instances to a running server (used by tests and the CLI)."""
-    req = urllib.request.Request(endpoint, data=json.dumps({"instances": instances}).encode("utf-8"),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        endpoint,
+        data=json.dumps({"instances": instances}).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 

@@ -49,8 +49,16 @@ def describe_run(run: dict[str, Any]) -> str:
         lines.append(f"  {step['stage']:<9} {step['state']:<10} a{step['attempt']}  {job}")
     if run.get("error"):
         lines.append(f"  error in {run['error'].get('stage')}: {run['error'].get('message')}")
-    if run.get("metrics"):
-        lines.append(f"  metrics: {_fmt_metrics(run['metrics'])}")
+    metrics = run.get("metrics") or {}
+    if metrics:
+        scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        lines.append(f"  metrics (test split, n={metrics.get('test_size', '?')}): {_fmt_metrics(scores)}")
+        per_class = metrics.get("per_class") or {}
+        if per_class:
+            lines.append(f"    {'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
+            for name, row in per_class.items():
+                lines.append(f"    {name[:20]:<20} {row.get('precision', 0):>9.3f} {row.get('recall', 0):>7.3f} "
+                             f"{row.get('f1', 0):>7.3f} {row.get('support', 0):>8}")
     if run.get("deployment"):
         dep = run["deployment"]
         lines.append(f"  deployed: {dep.get('deployed')}  {dep.get('endpoint', '')}  {dep.get('reason', '')}".rstrip())
@@ -72,12 +80,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         stack.start()
         c = stack.config
+        token_source = "API_TOKEN" if cfg.api_token else f"generated, in {c.state_dir}/dev.json"
         print(f"lbtrain dev ready at {stack.url} (healthz 200)\n"
               f"  webhooks:  {stack.url}/models, {stack.url}/model_run\n"
-              f"  REST API:  {stack.url}/runs (token in {c.state_dir}/dev.json unless API_TOKEN is set)\n"
+              f"  REST API:  {stack.url}/runs (token: {token_source})\n"
               f"  Pub/Sub emulator {c.pubsub_emulator_host}, Firestore emulator {c.firestore_emulator_host}, "
               f"project {c.project}, topics {c.deployment_name}-*\n"
               f"  Labelbox dir {c.labelbox_dir}, artifacts {c.artifact_root}\n"
+              f"  publish a run request:\n"
+              f"    CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB=http://{c.pubsub_emulator_host}/ "
+              f"CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true CLOUDSDK_CORE_PROJECT={c.project} \\\n"
+              f"    gcloud pubsub topics publish {c.topic('runs')} "
+              f"--message='{{\"model_type\": \"text_single_classification\", \"model_run_id\": \"ID\"}}'\n"
               f"Ctrl-C stops everything.", flush=True)
         stop.wait()
     finally:

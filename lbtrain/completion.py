@@ -58,7 +58,9 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
 
 def finish_report(deps: Deps, run: dict[str, Any], status: str) -> None:
     if status == d.SUCCEEDED:
-        meta = {k: f"{v:.4f}" for k, v in d.headline(run.get("metrics") or {}).items()}
+        metrics = run.get("metrics") or {}
+        keys = dict.fromkeys([pipelines.get(run["model_type"]).headline_metric, "accuracy"])
+        meta = {k: f"{metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float)}
         report_status(deps, run["model_run_id"], "COMPLETE", run_id=run["run_id"], metadata=meta)
     elif status == d.FAILED:
         err = run.get("error") or {}

@@ -63,8 +63,8 @@ def _min_examples(raw: str) -> dict[str, int]:
     """Parse `train=5,validation=1,test=1`; unknown splits are an error."""
     out = dict(DEFAULT_MIN_EXAMPLES)
     for part in filter(None, (p.strip() for p in raw.split(","))):
-        split, _, num = part.partition("=")
-        if split not in out or not num.strip().isdigit():
+        split, _, num = (x.strip() for x in part.partition("="))
+        if split not in out or not num.isdigit():
             raise ValueError(f"LBTRAIN_MIN_EXAMPLES: bad entry {part!r} (want e.g. train=5,validation=1,test=1)")
         out[split] = int(num)
     return out
@@ -81,15 +81,18 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     values.pop("min_examples", None)
     if env.get("LBTRAIN_MIN_EXAMPLES"):
         values["min_examples"] = _min_examples(env["LBTRAIN_MIN_EXAMPLES"])
-    # GOOGLE_CLOUD_PROJECT is the conventional name for the project.
+    # GOOGLE_CLOUD_PROJECT is the conventional name for the project (never a bare PROJECT).
+    values.pop("project", None)
     if env.get("GOOGLE_CLOUD_PROJECT"):
         values["project"] = env["GOOGLE_CLOUD_PROJECT"]
-    values.pop("max_body_bytes", None)
-    if env.get("LBTRAIN_MAX_BODY_BYTES"):
-        values["max_body_bytes"] = int(env["LBTRAIN_MAX_BODY_BYTES"])
-    values.pop("stale_after_seconds", None)
-    if env.get("LBTRAIN_STALE_AFTER_SECONDS"):
-        values["stale_after_seconds"] = float(env["LBTRAIN_STALE_AFTER_SECONDS"])
+    for name, kind in (("max_body_bytes", int), ("stale_after_seconds", float)):
+        values.pop(name, None)
+        key = f"LBTRAIN_{name.upper()}"
+        if env.get(key):
+            try:
+                values[name] = kind(env[key])
+            except ValueError:
+                raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
     for name in ("job_python", "job_module", "api_url", "state_dir"):
         values.pop(name, None)
         if env.get(f"LBTRAIN_{name.upper()}"):

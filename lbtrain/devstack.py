@@ -28,27 +28,23 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log per pol
 
 
 def local_secrets(config: Config) -> Config:
-    """Locally, missing secrets are generated once and kept in `{state_dir}/dev.json` (0600)
-    so the CLI and the demo can use them; they are never printed or logged."""
+    """Locally, secrets missing from the environment are generated once and kept in
+    `{state_dir}/dev.json` (mode 0600) so the CLI and the demo can use them. Secrets that come
+    from the environment are never written there; none is ever printed or logged."""
     path = Path(config.state_dir) / "dev.json"
-    saved: dict[str, str] = {}
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    changed = False
+    saved: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     values = {}
     for name in ("api_token", "labelbox_webhook_secret"):
-        value = getattr(config, name) or saved.get(name)
-        if not value:
-            value = secrets.token_urlsafe(32)
-        if saved.get(name) != value:
-            saved[name], changed = value, True
-        values[name] = value
+        if getattr(config, name):
+            saved.pop(name, None)
+            continue
+        values[name] = saved.get(name) or secrets.token_urlsafe(32)
+        saved[name] = values[name]
     saved["api_url"] = config.api_url
-    if changed or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(saved, fh)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(saved, fh)
     return config.with_overrides(**values)
 
 
@@ -83,13 +79,13 @@ class DevStack:
         if cfg.pubsub_emulator_host:
             self.emulators.append(emulators.reuse("pubsub", cfg.pubsub_emulator_host))
         else:
-            em = emulators.start_pubsub(state / "logs")
+            em = emulators.start_pubsub(state / "logs", emulators.preferred_port(8085))
             self.emulators.append(em)
             cfg = cfg.with_overrides(pubsub_emulator_host=em.host)
         if cfg.firestore_emulator_host:
             self.emulators.append(emulators.reuse("firestore", cfg.firestore_emulator_host))
         else:
-            em = emulators.start_firestore(state / "logs")
+            em = emulators.start_firestore(state / "logs", emulators.preferred_port(8086))
             self.emulators.append(em)
             cfg = cfg.with_overrides(firestore_emulator_host=em.host)
         # The Google client libraries read these from the environment.

@@ -31,6 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def preferred_port(port: int) -> int:
+    """The conventional port (8085 Pub/Sub, 8086 Firestore) when free, else any free one."""
+    return port if port_free(port) else free_port()
+
+
 def sdk_root() -> Path:
     gcloud = shutil.which("gcloud")
     if not gcloud:

@@ -14,7 +14,8 @@ from lbtrain.messages import BadMessage, RunRequest, StepMessage
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.intake")
-_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+# Ids become Firestore document ids and file names: no "/", not "." or "..", not "__…__" (reserved).
+_ID = re.compile(r"(?!\.{1,2}\Z)(?!__.*__\Z)[A-Za-z0-9._-]{1,200}")
 
 
 def validate(req: RunRequest) -> pipelines.ModelType:
@@ -23,9 +24,9 @@ def validate(req: RunRequest) -> pipelines.ModelType:
         model_type = pipelines.get(req.model_type)
     except pipelines.UnknownModelType as exc:
         raise BadMessage(str(exc)) from None
-    if not _ID.match(req.model_run_id):
+    if not _ID.fullmatch(req.model_run_id):
         raise BadMessage(f"model_run_id {req.model_run_id!r} is not a valid id")
-    if req.model_id and not _ID.match(req.model_id):
+    if req.model_id and not _ID.fullmatch(req.model_id):
         raise BadMessage(f"model_id {req.model_id!r} is not a valid id")
     return model_type
 

@@ -23,9 +23,11 @@ TRACE_KEY = "logging.googleapis.com/trace"
 
 
 def _scrub(text: str) -> str:
+    """Remove secrets from a JSON line, in their raw and their JSON-escaped spelling."""
     for secret in _secrets:
-        if secret and secret in text:
-            text = text.replace(secret, "[REDACTED]")
+        for form in {secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]}:
+            if form and form in text:
+                text = text.replace(form, "[REDACTED]")
     return text
 
 

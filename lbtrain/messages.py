@@ -128,7 +128,7 @@ def decode_push(envelope: Any) -> PushMessage:
     raw = msg.get("data", "")
     try:
         body = base64.b64decode(raw, validate=True) if raw else b""
-    except (binascii.Error, TypeError) as exc:
+    except (binascii.Error, TypeError, ValueError) as exc:  # ValueError: non-ASCII text
         raise BadMessage(f"message data is not base64: {exc}") from None
     try:
         data = json.loads(body) if body else {}

@@ -90,8 +90,14 @@ class Task(ABC):
     model_type: ClassVar[str]
 
     @abstractmethod
-    def convert(self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any],
-                out_uri: str, progress: Progress) -> Dataset:
+    def convert(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        model_run_id: str,
+        params: Mapping[str, Any],
+        out_uri: str,
+        progress: Progress,
+    ) -> Dataset:
         """Export v2 rows → snapshot. `out_uri` is where media may be copied. Never drops silently:
         every row that is not an example is counted (and named) in `stats`."""
 
@@ -100,8 +106,9 @@ class Task(ABC):
         """Raise DatasetError naming the class and split when the snapshot cannot be trained on."""
 
     @abstractmethod
-    def train(self, dataset: Dataset, model_dir: str, params: Mapping[str, Any],
-              progress: Progress) -> dict[str, Any]:
+    def train(
+        self, dataset: Dataset, model_dir: str, params: Mapping[str, Any], progress: Progress
+    ) -> dict[str, Any]:
         """Fit, write a self-contained model under `model_dir` (ending with model.json), return
         train metrics (validation scores, sizes, seconds)."""
 

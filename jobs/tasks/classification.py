@@ -14,8 +14,13 @@ CONFUSION_METRIC_NAME = "confusion_matrix"  # custom metric name ("precision", "
 _UUID_NS = uuid.UUID("6f0f6a57-3a35-4a51-9d4e-6c2b7f1f2d10")
 
 
-def validate_counts(examples: Sequence[Mapping[str, Any]], classes: Sequence[str],
-                    min_examples: Mapping[str, int], *, model_run_id: str = "") -> None:
+def validate_counts(
+    examples: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    min_examples: Mapping[str, int],
+    *,
+    model_run_id: str = "",
+) -> None:
     """Every class needs min_examples[split] examples in each split; ≥ 2 classes overall."""
     where = f" in model run {model_run_id!r}" if model_run_id else ""
     if not examples:
@@ -36,7 +41,12 @@ def validate_counts(examples: Sequence[Mapping[str, Any]], classes: Sequence[str
     ]
     if problems:
         c, s, n, need = problems[0]
-        more = f" (and {len(problems) - 1} more class/split pairs too small)" if len(problems) > 1 else ""
+        extra = len(problems) - 1
+        more = (
+            f"; {extra} more class/split pair{'s are' if extra > 1 else ' is'} also too small"
+            if extra
+            else ""
+        )
         raise DatasetError(f'too few examples: class "{c}" has {n} in split "{s}" (minimum {need}){more}')
 
 
@@ -61,8 +71,12 @@ def metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         f1s.append(f1)
-        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                        "support": support}
+        per_class[c] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
     weighted = sum(f1 * per_class[c]["support"] for f1, c in zip(f1s, classes, strict=True))
     return {
         "accuracy": round(accuracy, 4),
@@ -71,8 +85,23 @@ def metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]
         "weighted_f1": round(weighted / n, 4) if n else 0.0,
         "test_size": n,
         "per_class": per_class,
-        "confusion_matrix": {"labels": list(classes), "matrix": matrix},
+        "confusion_matrix": confusion_doc(classes, matrix),
     }
+
+
+def confusion_doc(classes: Sequence[str], matrix: list[list[int]]) -> dict[str, Any]:
+    """Confusion matrix without arrays nested in arrays (Firestore rejects those; the orchestrator
+    copies outputs.json metrics into the run document): one row per true class, counts per
+    predicted class in `labels` order."""
+    return {
+        "labels": list(classes),
+        "rows": [{"true": c, "predicted": list(row)} for c, row in zip(classes, matrix, strict=True)],
+    }
+
+
+def confusion_matrix(doc: Mapping[str, Any]) -> list[list[int]]:
+    """`confusion_doc` → the plain matrix (rows = true, columns = predicted)."""
+    return [list(r["predicted"]) for r in doc["rows"]]
 
 
 def row_uuid(*parts: str) -> str:
@@ -99,14 +128,16 @@ def confusion_rows(data_row_id: str, true: str, pred: str, classes: Sequence[str
         fp = int(true != c and pred == c)
         fn = int(true == c and pred != c)
         tn = 1 - tp - fp - fn
-        rows.append({
-            "uuid": row_uuid("metric", CONFUSION_METRIC_NAME, c, data_row_id),
-            "dataRow": {"id": data_row_id},
-            "metricValue": [tp, fp, tn, fn],
-            "featureName": c,
-            "metricName": CONFUSION_METRIC_NAME,
-            "aggregation": "CONFUSION_MATRIX",
-        })
+        rows.append(
+            {
+                "uuid": row_uuid("metric", CONFUSION_METRIC_NAME, c, data_row_id),
+                "dataRow": {"id": data_row_id},
+                "metricValue": [tp, fp, tn, fn],
+                "featureName": c,
+                "metricName": CONFUSION_METRIC_NAME,
+                "aggregation": "CONFUSION_MATRIX",
+            }
+        )
     return rows
 
 

@@ -117,11 +117,18 @@ def _transient(exc: Exception) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code in (408, 429)
     return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)) and not isinstance(
-        getattr(exc, "reason", None), FileNotFoundError)
+        getattr(exc, "reason", None), FileNotFoundError
+    )
 
 
-def fetch_text(url: str, *, timeout: float = 20.0, retries: int = 3, backoff: float = 0.5,
-               opener: Callable[..., Any] = urllib.request.urlopen) -> str:
+def fetch_text(
+    url: str,
+    *,
+    timeout: float = 20.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    opener: Callable[..., Any] = urllib.request.urlopen,
+) -> str:
     """GET a text URL (http, https, file) with a timeout and `retries` retries on transient errors."""
     last: Exception | None = None
     for attempt in range(retries + 1):

@@ -9,6 +9,7 @@ Run params understood (all optional, from the run request's `params`):
   C                    number or list of numbers to try (default [1, 3, 10, 30])
   class_weight         "balanced" (default) or "none"
   refit_on_validation  after picking C, refit on train+validation (default true)
+  char_analyzer        "char_wb" (default) or "char" (~+0.005 macro F1 on Rotten Tomatoes, ~1.5x slower)
   max_iter             solver iterations (default 2000)
   seed                 random seed (default 0)
 """
@@ -64,29 +65,48 @@ def _train_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(refit, bool):
         raise ParamError(f"param refit_on_validation must be true or false, not {refit!r}")
     out["refit_on_validation"] = refit
+    analyzer = params.get("char_analyzer", "char_wb")
+    if analyzer not in ("char_wb", "char"):
+        raise ParamError(f'param char_analyzer must be "char_wb" or "char", not {analyzer!r}')
+    out["char_analyzer"] = analyzer
     return out
 
 
 # --- model --------------------------------------------------------------------------------
 
 
-def _features() -> Any:
+def _features(char_analyzer: str = "char_wb") -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    return FeatureUnion([
-        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1,
-                                 strip_accents="unicode")),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
-                                 strip_accents="unicode")),
-    ])
+    return FeatureUnion(
+        [
+            (
+                "word",
+                TfidfVectorizer(
+                    analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1, strip_accents="unicode"
+                ),
+            ),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer=char_analyzer,
+                    ngram_range=(2, 5),
+                    sublinear_tf=True,
+                    min_df=2,
+                    strip_accents="unicode",
+                ),
+            ),
+        ]
+    )
 
 
 def _classifier(c: float, cfg: Mapping[str, Any]) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, class_weight=cfg["class_weight"], max_iter=cfg["max_iter"],
-                              random_state=cfg["seed"])
+    return LogisticRegression(
+        C=c, class_weight=cfg["class_weight"], max_iter=cfg["max_iter"], random_state=cfg["seed"]
+    )
 
 
 class TextClassifier:
@@ -104,11 +124,13 @@ class TextClassifier:
         out = []
         for p in proba:
             best = int(p.argmax())
-            out.append({
-                "label": self.classes[best],
-                "confidence": round(float(p[best]), 6),
-                "scores": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
-            })
+            out.append(
+                {
+                    "label": self.classes[best],
+                    "confidence": round(float(p[best]), 6),
+                    "scores": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
+                }
+            )
         return out
 
     def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
@@ -130,19 +152,29 @@ class TextClassifier:
 class TextSingleClassification(Task):
     model_type = MODEL_TYPE
 
-    def convert(self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any],
-                out_uri: str, progress: Progress) -> Dataset:
+    def convert(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        model_run_id: str,
+        params: Mapping[str, Any],
+        out_uri: str,
+        progress: Progress,
+    ) -> Dataset:
         rows = list(rows)
         if not rows:
             raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
         refs = [exportv2.row_ref(r, model_run_id) for r in rows]
         in_run = [ref for ref in refs if ref.run is not None]
         if not in_run:
-            raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
+            raise DatasetError(
+                f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}"
+            )
         question = params.get("question") or exportv2.first_radio_question(rows, model_run_id)
         if not question:
-            raise DatasetError(f"no radio classification is answered in model run {model_run_id!r}: "
-                               "text_single_classification needs one radio question")
+            raise DatasetError(
+                f"no radio classification is answered in model run {model_run_id!r}: "
+                "text_single_classification needs one radio question"
+            )
         n_urls = sum(1 for ref in in_run if isinstance(ref.row_data, str) and exportv2.is_url(ref.row_data))
         if n_urls:
             progress(f"fetching {n_urls} text row(s) by URL", urls=n_urls)
@@ -203,21 +235,45 @@ class TextSingleClassification(Task):
             "notes": conflicts.as_dict(),
             "fetched_urls": n_urls,
         }
-        progress(f"converted {len(rows)} rows: {len(examples)} examples, {len(predict_only)} predict-only, "
-                 f"{skipped.total()} not used for training", examples=len(examples))
-        return Dataset(examples=examples, label_map={"question": question, "classes": classes},
-                       stats=stats, predict_only=predict_only)
+        progress(
+            f"converted {len(rows)} rows: {len(examples)} examples, {len(predict_only)} predict-only, "
+            f"{skipped.total()} not used for training",
+            examples=len(examples),
+        )
+        return Dataset(
+            examples=examples,
+            label_map={"question": question, "classes": classes},
+            stats=stats,
+            predict_only=predict_only,
+        )
 
     def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
-        classification.validate_counts(dataset.examples, dataset.label_map.get("classes", []), min_examples,
-                                       model_run_id=dataset.stats.get("model_run_id", ""))
+        if not dataset.examples:
+            skipped = dataset.stats.get("skipped", {})
+            why = ", ".join(
+                f"{v['count']} {k}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]["count"])
+            )
+            raise DatasetError(
+                f"no labeled examples with a train/validation/test split in model run "
+                f"{dataset.stats.get('model_run_id', '')!r}" + (f" (rows skipped: {why})" if why else "")
+            )
+        classification.validate_counts(
+            dataset.examples,
+            dataset.label_map.get("classes", []),
+            min_examples,
+            model_run_id=dataset.stats.get("model_run_id", ""),
+        )
 
     def etl_summary(self, dataset: Dataset) -> dict[str, Any]:
-        return {**super().etl_summary(dataset), "classes": len(dataset.label_map.get("classes", [])),
-                "question": dataset.label_map.get("question", "")}
+        return {
+            **super().etl_summary(dataset),
+            "classes": len(dataset.label_map.get("classes", [])),
+            "question": dataset.label_map.get("question", ""),
+        }
 
-    def train(self, dataset: Dataset, model_dir: str, params: Mapping[str, Any],
-              progress: Progress) -> dict[str, Any]:
+    def train(
+        self, dataset: Dataset, model_dir: str, params: Mapping[str, Any], progress: Progress
+    ) -> dict[str, Any]:
         import joblib
         import sklearn
         from sklearn.pipeline import Pipeline
@@ -228,9 +284,12 @@ class TextSingleClassification(Task):
         if not train:
             raise DatasetError('no examples in split "train"')
         classes = list(dataset.label_map["classes"])
-        progress(f"training on {len(train)} examples ({len(val)} validation, {len(classes)} classes)",
-                 train_size=len(train), validation_size=len(val))
-        features = _features()
+        progress(
+            f"training on {len(train)} examples ({len(val)} validation, {len(classes)} classes)",
+            train_size=len(train),
+            validation_size=len(val),
+        )
+        features = _features(cfg["char_analyzer"])
         x_train = features.fit_transform([e["text"] for e in train])
         y_train = [e["target"] for e in train]
         progress(f"features: {x_train.shape[1]} tf-idf columns", n_features=int(x_train.shape[1]))
@@ -246,7 +305,9 @@ class TextSingleClassification(Task):
                 break
             m = classification.metrics(y_val, [str(p) for p in clf.predict(x_val)], classes)
             tried.append({"C": c, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]})
-            progress(f"C={c:g}: validation macro_f1={m['macro_f1']:.4f} accuracy={m['accuracy']:.4f}", **tried[-1])
+            progress(
+                f"C={c:g}: validation macro_f1={m['macro_f1']:.4f} accuracy={m['accuracy']:.4f}", **tried[-1]
+            )
             if best is None or m["macro_f1"] > best[0]:  # ties keep the smaller C (stronger regularization)
                 best = (m["macro_f1"], c, clf)
         assert best is not None
@@ -255,7 +316,9 @@ class TextSingleClassification(Task):
         if cfg["refit_on_validation"] and val:
             progress(f"refitting with C={best_c:g} on train+validation ({len(train) + len(val)} examples)")
             both = train + val
-            pipeline = Pipeline([("features", _features()), ("clf", _classifier(best_c, cfg))])
+            pipeline = Pipeline(
+                [("features", _features(cfg["char_analyzer"])), ("clf", _classifier(best_c, cfg))]
+            )
             pipeline.fit([e["text"] for e in both], [e["target"] for e in both])
             fitted_on = ["train", "validation"]
         else:
@@ -309,8 +372,10 @@ class TextSingleClassification(Task):
         classes = list(dataset.label_map["classes"])
         progress(f"predicting {len(dataset.all_rows())} data rows", rows=len(dataset.all_rows()))
         predictions = predictor.predict(dataset.all_rows())
-        rows = [classification.prediction_row(question, r["data_row_id"], p["label"], p["confidence"])
-                for r, p in zip(dataset.all_rows(), predictions, strict=True)]
+        rows = [
+            classification.prediction_row(question, r["data_row_id"], p["label"], p["confidence"])
+            for r, p in zip(dataset.all_rows(), predictions, strict=True)
+        ]
         y_true: list[str] = []
         y_pred: list[str] = []
         for example, p in zip(dataset.examples, predictions, strict=False):
@@ -318,15 +383,20 @@ class TextSingleClassification(Task):
                 continue
             y_true.append(example["target"])
             y_pred.append(p["label"])
-            rows.extend(classification.confusion_rows(example["data_row_id"], example["target"], p["label"],
-                                                      classes))
+            rows.extend(
+                classification.confusion_rows(example["data_row_id"], example["target"], p["label"], classes)
+            )
         if not y_true:
             raise DatasetError('no examples in split "test" to evaluate on')
         m = classification.metrics(y_true, y_pred, classes)
         m["predicted_rows"] = len(predictions)
         m["question"] = question
-        progress(f"test accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} on {len(y_true)} rows",
-                 accuracy=m["accuracy"], macro_f1=m["macro_f1"], test_size=len(y_true))
+        progress(
+            f"test accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} on {len(y_true)} rows",
+            accuracy=m["accuracy"],
+            macro_f1=m["macro_f1"],
+            test_size=len(y_true),
+        )
         summary = {**classification.summary(m), "predicted_rows": len(predictions)}
         return Evaluation(metrics=m, summary=summary, prediction_rows=rows)
 

@@ -87,8 +87,14 @@ class FirestoreStore:
     def _step_ref(self, run_id: str, stage: str):
         return self._run_ref(run_id).collection(STEPS).document(stage)
 
-    def _txn(self):
-        return self.db.transaction(max_attempts=10)
+    def _run(self, txn):  # noqa: ANN001, ANN202
+        """Run a @transactional function; contention that outlasts the retries is transient (503)."""
+        try:
+            return txn(self.db.transaction(max_attempts=10))
+        except ValueError as exc:
+            if "Failed to commit transaction" in str(exc):
+                raise Busy(f"Firestore contention: {exc}") from exc
+            raise
 
     def _count(self, n: int) -> None:
         self.writes += n
@@ -169,7 +175,7 @@ class FirestoreStore:
             self._count(len(stages) + 2 + (delivery_ref is not None))
             return CreateResult(run_id, True)
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def claim_step(self, run_id: str, stage: str, attempt: int) -> Claim:
         """PENDING → LAUNCHING before the backend is called (DESIGN §7.2).
@@ -207,7 +213,7 @@ class FirestoreStore:
             self._count(2)
             return Claim(kind, {**run, "status": d.RUNNING, "stage": stage}, {**step, **step_update})
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef) -> LaunchRecord:
         """LAUNCHING → RUNNING with the job, plus the jobs/ reverse index."""
@@ -234,7 +240,7 @@ class FirestoreStore:
             self._count(3)
             return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
@@ -301,7 +307,7 @@ class FirestoreStore:
             result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
             return result
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def _release_model_run(self, t: firestore.Transaction, run: dict[str, Any], at: Any) -> None:
         """End single flight for the model run. Written blind: only this run can hold it while active."""
@@ -337,7 +343,7 @@ class FirestoreStore:
             self._release_model_run(t, run, at)
             return CancelResult(d.CANCELLED)
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def retry_run(self, run_id: str) -> tuple[str, int]:
         """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1."""
@@ -380,7 +386,7 @@ class FirestoreStore:
             self._count(3)
             return step["stage"], attempt
 
-        return txn(self._txn())
+        return self._run(txn)
 
     def fail_run(self, run_id: str, stage: str, message: str) -> bool:
         """Mark an active run FAILED (dead-lettered messages); False if it had already ended."""
@@ -407,7 +413,7 @@ class FirestoreStore:
             self._release_model_run(t, run, at)
             return True
 
-        return txn(self._txn())
+        return self._run(txn)
 
 
 def _job_doc_id(job_id: str) -> str:

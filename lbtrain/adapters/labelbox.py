@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 STATUSES = ("EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL", "COMPLETE", "FAILED")
 MAX_ERROR_MESSAGE = 255
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+# Ids become path components: no separators, and never "." or "..".
+_SAFE_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,200}")
 
 
 class ModelRunNotFound(LookupError):
@@ -42,7 +43,7 @@ def clip_error(message: str) -> str:
 
 
 def _check_id(value: str, what: str) -> str:
-    if not _SAFE_NAME.match(value):
+    if not _SAFE_NAME.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a safe identifier")
     return value
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,22 @@ class LocalBackend:
                 out.append(job_dir.name)
         return out
 
-    def stop_all(self) -> int:
-        """Cancel every job still running (the dev stack on exit)."""
+    def stop_all(self, grace_seconds: float = 15.0) -> int:
+        """Cancel every job still running and wait for their runners to report (the dev stack on
+        exit, while Pub/Sub is still up); runners still alive after the grace period are killed."""
         jobs = self.active_jobs()
         for job_id in jobs:
             self.cancel(job_id)
+        pids = [(read_json(self.job_dir(j) / "state.json") or {}).get("runner_pid") for j in jobs]
+        deadline = time.monotonic() + grace_seconds
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.1)
+        for pid in pids:
+            if pid_alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        _reap()
         return len(jobs)

@@ -58,6 +58,7 @@ def run(job_dir: Path) -> int:
                                         "started_at": time.time()})
     if (job_dir / "cancel-requested").exists():
         on_term(signal.SIGTERM, None)
+    bus = _make_bus(config)  # while the job runs, so the hand-off does not wait for imports
     try:
         rc = child.wait()
     except KeyboardInterrupt:
@@ -83,19 +84,22 @@ def run(job_dir: Path) -> int:
                                         "runner_pid": os.getpid(), "ended_at": time.time()})
     event = JobEvent(job_id=spec["name"], state=state, run_id=spec["run_id"], stage=spec["stage"],
                      attempt=spec["attempt"], outputs_uri=outputs_uri, error=error)
-    _publish(config, event)
+    _publish(bus, event)
     return 0
 
 
-def _publish(config: configmod.Config, event: JobEvent) -> None:
-    """Best effort with retries: if it never gets through, the reconciler reads the state file."""
+def _make_bus(config: configmod.Config):  # noqa: ANN202
     from lbtrain.adapters.pubsub_bus import PubSubBus
 
+    return PubSubBus(config.project, config.deployment_name)
+
+
+def _publish(bus, event: JobEvent) -> None:  # noqa: ANN001
+    """Best effort with retries: if it never gets through, the reconciler reads the state file."""
     with logmod.bind(run_id=event.run_id, stage=event.stage, attempt=event.attempt):
         for attempt in range(5):
             try:
-                PubSubBus(config.project, config.deployment_name).publish(
-                    "job-events", event.to_dict(), {"job_id": event.job_id, "run_id": event.run_id})
+                bus.publish("job-events", event.to_dict(), {"job_id": event.job_id, "run_id": event.run_id})
                 log.info("job %s %s", event.job_id, event.state)
                 return
             except Exception as exc:  # noqa: BLE001 - any publish failure is retried, then left to the reconciler

@@ -100,11 +100,16 @@ def verify_push(config: Config) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "push request without an OIDC token")
+    if token.count(".") != 2:
+        raise ApiError(401, "malformed OIDC token (not a JWT)")
+    from google.auth import exceptions as gauth_exc
     from google.auth.transport import requests as grequests
     from google.oauth2 import id_token
 
     try:
         claims = id_token.verify_oauth2_token(token, grequests.Request(), config.push_audience or None)
+    except gauth_exc.TransportError as exc:
+        raise ApiError(503, f"cannot fetch Google's token certificates: {exc}") from None
     except ValueError as exc:
         raise ApiError(401, f"invalid OIDC token: {exc}") from None
     if not claims.get("email_verified"):

@@ -116,7 +116,8 @@ def test_signed_webhook_trains_evaluates_and_deploys(dev: Dev):
     assert sorted(metrics["per_class"]) == classes
     assert {"precision", "recall", "f1"} <= set(metrics["per_class"]["plot"])
     cm = metrics["confusion_matrix"]
-    assert sum(sum(row) for row in cm["matrix"]) == metrics["test_size"]
+    assert cm["labels"] == classes
+    assert sum(sum(row["predicted"]) for row in cm["rows"]) == metrics["test_size"]
 
     # Labelbox saw the statuses in order and got a prediction for every data row.
     assert [s["status"] for s in dev.statuses(mr)] == ["EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL",

@@ -204,7 +204,7 @@ def test_concurrent_launchers_launch_one_job(stack):
     def launch():
         try:
             outcomes.append(handle_step(stack.deps, StepMessage(res.run_id, "etl", 1)))
-        except Busy:
+        except Busy:  # another launcher holds the lease, or contention outlasted the retries
             outcomes.append("busy")
 
     threads = [threading.Thread(target=launch) for _ in range(4)]
@@ -212,7 +212,7 @@ def test_concurrent_launchers_launch_one_job(stack):
         t.start()
     for t in threads:
         t.join()
-    assert sum(o.startswith("launched") for o in outcomes) == 1, outcomes
+    assert len(outcomes) == 4 and sum(o.startswith("launched") for o in outcomes) == 1, outcomes
     assert len(stack.job_names()) == 1
     stack.api.cancel(res.run_id)
     assert stack.wait(res.run_id, timeout=30)["status"] == "CANCELLED"
@@ -259,3 +259,19 @@ def test_reconciler_completes_a_step_whose_event_was_lost(stack_factory):
     actions = reconcile_once(stack.deps, at=d.now() + timedelta(seconds=7200))
     assert any("completed lost event" in a for a in actions), actions
     assert stack.wait(run_id)["status"] == "SUCCEEDED"
+
+
+def test_dead_lettered_message_fails_its_run(stack):
+    mr = stack.model_run()
+    res = stack.deps.store.create_run(run_id=d.new_run_id(), model_type="text_single_classification",
+                                      model_run_id=mr, model_id="", params={}, trigger={"source": "test"},
+                                      stages=tuple(STAGES), delivery_key=None)
+    stack.deps.bus.publish("dead-letter", StepMessage(res.run_id, "etl", 1).to_dict(),
+                           {"run_id": res.run_id, "stage": "etl",
+                            "CloudPubSubDeadLetterSourceSubscription": "dev-step-etl-push"})
+    run = stack.wait(res.run_id, timeout=30)
+    assert run["status"] == "FAILED" and run["error"]["stage"] == "etl"
+    assert "dev-step-etl-push" in run["error"]["message"]
+    assert stack.statuses(mr)[-1] == "FAILED"
+    # The model run is free again.
+    assert stack.webhook(mr)[1]["created"] is True

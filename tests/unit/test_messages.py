@@ -51,7 +51,8 @@ def test_decode_accepts_snake_case_message_id(golden: dict[str, Any]) -> None:
 
 def test_encode_push_round_trips_through_decode() -> None:
     data = {"run_id": "r1", "stage": "etl", "attempt": 1}
-    env = encode_push(data, {"run_id": "r1", "stage": "etl"}, message_id="42", subscription="projects/p/subscriptions/s")
+    env = encode_push(data, {"run_id": "r1", "stage": "etl"}, message_id="42",
+                      subscription="projects/p/subscriptions/s")
     msg = decode_push(json.loads(json.dumps(env)))
     assert msg == PushMessage(data=data, attributes={"run_id": "r1", "stage": "etl"}, message_id="42",
                               subscription="projects/p/subscriptions/s")
