@@ -7,8 +7,8 @@ from typing import Any
 
 from lbtrain import domain as d
 from lbtrain import pipelines, storage
-from lbtrain.adapters.firestore_store import Busy
 from lbtrain.deps import Deps
+from lbtrain.errors import Busy
 from lbtrain.intake import publish_step
 from lbtrain.messages import JobEvent
 from lbtrain.reporting import report_status

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lbtrain import domain as d
 from lbtrain import pipelines
-from lbtrain.adapters.firestore_store import CreateResult
 from lbtrain.deps import Deps
 from lbtrain.messages import BadMessage, RunRequest, StepMessage
 from lbtrain.reporting import report_status
+
+if TYPE_CHECKING:  # the store (google-cloud-firestore) loads on first use, not at cold start
+    from lbtrain.adapters.firestore_store import CreateResult
 
 log = logging.getLogger("lbtrain.intake")
 # Ids become Firestore document ids and file names: no "/", not "." or "..", not "__…__" (reserved).

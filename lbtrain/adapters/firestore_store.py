@@ -14,22 +14,11 @@ from google.cloud import firestore
 
 from lbtrain import domain as d
 from lbtrain.domain import JobRef
+from lbtrain.errors import Busy, Conflict, NotFound
 
 RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
 LAUNCH_LEASE = timedelta(seconds=30)
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    """The request is valid but the run is in a state that forbids it (HTTP 409)."""
-
-
-class Busy(RuntimeError):
-    """Another handler holds the step right now; retry later (HTTP 503)."""
 
 
 @dataclass

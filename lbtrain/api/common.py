@@ -14,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 from lbtrain import log as logmod
 from lbtrain.config import Config
 from lbtrain.deps import Deps
+from lbtrain.errors import Busy, NotFound
+from lbtrain.messages import BadMessage
 
 log = logging.getLogger("lbtrain.api")
 
@@ -119,9 +121,6 @@ def verify_push(config: Config) -> None:
 def push_handler(fn: Callable[[Deps, Any], str]) -> Callable[[Deps, Any], tuple[str, int]]:
     """Map a push handler's outcome to Pub/Sub's ack semantics (DESIGN §5):
     204 done or duplicate; 400 never succeeds (→ dead letter); 503 transient (redelivered)."""
-    from lbtrain.adapters.firestore_store import Busy, NotFound
-    from lbtrain.messages import BadMessage
-
     def wrapped(deps: Deps, envelope: Any) -> tuple[str, int]:
         try:
             outcome = fn(deps, envelope)

@@ -13,8 +13,11 @@ from flask import Blueprint, current_app, jsonify, request
 from lbtrain import domain as d
 from lbtrain import pipelines, signature
 from lbtrain.api.common import ApiError, deps_of, jsonable, require_token
-from lbtrain.intake import start_run
+from lbtrain.completion import finish_report
+from lbtrain.errors import Conflict, NotFound
+from lbtrain.intake import publish_step, start_run
 from lbtrain.messages import BadMessage, RunRequest
+from lbtrain.reporting import report_status
 
 bp = Blueprint("ingress", __name__)
 
@@ -114,8 +117,6 @@ def list_runs():  # noqa: ANN201
 
 
 def _run_view(run_id: str) -> dict[str, Any]:
-    from lbtrain.adapters.firestore_store import NotFound
-
     store = deps_of(current_app).store
     try:
         run = store.get_run(run_id)
@@ -132,9 +133,6 @@ def get_run(run_id: str):  # noqa: ANN201
 
 @bp.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str):  # noqa: ANN201
-    from lbtrain.adapters.firestore_store import Conflict, NotFound
-    from lbtrain.completion import finish_report
-
     deps = deps_of(current_app)
     try:
         result = deps.store.cancel_run(run_id)
@@ -151,10 +149,6 @@ def cancel_run(run_id: str):  # noqa: ANN201
 
 @bp.post("/runs/<run_id>/retry")
 def retry_run(run_id: str):  # noqa: ANN201
-    from lbtrain.adapters.firestore_store import Conflict, NotFound
-    from lbtrain.intake import publish_step
-    from lbtrain.reporting import report_status
-
     deps = deps_of(current_app)
     try:
         stage, attempt = deps.store.retry_run(run_id)

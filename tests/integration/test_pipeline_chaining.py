@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from lbtrain import domain as d
-from lbtrain.adapters.firestore_store import Busy
+from lbtrain.errors import Busy
 from lbtrain.launch import handle_step
 from lbtrain.messages import JobEvent, StepMessage
 from lbtrain.reconcile import reconcile_once
