@@ -20,6 +20,10 @@ log = logging.getLogger("lbtrain.intake")
 _ID = re.compile(r"(?!\.{1,2}\Z)(?!__.*__\Z)[A-Za-z0-9._-]{1,200}")
 
 
+def is_valid_id(value: str) -> bool:
+    return bool(_ID.fullmatch(value))
+
+
 def validate(req: RunRequest) -> pipelines.ModelType:
     """Raise BadMessage naming the problem; nothing is written for a bad request."""
     try:

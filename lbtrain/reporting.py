@@ -14,7 +14,8 @@ log = logging.getLogger("lbtrain.reporting")
 def report_status(deps: Deps, model_run_id: str, status: str, *, run_id: str, error: str | None = None,
                   metadata: dict[str, str] | None = None) -> bool:
     try:
-        deps.labelbox.update_status(model_run_id, status, metadata={"lbtrain_run_id": run_id, **(metadata or {})},
+        meta = {**({"lbtrain_run_id": run_id} if run_id else {}), **(metadata or {})}
+        deps.labelbox.update_status(model_run_id, status, metadata=meta,
                                     error_message=clip_error(error) if error else None)
         return True
     except Exception as exc:  # noqa: BLE001 - reporting must never fail the handler

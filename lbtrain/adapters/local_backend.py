@@ -87,6 +87,8 @@ class LocalBackend:
             "command": [python, "-m", self.config.job_module, *spec.args()],
         })
         env = {**os.environ, **configmod.to_env(self.config), "PYTHONUNBUFFERED": "1"}
+        for not_for_jobs in ("API_TOKEN", "LABELBOX_WEBHOOK_SECRET"):  # jobs never need these
+            env.pop(not_for_jobs, None)
         with open(job_dir / "runner.log", "ab") as log:
             proc = subprocess.Popen([python, "-m", "lbtrain.adapters.local_runner", str(job_dir)],
                                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from lbtrain import pipelines, signature
 from lbtrain.api.common import ApiError, deps_of, jsonable, require_token
 from lbtrain.completion import finish_report
 from lbtrain.errors import Conflict, NotFound
-from lbtrain.intake import publish_step, start_run
+from lbtrain.intake import is_valid_id, publish_step, start_run
 from lbtrain.messages import BadMessage, RunRequest
 from lbtrain.reporting import report_status
 
@@ -64,14 +64,18 @@ def model_run():  # noqa: ANN201
     req = RunRequest(model_type=data["modelType"], model_run_id=data["modelRunId"],
                      model_id=data.get("modelId") or "", source="labelbox")
     return _start(req, {"source": "labelbox", "delivery_id": delivery,
-                        "event": request.headers.get("X-Labelbox-Event", "")}, f"labelbox:{delivery}")
+                        "event": request.headers.get("X-Labelbox-Event", "")}, f"labelbox:{delivery}",
+                  tell_labelbox=True)
 
 
-def _start(req: RunRequest, trigger: dict[str, Any], key: str | None):  # noqa: ANN202
+def _start(req: RunRequest, trigger: dict[str, Any], key: str | None, tell_labelbox: bool = False):  # noqa: ANN202
     deps = deps_of(current_app)
     try:
         result = start_run(deps, req, trigger=trigger, delivery_key=key)
     except BadMessage as exc:
+        if tell_labelbox and is_valid_id(req.model_run_id):
+            # Labelbox's UI never shows our HTTP answer: the model run's status carries the reason.
+            report_status(deps, req.model_run_id, "FAILED", run_id="", error=f"refused: {exc}")
         raise ApiError(400, str(exc)) from None
     return jsonify({"run_id": result.run_id, "created": result.created,
                     **({"reason": result.reason} if result.reason else {})}), 200

@@ -215,3 +215,19 @@ def test_bad_requests_are_refused_with_reasons(dev: Dev):
     with pytest.raises(ApiError) as err:
         Client(dev.url, retries=0).request("GET", "/runs")
     assert err.value.status == 401
+
+
+def test_no_secret_in_logs_documents_or_files(dev: Dev):
+    """Runs last in this module: everything the earlier runs wrote is scanned for the secrets."""
+    runs = dev.api.list_runs(limit=500)["runs"]
+    assert len(runs) >= 3
+    documents = json.dumps([dev.api.get_run(r["run_id"]) for r in runs])
+    leaked = []
+    for path in dev.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            leaked += [f"{path}: {name}" for name, secret in (("token", TOKEN), ("secret", SECRET))
+                       if secret.encode() in data]
+    assert leaked == []
+    assert TOKEN not in documents and SECRET not in documents
+    assert (dev.root / "dev.log").stat().st_size > 0 and any(dev.root.rglob("job.log"))

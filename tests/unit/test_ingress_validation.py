@@ -211,7 +211,11 @@ def test_unknown_model_type_is_400_naming_it(client: FlaskClient, fakes: dict[st
     error = resp.get_json()["error"]
     assert "sentiment_regression" in error
     assert all(name in error for name in pipelines.names())  # and says what is known
+    # Nothing is written or published; Labelbox's model run is told why (its UI never shows our answer).
+    labelbox = fakes.pop("labelbox")
     _untouched(fakes)
+    assert [(c[0], c[1]) for c in labelbox.calls] == [("update_status", ("mr1", "FAILED"))]
+    assert "sentiment_regression" in labelbox.calls[0][2]["error_message"]
 
 
 @pytest.mark.parametrize("model_run_id", ["../etc", "a/b", "mr 1", "x" * 201, "..", ".", "__reserved__"])

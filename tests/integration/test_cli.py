@@ -1,0 +1,65 @@
+"""`lbtrain runs …` and `lbtrain webhook sign` as a user runs them: subprocesses against the stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.integration.conftest import SECRET, TOKEN
+
+
+def lbtrain(stack, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LBTRAIN_API_URL": stack.dev.url, "API_TOKEN": token, "LABELBOX_WEBHOOK_SECRET": SECRET,
+           "LBTRAIN_STATE_DIR": str(stack.root / "cli-state")}
+    return subprocess.run([sys.executable, "-m", "lbtrain.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_runs_start_wait_show_list(stack):
+    mr = stack.model_run()
+    out = lbtrain(stack, "runs", "start", "--model-type", "text_single_classification", "--model-run-id", mr, "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "SUCCEEDED" in out.stdout and "deploy" in out.stdout
+    run_id = out.stdout.split()[1]
+    shown = json.loads(lbtrain(stack, "runs", "--json", "show", run_id).stdout)
+    assert shown["run_id"] == run_id and shown["status"] == "SUCCEEDED"
+    listed = lbtrain(stack, "runs", "list", "--status", "SUCCEEDED")
+    assert run_id in listed.stdout
+    bad = lbtrain(stack, "runs", "list", "--status", "NOPE")
+    assert bad.returncode == 1 and "unknown status" in bad.stderr
+
+
+def test_runs_cancel_and_retry(stack):
+    mr = stack.model_run()
+    params = json.dumps({"noop": {"sleep": {"etl": 60}}})
+    out = lbtrain(stack, "runs", "start", "--model-type", "text_single_classification", "--model-run-id", mr,
+                  "--params", params)
+    run_id = out.stdout.split()[1]
+    stack.wait_for(lambda: stack.api.get_run(run_id)["steps"][0]["state"] == "RUNNING", what="etl running")
+    assert lbtrain(stack, "runs", "cancel", run_id).returncode == 0
+    waited = lbtrain(stack, "runs", "wait", run_id)
+    assert waited.returncode == 1 and "CANCELLED" in waited.stdout  # wait exits 0 only for SUCCEEDED
+    retried = lbtrain(stack, "runs", "retry", run_id)
+    assert retried.returncode == 0 and "etl" in retried.stdout
+    assert stack.api.get_run(run_id)["steps"][0]["attempt"] == 2
+    lbtrain(stack, "runs", "cancel", run_id)
+    assert stack.wait(run_id, timeout=30)["status"] == "CANCELLED"
+
+
+def test_wrong_token_is_reported(stack):
+    out = lbtrain(stack, "runs", "list", token="wrong-token")
+    assert out.returncode == 1 and "401" in out.stderr and "invalid API token" in out.stderr
+
+
+def test_webhook_sign_and_post(stack):
+    mr = stack.model_run()
+    body = json.dumps({"modelId": "m1", "modelRunId": mr, "modelType": "text_single_classification"})
+    out = lbtrain(stack, "webhook", "sign", "--body", body, "--post", stack.dev.url + "/model_run",
+                  "--delivery-id", "cli-1")
+    assert out.returncode == 0, out.stderr
+    assert "X-Hub-Signature: sha1=" in out.stdout and "X-Hub-Signature-256: sha256=" in out.stdout
+    answer = json.loads(out.stdout.split("-> 200 ", 1)[1])
+    assert stack.wait(answer["run_id"])["status"] == "SUCCEEDED"
+    assert SECRET not in out.stdout
