@@ -12,6 +12,7 @@ import pytest
 from jobs.tasks import exportv2
 from lbtrain import datasets
 from lbtrain.adapters.labelbox import FileLabelbox
+from lbtrain.datasets import text_classes
 
 MT = "text_single_classification"
 
@@ -68,16 +69,16 @@ def test_rows_parse_with_the_job_code(tmp_path: Path) -> None:
 
 
 def test_quotas_keep_small_classes_and_the_total() -> None:
-    q = datasets._quotas({"big": 7000, "mid": 5000, "tiny": 50}, 100)
+    q = text_classes._quotas({"big": 7000, "mid": 5000, "tiny": 50}, 100)
     assert sum(q.values()) == 100 and q["tiny"] == 10
-    assert datasets._quotas({"a": 5, "b": 6}, 100) == {"a": 5, "b": 6}
+    assert text_classes._quotas({"a": 5, "b": 6}, 100) == {"a": 5, "b": 6}
     with pytest.raises(ValueError, match="too small"):
-        datasets._quotas({"a": 50, "b": 50}, 4)
+        text_classes._quotas({"a": 50, "b": 50}, 4)
 
 
 def test_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(datasets.NoBuilder, match="no reference dataset builder for model type 'ner' yet"):
-        datasets.build("ner", str(tmp_path), "mr")
+    with pytest.raises(datasets.NoBuilder, match="no reference dataset builder for model type 'no_such_type'"):
+        datasets.build("no_such_type", str(tmp_path), "mr")
     with pytest.raises(datasets.NoBuilder, match="unknown dataset 'imdb'"):
         datasets.build(MT, str(tmp_path), "mr", dataset="imdb")
     with pytest.raises(ValueError, match="not a safe identifier"):

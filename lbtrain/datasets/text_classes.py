@@ -1,4 +1,4 @@
-"""Reference datasets as file-backed Labelbox model runs (DESIGN §9, datasets.md).
+"""Text classification reference datasets (DESIGN §9, datasets.md).
 
 `build(model_type, out_dir, model_run_id)` writes `{out_dir}/model_runs/{model_run_id}/export.ndjson`:
 Export v2 rows exactly as `model_run.export(...)` streams them, with deterministic ids and a
@@ -9,24 +9,22 @@ never imported); pandas is imported only inside the builders so `lbtrain` stays 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-SPLIT_NAMES = {"train": "training", "validation": "validation", "test": "test"}  # Labelbox spellings
-SPLIT_FRACTIONS = (("train", 0.70), ("validation", 0.15), ("test", 0.15))
+from lbtrain.datasets.common import (
+    DEFAULT_MODEL_ID,
+    SPLIT_FRACTIONS,
+    SPLIT_NAMES,
+    NoBuilder,
+    cuid,
+    package_data,
+    write_export,
+)
+
 MIN_PER_CLASS = 10  # a `limit` subset keeps at least this many of each class (enough for every split)
-DEFAULT_MODEL_ID = "lbtrain-reference-model"
-
-
-class NoBuilder(ValueError):
-    """No reference dataset exists for this model type (or dataset name) yet."""
 
 
 @dataclass(frozen=True)
@@ -80,29 +78,6 @@ def available() -> dict[str, list[str]]:
         mt: [DEFAULT_DATASET[mt]] + sorted(n for n in names if n != DEFAULT_DATASET[mt])
         for mt, names in _BUILDERS.items()
     }
-
-
-def package_data(package: str, relative: str) -> Path:
-    """Path of a data file inside an installed package, without importing the package."""
-    spec = importlib.util.find_spec(package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        raise NoBuilder(f"package {package!r} is not installed (pip install --no-deps {package})")
-    path = Path(locations[0]) / relative
-    if not path.exists():
-        raise NoBuilder(f"{path} is missing from the installed {package!r} package")
-    return path
-
-
-def cuid(*parts: object) -> str:
-    """A deterministic 25-character id shaped like Labelbox's cuids ('c' + base36)."""
-    n = int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()[:16], "big")
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while len(out) < 24:
-        n, r = divmod(n, 36)
-        out += digits[r]
-    return "c" + out
 
 
 def _load_text_source(src: TextClassSource) -> list[tuple[int, str, str]]:
@@ -234,20 +209,6 @@ def export_row(
     }
 
 
-def _write_export(out_dir: str, model_run_id: str, rows: list[dict[str, Any]]) -> Path:
-    from lbtrain.adapters.labelbox import FileLabelbox
-
-    run_dir = FileLabelbox(out_dir).model_run_dir(model_run_id)  # validates the id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "export.ndjson"
-    tmp = run_dir / ".export.ndjson.tmp"
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
-    return target
-
-
 def build(
     model_type: str,
     out_dir: str,
@@ -276,7 +237,7 @@ def build(
         export_row(name, src.question, model_id, model_run_id, idx, text, cls, split)
         for idx, text, cls, split in items
     ]
-    path = _write_export(out_dir, model_run_id, rows)
+    path = write_export(out_dir, model_run_id, rows)
     per_class: dict[str, dict[str, int]] = {}
     for _, _, cls, split in items:
         per_class.setdefault(cls, {s: 0 for s, _ in SPLIT_FRACTIONS})[split] += 1
