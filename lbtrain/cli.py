@@ -103,7 +103,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lbtrain.demo import run_demo
 
-    return run_demo(port=args.port, limit=args.limit, timeout=args.timeout)
+    model_types = [m.strip() for m in args.model_types.split(",") if m.strip()] if args.model_types else None
+    return run_demo(port=args.port, limit=args.limit, timeout=args.timeout, model_types=model_types)
 
 
 def cmd_datasets_build(args: argparse.Namespace) -> int:
@@ -214,10 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--reconcile-interval", type=float, default=5.0, help="seconds between reconciler sweeps")
     dev.set_defaults(func=cmd_dev)
 
-    demo = sub.add_parser("demo", help="train text_single_classification end to end on the local stack")
+    demo = sub.add_parser("demo", help="train every model type end to end on the local stack")
+    demo.add_argument("--model-types", default="", help="comma-separated subset (default: all with a dataset)")
     demo.add_argument("--port", type=int, default=0, help="port for the stack (default: a free one)")
     demo.add_argument("--limit", type=int, default=None, help="use a stratified subset of N examples")
-    demo.add_argument("--timeout", type=float, default=1800.0)
+    demo.add_argument("--timeout", type=float, default=3600.0)
     demo.set_defaults(func=cmd_demo)
 
     ds = sub.add_parser("datasets", help="build file-backed Labelbox model runs from public data")

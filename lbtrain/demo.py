@@ -1,8 +1,9 @@
 """`lbtrain demo`: the whole product on this machine, from nothing to a deployed model.
 
-Starts `lbtrain dev` (emulators included) as a child process, builds the reference model run
-from public data, triggers it the way Labelbox does (a signed `/model_run` webhook), shows
-each stage as it goes, prints the metrics, and stops everything it started, Ctrl-C included.
+Builds a reference model run from public data for each model type, starts `lbtrain dev`
+(emulators included) as a child process, triggers every run the way Labelbox does (a signed
+`/model_run` webhook), shows each stage as it goes, prints the metrics, and stops everything it
+started, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from lbtrain import config as configmod
 from lbtrain.client import ApiError, Client
 from lbtrain.devstack import read_local_secrets
 from lbtrain.emulators import free_port
-
-MODEL_TYPE = "text_single_classification"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -49,27 +48,54 @@ def _wait_ready(client: Client, proc: subprocess.Popen, log_path: Path, timeout:
     raise RuntimeError(f"`lbtrain dev` not ready after {timeout:.0f}s; see {log_path}")
 
 
-def _progress(start: float):  # noqa: ANN202
-    seen: dict[str, str] = {}
-
-    def show(run: dict) -> None:
-        for step in run.get("steps", []):
-            key = f"{step['stage']} a{step['attempt']}"
-            if seen.get(key) != step["state"] and step["state"] != "PENDING":
-                seen[key] = step["state"]
-                print(f"  [{time.monotonic() - start:6.1f}s] {key:<12} {step['state']}", flush=True)
-
-    return show
+def _watch(api: Client, runs: dict[str, str], start: float, timeout: float) -> dict[str, dict]:
+    """Poll every run until all have ended, printing each step transition as it happens."""
+    seen: dict[tuple[str, str], str] = {}
+    final: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    width = max(len(mt) for mt in runs.values())
+    while len(final) < len(runs):
+        for run_id, model_type in runs.items():
+            if run_id in final:
+                continue
+            run = api.get_run(run_id)
+            for step in run.get("steps", []):
+                key = (run_id, f"{step['stage']} a{step['attempt']}")
+                if seen.get(key) != step["state"] and step["state"] != "PENDING":
+                    seen[key] = step["state"]
+                    print(f"  [{time.monotonic() - start:6.1f}s] {model_type:<{width}}  {key[1]:<12} {step['state']}",
+                          flush=True)
+            if run["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                final[run_id] = run
+        if len(final) < len(runs):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs still going after {timeout:.0f}s")
+            time.sleep(1.0)
+    return final
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(port: int = 0, limit: int | None = None, timeout: float = 1800.0) -> int:
-    from lbtrain import datasets
+def default_model_types() -> list[str]:
+    """Every registered model type that has a reference dataset."""
+    from lbtrain import datasets, pipelines
+
+    return [mt for mt in pipelines.names() if mt in datasets.MODULES]
+
+
+def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
+             model_types: list[str] | None = None) -> int:
+    from lbtrain import datasets, pipelines
     from lbtrain.cli import describe_run
 
+    model_types = model_types or default_model_types()
+    unknown = [mt for mt in model_types if mt not in datasets.MODULES]
+    if unknown:
+        print(f"lbtrain demo: no reference dataset for {', '.join(unknown)} "
+              f"(have: {', '.join(default_model_types())})", file=sys.stderr)
+        return 2
     base = configmod.from_env()
     state_dir = Path(base.state_dir) / "demo"
     labelbox_dir = state_dir / "labelbox"
@@ -77,12 +103,15 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 1800.0) -
     env = {**os.environ, "LBTRAIN_STATE_DIR": str(state_dir), "LABELBOX_DIR": str(labelbox_dir),
            "ARTIFACT_ROOT": str(state_dir / "artifacts"), "LBTRAIN_API_URL": f"http://127.0.0.1:{port}",
            "PYTHONUNBUFFERED": "1"}
-    model_run_id = f"demo-{uuid.uuid4().hex[:8]}"
     start = time.monotonic()
 
-    print(f"lbtrain demo: building the reference model run {model_run_id} (Rotten Tomatoes, 3 classes)", flush=True)
-    summary = datasets.build(MODEL_TYPE, str(labelbox_dir), model_run_id, limit=limit)
-    print(f"  {summary['rows']} data rows; splits {summary['per_split']}; classes {summary['classes']}", flush=True)
+    model_runs: dict[str, str] = {}
+    for model_type in model_types:
+        model_run_id = f"demo-{uuid.uuid4().hex[:8]}"
+        summary = datasets.build(model_type, str(labelbox_dir), model_run_id, limit=limit)
+        model_runs[model_type] = model_run_id
+        print(f"lbtrain demo: {model_type}: model run {model_run_id} from {summary.get('dataset')}: "
+              f"{summary['rows']} data rows, splits {summary.get('per_split')}", flush=True)
 
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "dev.log"
@@ -99,19 +128,30 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 1800.0) -
         _wait_ready(api, proc, log_path)
         local = read_local_secrets(str(state_dir))
         api = Client(f"http://127.0.0.1:{port}", token=base.api_token or local["api_token"])
-        body = {"modelId": "demo-model", "modelRunId": model_run_id, "modelType": MODEL_TYPE}
         secret = base.labelbox_webhook_secret or local["labelbox_webhook_secret"]
-        status, answer = api.send_webhook("/model_run", body, secret,
-                                          delivery_id=f"demo-{uuid.uuid4().hex}")
-        run_id = answer["run_id"]
-        print(f"lbtrain demo: signed /model_run webhook → {status}, run {run_id}", flush=True)
-        run = api.wait(run_id, timeout=timeout, on_change=_progress(start))
-        print(describe_run(run))
-        print(f"lbtrain demo: run {run['status']} in {time.monotonic() - start:.0f}s. "
-              f"API was at {api.base_url}/runs/{run_id} (stopped now; `lbtrain dev` keeps a stack up).")
-        statuses = labelbox_dir / "model_runs" / model_run_id / "status.jsonl"
-        print(f"  Labelbox statuses: {statuses}\n  predictions: {statuses.parent / 'predictions'}")
-        return 0 if run["status"] == "SUCCEEDED" else 1
+        runs: dict[str, str] = {}
+        for model_type, model_run_id in model_runs.items():
+            body = {"modelId": "demo-model", "modelRunId": model_run_id, "modelType": model_type}
+            status, answer = api.send_webhook("/model_run", body, secret, delivery_id=f"demo-{uuid.uuid4().hex}")
+            runs[answer["run_id"]] = model_type
+            print(f"lbtrain demo: signed /model_run webhook for {model_type} → {status}, run {answer['run_id']}",
+                  flush=True)
+        final = _watch(api, runs, start, timeout)
+        print()
+        for run in final.values():
+            print(describe_run(run))
+        print("\nlbtrain demo: results (test split)")
+        for run in final.values():
+            metric = pipelines.get(run["model_type"]).headline_metric
+            value = (run.get("metrics") or {}).get(metric)
+            shown = f"{metric} {value:.4f}" if isinstance(value, int | float) else (run.get("error") or {}).get(
+                "message", "")
+            print(f"  {run['model_type']:<28} {run['status']:<10} {shown}")
+        ok = all(run["status"] == "SUCCEEDED" for run in final.values())
+        print(f"lbtrain demo: {'all runs SUCCEEDED' if ok else 'some runs did not succeed'} in "
+              f"{time.monotonic() - start:.0f}s. API was at {api.base_url}/runs (stopped now; `lbtrain dev` keeps "
+              f"a stack up). Labelbox statuses and predictions: {labelbox_dir}/model_runs/<id>/")
+        return 0 if ok else 1
     except KeyboardInterrupt:
         interrupted = True
         print("\nlbtrain demo: interrupted", flush=True)
