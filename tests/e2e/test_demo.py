@@ -29,7 +29,8 @@ def live_processes_mentioning(needles: list[str]) -> list[str]:
 def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "API_TOKEN", "LABELBOX_WEBHOOK_SECRET")}
-    proc = subprocess.Popen([sys.executable, "-m", "lbtrain.cli", "demo", "--limit", "400"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lbtrain.cli", "demo", "--limit", "400",
+                             "--model-types", "text_single_classification"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     deadline = time.monotonic() + 180
