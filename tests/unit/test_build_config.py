@@ -1,0 +1,74 @@
+"""cloudbuild.yaml and the Dockerfiles agree: every image it names has a Dockerfile, every
+Dockerfile is built and pushed, every deployed image is built, and the slim images stay slim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+
+
+def dockerfiles() -> set[str]:
+    found = set()
+    for path in ROOT.rglob("*Dockerfile*"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] not in (".venv", ".git", "test-artifacts", ".lbtrain") and path.is_file():
+            found.add(str(rel))
+    return found
+
+
+def build_steps() -> dict[str, str]:
+    """Dockerfile → image repository (without the tag) for every docker build step."""
+    out = {}
+    for step in BUILD["steps"]:
+        args = step.get("args", [])
+        if step["name"].endswith("/docker") and args[:1] == ["build"]:
+            dockerfile = args[args.index("-f") + 1]
+            image = args[args.index("-t") + 1].split(":")[0]
+            out[dockerfile] = image
+    return out
+
+
+def test_every_dockerfile_is_built_and_every_build_has_a_dockerfile():
+    built = build_steps()
+    assert set(built) == dockerfiles()
+    assert all((ROOT / f).is_file() for f in built)
+
+
+def test_builds_run_in_parallel_and_every_image_is_pushed():
+    built = build_steps()
+    steps = {s["id"]: s for s in BUILD["steps"]}
+    assert all(steps[f"build-{image.rsplit('/', 1)[1]}"]["waitFor"] == ["-"] for image in built.values())
+    pushed = {s["args"][1].split(":")[0] for s in BUILD["steps"] if s.get("args", [])[:1] == ["push"]}
+    assert pushed == set(built.values())
+    assert {i.split(":")[0] for i in BUILD["images"]} == set(built.values())
+    assert all(i.endswith(":${COMMIT_SHA}") for i in BUILD["images"])
+
+
+def test_deployed_images_are_built_here():
+    built = set(build_steps().values())
+    deployed = set()
+    for step in BUILD["steps"]:
+        text = " ".join(step.get("args", []))
+        if "run deploy" in text or "run\", \"deploy" in text or text.startswith("run deploy"):
+            deployed |= {m.split(":")[0] for m in re.findall(r"\$\{_REPO\}/[a-z0-9-]+:\$\{COMMIT_SHA\}", text)}
+    assert deployed and deployed <= built
+
+
+def test_copy_sources_exist():
+    for dockerfile in dockerfiles():
+        for line in (ROOT / dockerfile).read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (ROOT / src).exists(), f"{dockerfile}: COPY {src} does not exist"
+
+
+def test_service_images_carry_no_ml_or_aiplatform():
+    for dockerfile in ("services/ingress/Dockerfile", "services/launcher/Dockerfile",
+                       "functions/job_events/Dockerfile", "functions/reconciler/Dockerfile"):
+        text = (ROOT / dockerfile).read_text()
+        assert "[jobs]" not in text and "torch" not in text and "aiplatform" not in text, dockerfile

@@ -1,0 +1,20 @@
+"""Cloud Run cold start: the service entry points must not drag in heavy libraries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ["torch", "sklearn", "numpy", "pandas", "google.cloud.aiplatform", "google.cloud.firestore", "spacy"]
+
+
+@pytest.mark.parametrize("module", ["services.ingress.main", "services.launcher.main",
+                                    "functions.job_events.main", "functions.reconciler.main"])
+def test_entry_point_imports_no_heavy_library(module: str):
+    code = f"import sys, json; import {module}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         env={"PATH": "/usr/bin:/bin", "GOOGLE_CLOUD_PROJECT": "cold"})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
