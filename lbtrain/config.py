@@ -31,6 +31,11 @@ class Config:
     firestore_emulator_host: str = ""
     storage_emulator_host: str = ""
     vertex_api_endpoint: str = ""
+    # Vertex AI jobs: images, service account, machines per model type / stage (JSON, see machine_for).
+    job_image: str = ""
+    job_image_gpu: str = ""
+    job_service_account: str = ""
+    job_machines: str = ""
     # Minimum examples per class per split before training is allowed.
     min_examples: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIN_EXAMPLES))
     # Largest webhook / API body accepted, in bytes.

@@ -48,4 +48,8 @@ def from_config(config, bus_factory=None) -> JobBackend:  # noqa: ANN001
         from lbtrain.adapters.local_backend import LocalBackend
 
         return LocalBackend(config)
-    raise ValueError(f"JOB_BACKEND={config.job_backend!r} is not available in this version; use JOB_BACKEND=local")
+    if config.job_backend == "vertex":
+        from lbtrain.adapters.vertex_backend import VertexBackend
+
+        return VertexBackend(config)
+    raise ValueError(f"JOB_BACKEND={config.job_backend!r} is unknown; use local or vertex")

@@ -72,3 +72,8 @@ def test_service_images_carry_no_ml_or_aiplatform():
                        "functions/job_events/Dockerfile", "functions/reconciler/Dockerfile"):
         text = (ROOT / dockerfile).read_text()
         assert "[jobs]" not in text and "torch" not in text and "aiplatform" not in text, dockerfile
+
+
+def test_ingress_image_has_no_vertex_sdk():
+    text = (ROOT / "services/ingress/Dockerfile").read_text()
+    assert "vertex" not in text and "[services]" in text

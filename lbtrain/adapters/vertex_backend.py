@@ -1,0 +1,186 @@
+"""VertexBackend: stages run as Vertex AI CustomJobs (google-cloud-aiplatform, imported on first use).
+
+The same four calls as LocalBackend: submit without blocking under the deterministic name,
+state by id, find by name (crash recovery), cancel. The completion event comes from a Cloud
+Logging sink on `resource.type="ml_job"`; the state is always re-read here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lbtrain import storage
+from lbtrain.adapters.backend import JobSpec
+from lbtrain.config import Config
+from lbtrain.domain import JobRef, JobStatus
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"}
+# Environment a job needs to find its config; secrets are never passed this way.
+JOB_ENV_KEYS = ("DEPLOYMENT_NAME", "GOOGLE_CLOUD_PROJECT", "REGION", "ARTIFACT_ROOT", "LABELBOX_BACKEND",
+                "LBTRAIN_MIN_EXAMPLES")
+
+
+@dataclass(frozen=True)
+class Machine:
+    machine_type: str = "n1-standard-4"
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+
+    @property
+    def gpu(self) -> bool:
+        return bool(self.accelerator_type and self.accelerator_count)
+
+
+# Defaults: CPU everywhere; images get a bigger CPU machine. A GPU is opt-in through configuration.
+DEFAULT_MACHINES: dict[str, dict[str, Any]] = {
+    "*": {"machine_type": "n1-standard-4"},
+    "image_*/train": {"machine_type": "n1-standard-8"},
+    "bounding_box/train": {"machine_type": "n1-standard-8"},
+}
+
+
+def machine_for(config: Config, model_type: str, stage: str) -> Machine:
+    """Most specific match wins among `model_type/stage`, `model_type`, `*/stage`, `*` (globs allowed).
+
+    `JOB_MACHINES` (JSON) extends the defaults, e.g.
+    `{"image_*/train": {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4",
+    "accelerator_count": 1}}`.
+    """
+    table = dict(DEFAULT_MACHINES)
+    if config.job_machines:
+        try:
+            extra = json.loads(config.job_machines)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"JOB_MACHINES is not JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise ValueError("JOB_MACHINES must be a JSON object of pattern → machine")
+        table.update(extra)
+    key = f"{model_type}/{stage}"
+    candidates = [
+        (pattern.count("*") == 0, "/" in pattern, len(pattern), spec)
+        for pattern, spec in table.items()
+        if fnmatch.fnmatchcase(key, pattern if "/" in pattern else f"{pattern}/*")
+    ]
+    if not candidates:
+        return Machine()
+    spec = max(candidates, key=lambda c: c[:3])[3]
+    allowed = {"machine_type", "accelerator_type", "accelerator_count"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"JOB_MACHINES: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
+    return Machine(**spec)
+
+
+def label_value(value: str) -> str:
+    """Vertex labels: ≤ 63 chars of lowercase letters, digits, '_' and '-'."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "-" for c in value.lower())
+    return out[:63]
+
+
+def job_id_of(resource_name: str) -> str:
+    return resource_name.rsplit("/", 1)[-1]
+
+
+class VertexBackend:
+    name = "vertex"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._ready = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _aip(self) -> Any:
+        from google.cloud import aiplatform
+
+        if not self._ready:
+            kwargs: dict[str, Any] = {"project": self.config.project, "location": self.config.region}
+            endpoint = self.config.vertex_api_endpoint
+            if endpoint:
+                kwargs["api_endpoint"] = endpoint
+                if endpoint.startswith("http://"):  # a local fake: REST, no credentials
+                    from google.auth.credentials import AnonymousCredentials
+
+                    kwargs.update(api_transport="rest", credentials=AnonymousCredentials())
+            if self.config.artifact_root.startswith("gs://"):
+                kwargs["staging_bucket"] = self.config.artifact_root
+            aiplatform.init(**kwargs)
+            self._ready = True
+        return aiplatform
+
+    def _ref(self, job: Any) -> JobRef:
+        job_id = job_id_of(job.resource_name)
+        url = (f"https://console.cloud.google.com/vertex-ai/locations/{self.config.region}/training/"
+               f"{job_id}/cpu?project={self.config.project}")
+        return JobRef(backend=self.name, id=job_id, name=job.display_name, url=url)
+
+    def job_spec(self, spec: JobSpec) -> dict[str, Any]:
+        """The worker pool of a stage's CustomJob (pure, so tests can check it without the API)."""
+        machine = machine_for(self.config, spec.model_type, spec.stage)
+        image = (self.config.job_image_gpu if machine.gpu and self.config.job_image_gpu else self.config.job_image)
+        if not image:
+            raise ValueError("JOB_IMAGE is not configured: the Vertex backend needs the jobs image URI")
+        from lbtrain.config import to_env
+
+        env = to_env(self.config)
+        machine_spec: dict[str, Any] = {"machine_type": machine.machine_type}
+        if machine.gpu:
+            machine_spec.update(accelerator_type=machine.accelerator_type,
+                                accelerator_count=machine.accelerator_count)
+        return {
+            "machine_spec": machine_spec,
+            "replica_count": 1,
+            "container_spec": {
+                "image_uri": image,
+                "args": spec.args(),
+                "env": [{"name": k, "value": env[k]} for k in JOB_ENV_KEYS if env.get(k)],
+            },
+        }
+
+    # -- JobBackend ---------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobRef:
+        existing = self.find_by_name(spec.name)
+        if existing is not None:  # a redelivery after a crash: never a second job
+            return existing
+        aiplatform = self._aip()
+        job = aiplatform.CustomJob(
+            display_name=spec.name,
+            worker_pool_specs=[self.job_spec(spec)],
+            base_output_dir=storage.join(spec.outputs_uri, "vertex"),
+            labels={k: label_value(v) for k, v in spec.labels.items()},
+            project=self.config.project,
+            location=self.config.region,
+        )
+        job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60)
+        return self._ref(job)
+
+    def get_status(self, job_id: str) -> JobStatus:
+        aiplatform = self._aip()
+        from google.api_core import exceptions as gexc
+
+        try:
+            job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
+                                           location=self.config.region)
+        except gexc.NotFound:
+            return JobStatus("FAILED", f"Vertex AI job {job_id} does not exist")
+        state = job.state.name.removeprefix("JOB_STATE_")
+        error = ""
+        if state in ("FAILED", "EXPIRED", "PARTIALLY_SUCCEEDED"):
+            error = (job.gca_resource.error.message or f"Vertex AI job {state.lower()}").strip()
+        return JobStatus(state if state in TERMINAL else "RUNNING" if state == "RUNNING" else "PENDING", error)
+
+    def find_by_name(self, name: str) -> JobRef | None:
+        aiplatform = self._aip()
+        jobs = aiplatform.CustomJob.list(filter=f'display_name="{name}"', project=self.config.project,
+                                         location=self.config.region)
+        live = [j for j in jobs if j.display_name == name]
+        return self._ref(live[0]) if live else None
+
+    def cancel(self, job_id: str) -> None:
+        aiplatform = self._aip()
+        job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
+                                       location=self.config.region)
+        if job.state.name.removeprefix("JOB_STATE_") not in TERMINAL:
+            job.cancel()

@@ -1,0 +1,120 @@
+"""A local fake of Vertex AI's CustomJob REST API (v1), for the real aiplatform client.
+
+Keeps jobs in memory, records every request, and moves jobs through their states on command
+(`set_state`). Only what lbtrain calls is answered: create, get, list (with `display_name=` and
+`labels.k=` filters joined by AND), cancel. See ../shared/wire-testing.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+JOBS = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/customJobs(?:/([^/:]+))?(:cancel)?$")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+def _matches(job: dict[str, Any], expression: str) -> bool:
+    for clause in filter(None, (c.strip() for c in re.split(r"\s+AND\s+", expression))):
+        key, _, value = clause.partition("=")
+        key, value = key.strip(), value.strip().strip('"')
+        if key == "display_name":
+            if job.get("displayName") != value:
+                return False
+        elif key.startswith("labels."):
+            if job.get("labels", {}).get(key[len("labels."):]) != value:
+                return False
+        else:
+            raise ValueError(f"unsupported filter {clause!r}")
+    return True
+
+
+@dataclass
+class FakeVertex:
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_id: int = 1000
+
+    def created(self) -> list[dict[str, Any]]:
+        """Bodies of every create request, in order."""
+        return [body for method, path, body in self.requests if method == "POST" and path.endswith("/customJobs")]
+
+    def set_state(self, job_id: str, state: str, error: str = "") -> None:
+        with self.lock:
+            job = self.jobs[job_id]
+            job["state"] = f"JOB_STATE_{state}"
+            job["updateTime"] = _now()
+            if error:
+                job["error"] = {"code": 3, "message": error}
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append((method, path, body))
+            m = JOBS.match(path)
+            if not m:
+                return 404, {"error": {"code": 404, "message": f"no route {path}", "status": "NOT_FOUND"}}
+            project, location, job_id, cancel = m.groups()
+            parent = f"projects/{project}/locations/{location}"
+            if method == "POST" and job_id is None:
+                self.next_id += 1
+                new_id = str(self.next_id)
+                job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
+                       "createTime": _now(), "updateTime": _now()}
+                self.jobs[new_id] = job
+                return 200, job
+            if method == "GET" and job_id is None:
+                expression = unquote(query.get("filter", [""])[0])
+                found = [j for j in self.jobs.values() if j["name"].startswith(parent) and _matches(j, expression)]
+                return 200, {"customJobs": found}
+            if job_id not in self.jobs:
+                return 404, {"error": {"code": 404, "message": f"customJob {job_id} not found", "status": "NOT_FOUND"}}
+            job = self.jobs[job_id]
+            if method == "GET":
+                return 200, job
+            if method == "POST" and cancel:
+                if job["state"] not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
+                    job["state"] = "JOB_STATE_CANCELLING"
+                    job["updateTime"] = _now()
+                return 200, {}
+            return 405, {"error": {"code": 405, "message": "method not allowed"}}
+
+
+def serve(fake: FakeVertex, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """Start serving `fake` in a daemon thread; `server.server_address` tells the port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _dispatch(self, method: str) -> None:
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            status, answer = fake.handle(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._dispatch("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._dispatch("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
