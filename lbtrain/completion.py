@@ -10,7 +10,7 @@ from lbtrain import pipelines, storage
 from lbtrain.deps import Deps
 from lbtrain.errors import Busy
 from lbtrain.intake import publish_step
-from lbtrain.messages import JobEvent
+from lbtrain.messages import LOG_SINK_STATE, JobEvent
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.completion")
@@ -34,6 +34,9 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
     run_id, stage, attempt = index["run_id"], index["stage"], int(index["attempt"])
     status = deps.backend.get_status(event.job_id)  # the event is a hint; the backend is the truth
     if not status.terminal:
+        if event.state == LOG_SINK_STATE:
+            # Vertex logs many lines per job; only the last one finds it ended. Ack the others.
+            return f"no-op: job {event.job_id} is {status.state}"
         raise Busy(f"job {event.job_id} is {status.state} at the backend")
     outputs_uri = storage.run_dir(deps.config.artifact_root, run_id, stage, attempt)
     state, error, metrics = status.state, status.error, {}

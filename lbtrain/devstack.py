@@ -132,8 +132,9 @@ class DevStack:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()
-        if self.deps is not None and self.config.job_backend == "local":
-            stopped = self.deps.backend.stop_all()
+        stop_jobs = getattr(self.deps.backend, "stop_all", None) if self.deps is not None else None
+        if stop_jobs is not None:  # local jobs are ours to stop; cloud jobs outlive the dev stack
+            stopped = stop_jobs()
             if stopped:
                 log.info("cancelled %d local job(s) still running", stopped)
         try:

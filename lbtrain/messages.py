@@ -109,6 +109,36 @@ class JobEvent:
         return asdict(self)
 
 
+LOG_SINK_STATE = "LOGGED"  # a Cloud Logging entry says something happened; the backend says what
+
+
+def job_event_from_log_entry(entry: Any) -> JobEvent | None:
+    """A Cloud Logging sink entry for a Vertex AI job (`resource.type="ml_job"`) → a JobEvent hint.
+
+    The entry only names the job (`resource.labels.job_id`); its state is always re-read from
+    Vertex. Entries for other resource types are not job events (None).
+    """
+    if not isinstance(entry, dict):
+        return None
+    resource = entry.get("resource")
+    if not isinstance(resource, dict) or resource.get("type") != "ml_job":
+        return None
+    job_id = str((resource.get("labels") or {}).get("job_id") or "")
+    if not job_id:
+        raise BadMessage("ml_job log entry without resource.labels.job_id")
+    return JobEvent(job_id=job_id, state=LOG_SINK_STATE)
+
+
+def parse_job_event(data: Any) -> JobEvent:
+    """The job-events topic carries JobEvents from jobs and, on GCP, log sink entries."""
+    if isinstance(data, dict) and "resource" in data and "job_id" not in data:
+        event = job_event_from_log_entry(data)
+        if event is None:
+            raise BadMessage(f"log entry for resource type {data['resource'].get('type')!r} is not a job event")
+        return event
+    return JobEvent.from_dict(data)
+
+
 @dataclass(frozen=True)
 class PushMessage:
     """The part of a Pub/Sub push envelope handlers need."""

@@ -104,8 +104,6 @@ class VertexBackend:
                     from google.auth.credentials import AnonymousCredentials
 
                     kwargs.update(api_transport="rest", credentials=AnonymousCredentials())
-            if self.config.artifact_root.startswith("gs://"):
-                kwargs["staging_bucket"] = self.config.artifact_root
             aiplatform.init(**kwargs)
             self._ready = True
         return aiplatform
@@ -152,6 +150,7 @@ class VertexBackend:
             labels={k: label_value(v) for k, v in spec.labels.items()},
             project=self.config.project,
             location=self.config.region,
+            staging_bucket=self.config.artifact_root,  # required by the SDK; base_output_dir decides
         )
         job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60)
         return self._ref(job)

@@ -14,7 +14,7 @@ from lbtrain.completion import finish_report, handle_job_event
 from lbtrain.deps import Deps
 from lbtrain.intake import start_run
 from lbtrain.launch import handle_step
-from lbtrain.messages import BadMessage, JobEvent, RunRequest, StepMessage, decode_push
+from lbtrain.messages import BadMessage, RunRequest, StepMessage, decode_push, parse_job_event
 
 log = logging.getLogger("lbtrain.push")
 
@@ -57,7 +57,7 @@ def _step_handler(stage: str):  # noqa: ANN202
 @push_handler
 def process_job_event(deps: Deps, envelope: Any) -> str:
     msg = decode_push(envelope)
-    event = JobEvent.from_dict(msg.data)
+    event = parse_job_event(msg.data)
     with logmod.bind(run_id=event.run_id, stage=event.stage, attempt=event.attempt or None):
         outcome = handle_job_event(deps, event)
         log.info(outcome)
