@@ -37,8 +37,8 @@ def validate(req: RunRequest) -> pipelines.ModelType:
     return model_type
 
 
-def publish_step(deps: Deps, run_id: str, stage: str, attempt: int) -> None:
-    msg = StepMessage(run_id, stage, attempt)
+def publish_step(deps: Deps, run_id: str, stage: str, attempt: int, action: str = "launch") -> None:
+    msg = StepMessage(run_id, stage, attempt, action)
     deps.bus.publish(f"step-{stage}", msg.to_dict(), msg.attributes())
 
 

@@ -37,6 +37,8 @@ def job_labels(deployment: str, run_id: str, stage: str, attempt: int) -> dict[s
 def handle_step(deps: Deps, msg: StepMessage) -> str:
     """Returns what happened (for the log). Raises firestore_store.Busy when another launcher
     holds the step: the message is redelivered later."""
+    if msg.action == "cancel":
+        return cancel_step(deps, msg)
     claim = deps.store.claim_step(msg.run_id, msg.stage, msg.attempt)
     if claim.kind == "noop":
         return f"no-op: {claim.reason}"
@@ -62,3 +64,14 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     if status:
         report_status(deps, run["model_run_id"], status, run_id=msg.run_id)
     return f"launched {job.id}"
+
+
+def cancel_step(deps: Deps, msg: StepMessage) -> str:
+    """Cancel the step's job at the backend; its completion event then ends the run CANCELLED."""
+    run = deps.store.get_run(msg.run_id)
+    step = deps.store.get_step(msg.run_id, msg.stage)
+    job = step.get("job") or {}
+    if run["status"] != "CANCELLING" or step["attempt"] != msg.attempt or not job:
+        return f"no-op: nothing to cancel (run {run['status']}, step {step['state']})"
+    deps.backend.cancel(job["id"])
+    return f"cancel sent to {job['id']}"

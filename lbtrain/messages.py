@@ -60,9 +60,13 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class StepMessage:
+    """Launch a step's job, or (action "cancel") cancel it: only launchers hold the job backend's
+    client, so the ingress never loads the Vertex SDK."""
+
     run_id: str
     stage: str
     attempt: int
+    action: str = "launch"
 
     @classmethod
     def from_dict(cls, data: Any) -> StepMessage:
@@ -70,10 +74,16 @@ class StepMessage:
         attempt = _require(data, "attempt", int)
         if attempt < 1:
             raise BadMessage("field 'attempt' must be >= 1")
-        return cls(run_id=_require(data, "run_id"), stage=_require(data, "stage"), attempt=attempt)
+        action = data.get("action") or "launch"
+        if action not in ("launch", "cancel"):
+            raise BadMessage(f"field 'action' must be launch or cancel, not {action!r}")
+        return cls(run_id=_require(data, "run_id"), stage=_require(data, "stage"), attempt=attempt, action=action)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.action == "launch":
+            del data["action"]
+        return data
 
     def attributes(self) -> dict[str, str]:
         return {"run_id": self.run_id, "stage": self.stage}

@@ -145,7 +145,9 @@ def cancel_run(run_id: str):  # noqa: ANN201
     except Conflict as exc:
         raise ApiError(409, str(exc)) from None
     if result.job is not None:
-        deps.backend.cancel(result.job.id)
+        run = deps.store.get_run(run_id)
+        step = deps.store.get_step(run_id, run["stage"])
+        publish_step(deps, run_id, run["stage"], step["attempt"], action="cancel")
     elif result.status == d.CANCELLED:
         finish_report(deps, deps.store.get_run(run_id), d.CANCELLED)
     return jsonify(_run_view(run_id)), 202 if result.status == d.CANCELLING else 200
