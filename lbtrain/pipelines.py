@@ -43,6 +43,56 @@ register(
     )
 )
 
+register(
+    ModelType(
+        name="text_multi_classification",
+        media="text",
+        task_module="jobs.tasks.text_multi_classification",
+        headline_metric="micro_f1",
+        description="Text, a set of classes per data row (checklist or several radios): TF-IDF + one-vs-rest.",
+    )
+)
+
+register(
+    ModelType(
+        name="ner",
+        media="text",
+        task_module="jobs.tasks.ner",
+        headline_metric="entity_f1",
+        description="Text, named entity spans (inclusive end): CRF over BIO token tags.",
+    )
+)
+
+register(
+    ModelType(
+        name="bounding_box",
+        media="image",
+        task_module="jobs.tasks.bounding_box",
+        headline_metric="map50",
+        description="Images, rectangles: a small CenterNet-style detector in plain torch, scored with mAP@0.5.",
+    )
+)
+
+register(
+    ModelType(
+        name="image_single_classification",
+        media="image",
+        task_module="jobs.tasks.image_single_classification",
+        headline_metric="accuracy",
+        description="Images, one radio answer per data row: a small BatchNorm CNN in plain torch.",
+    )
+)
+
+register(
+    ModelType(
+        name="image_multi_classification",
+        media="image",
+        task_module="jobs.tasks.image_multi_classification",
+        headline_metric="micro_f1",
+        description="Images, a checklist (or several radios): a BatchNorm CNN with global max-pool, sigmoid per class.",
+    )
+)
+
 
 class UnknownModelType(KeyError):
     def __str__(self) -> str:

@@ -16,6 +16,11 @@ from lbtrain.datasets.common import NoBuilder
 # model type → builder module
 MODULES: dict[str, str] = {
     "text_single_classification": "lbtrain.datasets.text_classes",
+    "text_multi_classification": "lbtrain.datasets.wnut",
+    "ner": "lbtrain.datasets.wnut",
+    "bounding_box": "lbtrain.datasets.mnist_boxes",
+    "image_single_classification": "lbtrain.datasets.mnist",
+    "image_multi_classification": "lbtrain.datasets.mnist",
 }
 
 
