@@ -95,8 +95,9 @@ def main() -> int:
             print(f"... {model_type}", file=sys.stderr, flush=True)
             try:
                 results.append(measure(model_type, root, args.limit, json.loads(args.params)))
-            except RuntimeError as exc:
-                results.append({"model_type": model_type, "error": str(exc)[:500]})
+            except Exception as exc:  # noqa: BLE001 - one type failing must not lose the others' numbers
+                results.append({"model_type": model_type, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     finally:
         if not args.keep:
             import shutil

@@ -104,7 +104,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lbtrain.demo import run_demo
 
     model_types = [m.strip() for m in args.model_types.split(",") if m.strip()] if args.model_types else None
-    return run_demo(port=args.port, limit=args.limit, timeout=args.timeout, model_types=model_types)
+    return run_demo(port=args.port, limit=args.limit, timeout=args.timeout, model_types=model_types,
+                    parallel=args.parallel)
 
 
 def cmd_datasets_build(args: argparse.Namespace) -> int:
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="port for the stack (default: a free one)")
     demo.add_argument("--limit", type=int, default=None, help="use a stratified subset of N examples")
     demo.add_argument("--timeout", type=float, default=3600.0)
+    demo.add_argument("--parallel", action="store_true",
+                      help="trigger every run at once (they share the CPU; time-boxed trainers stop earlier)")
     demo.set_defaults(func=cmd_demo)
 
     ds = sub.add_parser("datasets", help="build file-backed Labelbox model runs from public data")

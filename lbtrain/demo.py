@@ -86,7 +86,7 @@ def default_model_types() -> list[str]:
 
 
 def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
-             model_types: list[str] | None = None) -> int:
+             model_types: list[str] | None = None, parallel: bool = False) -> int:
     from lbtrain import datasets, pipelines
     from lbtrain.cli import describe_run
 
@@ -129,6 +129,7 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
         local = read_local_secrets(str(state_dir))
         api = Client(f"http://127.0.0.1:{port}", token=base.api_token or local["api_token"])
         secret = base.labelbox_webhook_secret or local["labelbox_webhook_secret"]
+        final: dict[str, dict] = {}
         runs: dict[str, str] = {}
         for model_type, model_run_id in model_runs.items():
             body = {"modelId": "demo-model", "modelRunId": model_run_id, "modelType": model_type}
@@ -136,7 +137,10 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
             runs[answer["run_id"]] = model_type
             print(f"lbtrain demo: signed /model_run webhook for {model_type} → {status}, run {answer['run_id']}",
                   flush=True)
-        final = _watch(api, runs, start, timeout)
+            if not parallel:  # one at a time: each trainer gets the whole (small) machine
+                final.update(_watch(api, {answer["run_id"]: model_type}, start, timeout))
+        if parallel:
+            final = _watch(api, runs, start, timeout)
         print()
         for run in final.values():
             print(describe_run(run))

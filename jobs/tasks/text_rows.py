@@ -1,4 +1,4 @@
-"""Text data rows of an Export v2 model run, shared by the text tasks that are not single-label:
+"""Text data rows of an Export v2 model run, shared by the text tasks:
 rows outside the run, without an id, duplicated, unfetchable or empty are logged, never dropped
 silently; the rest come back with their (inline or fetched) text, split and labels.
 """

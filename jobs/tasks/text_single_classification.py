@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jobs.tasks import classification, exportv2
+from jobs.tasks import classification, exportv2, text_rows
 from jobs.tasks.base import (
     MODEL_META_FILE,
     SPLITS,
@@ -134,16 +134,7 @@ class TextClassifier:
         return out
 
     def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
-        """Vertex instances: a string, or {"text": ...} (also "content", as Vertex text models use)."""
-        rows = []
-        for i, inst in enumerate(instances):
-            if isinstance(inst, str):
-                rows.append({"text": inst})
-            elif isinstance(inst, Mapping) and isinstance(inst.get("text", inst.get("content")), str):
-                rows.append({"text": inst.get("text", inst.get("content"))})
-            else:
-                raise ValueError(f'instance {i} must be a string or an object with a "text" string')
-        return rows
+        return text_rows.parse_text_instances(instances)
 
 
 # --- the task -----------------------------------------------------------------------------
@@ -161,60 +152,28 @@ class TextSingleClassification(Task):
         progress: Progress,
     ) -> Dataset:
         rows = list(rows)
-        if not rows:
-            raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
-        refs = [exportv2.row_ref(r, model_run_id) for r in rows]
-        in_run = [ref for ref in refs if ref.run is not None]
-        if not in_run:
-            raise DatasetError(
-                f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}"
-            )
+        skipped = exportv2.SkipLog()
+        conflicts = exportv2.SkipLog()
+        usable, n_urls = text_rows.text_rows(rows, model_run_id, skipped, progress)
         question = params.get("question") or exportv2.first_radio_question(rows, model_run_id)
         if not question:
             raise DatasetError(
                 f"no radio classification is answered in model run {model_run_id!r}: "
                 "text_single_classification needs one radio question"
             )
-        n_urls = sum(1 for ref in in_run if isinstance(ref.row_data, str) and exportv2.is_url(ref.row_data))
-        if n_urls:
-            progress(f"fetching {n_urls} text row(s) by URL", urls=n_urls)
-        texts = exportv2.resolve_texts([ref.row_data for ref in in_run])
-
-        skipped = exportv2.SkipLog()
-        conflicts = exportv2.SkipLog()
         examples: list[dict[str, Any]] = []
         predict_only: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for ref in refs:
-            if ref.run is None:
-                skipped.add("not_in_model_run", ref.data_row_id)
-        for ref, text in zip(in_run, texts, strict=True):
-            if not ref.data_row_id:
-                skipped.add("no_data_row_id", ref.global_key or "?")
-                continue
-            if ref.data_row_id in seen:
-                skipped.add("duplicate_data_row", ref.data_row_id)
-                continue
-            seen.add(ref.data_row_id)
-            if isinstance(text, exportv2.FetchError):
-                skipped.add("fetch_failed", ref.data_row_id)
-                continue
-            if not text.strip():
-                skipped.add("no_text", ref.data_row_id)
-                continue
-            row: dict[str, Any] = {"data_row_id": ref.data_row_id, "text": text}
-            if ref.global_key:
-                row["global_key"] = ref.global_key
-            answers = exportv2.radio_answers(ref.run, question)
+        for usable_row in usable:
+            row = usable_row.base()
+            answers = exportv2.radio_answers(usable_row.ref.run, question)
             if len(set(answers)) > 1:
-                conflicts.add("conflicting_answers", ref.data_row_id)  # first label wins
-            split, reason = exportv2.parse_split((ref.run or {}).get("split"))
+                conflicts.add("conflicting_answers", usable_row.ref.data_row_id)  # first label wins
+            reason = usable_row.split_reason
             if not answers:
-                reason = "no_label" if not exportv2.run_labels(ref.run) else "no_answer"
-            row["split"] = split or "unassigned"
+                reason = "no_label" if not usable_row.labels else "no_answer"
             row["target"] = answers[0] if answers else None
             if reason:
-                skipped.add(reason, ref.data_row_id)
+                skipped.add(reason, usable_row.ref.data_row_id)
                 predict_only.append({**row, "reason": reason})
             else:
                 examples.append(row)
@@ -249,14 +208,7 @@ class TextSingleClassification(Task):
 
     def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
         if not dataset.examples:
-            skipped = dataset.stats.get("skipped", {})
-            why = ", ".join(
-                f"{v['count']} {k}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]["count"])
-            )
-            raise DatasetError(
-                f"no labeled examples with a train/validation/test split in model run "
-                f"{dataset.stats.get('model_run_id', '')!r}" + (f" (rows skipped: {why})" if why else "")
-            )
+            raise DatasetError(text_rows.no_examples_message(dataset.stats))
         classification.validate_counts(
             dataset.examples,
             dataset.label_map.get("classes", []),

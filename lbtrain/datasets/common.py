@@ -54,3 +54,32 @@ def write_export(out_dir: str, model_run_id: str, rows: list[dict[str, Any]]) ->
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, target)
     return target
+
+
+def export_v2_row(*, dataset: str, ident: object, key: str, row_data: str, media_attributes: dict[str, Any],
+                  model_id: str, model_run_id: str, split: str, objects: list[dict[str, Any]] | None = None,
+                  classifications: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One Export v2 row (labelbox-formats.md) with one label, as `model_run.export(...)` streams it
+    with model_run_details and media_attributes. Ids are deterministic in (dataset, ident)."""
+    return {
+        "data_row": {"id": cuid("data_row", dataset, ident), "global_key": key, "external_id": key,
+                     "row_data": row_data},
+        "media_attributes": media_attributes,
+        "experiments": {
+            model_id: {
+                "name": f"lbtrain {dataset}",
+                "runs": {
+                    model_run_id: {
+                        "name": model_run_id,
+                        "split": SPLIT_NAMES[split],
+                        "labels": [{
+                            "id": cuid("label", dataset, ident),
+                            "annotations": {"objects": objects or [], "classifications": classifications or [],
+                                            "relationships": []},
+                        }],
+                        "predictions": [],
+                    }
+                },
+            }
+        },
+    }

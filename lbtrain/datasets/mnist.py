@@ -28,6 +28,7 @@ from lbtrain.datasets.common import (
     SPLIT_NAMES,
     NoBuilder,
     cuid,
+    export_v2_row,
     package_data,
     write_export,
 )
@@ -202,37 +203,10 @@ def _row(
     classification: dict[str, Any],
 ) -> dict[str, Any]:
     width, height = size
-    return {
-        "data_row": {
-            "id": cuid("data_row", dataset, key),
-            "global_key": key,
-            "external_id": key,
-            "row_data": png.resolve().as_uri(),
-        },
-        "media_attributes": {"height": height, "width": width, "mime_type": "image/png"},
-        "experiments": {
-            model_id: {
-                "name": f"lbtrain {dataset}",
-                "runs": {
-                    model_run_id: {
-                        "name": model_run_id,
-                        "split": SPLIT_NAMES[split],
-                        "labels": [
-                            {
-                                "id": cuid("label", dataset, key),
-                                "annotations": {
-                                    "objects": [],
-                                    "classifications": [classification],
-                                    "relationships": [],
-                                },
-                            }
-                        ],
-                        "predictions": [],
-                    }
-                },
-            }
-        },
-    }
+    return export_v2_row(dataset=dataset, ident=key, key=key, row_data=png.resolve().as_uri(),
+                         media_attributes={"height": height, "width": width, "mime_type": "image/png"},
+                         model_id=model_id, model_run_id=model_run_id, split=split,
+                         classifications=[classification])
 
 
 def _answer(dataset: str, key: str, question: str, cls: str) -> dict[str, Any]:

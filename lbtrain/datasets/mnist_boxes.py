@@ -18,9 +18,9 @@ from typing import Any
 from lbtrain.datasets.common import (
     DEFAULT_MODEL_ID,
     SPLIT_FRACTIONS,
-    SPLIT_NAMES,
     NoBuilder,
     cuid,
+    export_v2_row,
     write_export,
 )
 
@@ -72,33 +72,9 @@ def export_row(
         }
         for k, (digit, x0, y0, x1, y1) in enumerate(boxes)
     ]
-    return {
-        "data_row": {
-            "id": cuid("data_row", DATASET, key),
-            "global_key": key,
-            "external_id": key,
-            "row_data": png.resolve().as_uri(),
-        },
-        "media_attributes": {"height": CANVAS_SIZE, "width": CANVAS_SIZE, "mime_type": "image/png"},
-        "experiments": {
-            model_id: {
-                "name": f"lbtrain {DATASET}",
-                "runs": {
-                    model_run_id: {
-                        "name": model_run_id,
-                        "split": SPLIT_NAMES[split],
-                        "labels": [
-                            {
-                                "id": cuid("label", DATASET, key),
-                                "annotations": {"objects": objects, "classifications": [], "relationships": []},
-                            }
-                        ],
-                        "predictions": [],
-                    }
-                },
-            }
-        },
-    }
+    return export_v2_row(dataset=DATASET, ident=key, key=key, row_data=png.resolve().as_uri(),
+                         media_attributes={"height": CANVAS_SIZE, "width": CANVAS_SIZE, "mime_type": "image/png"},
+                         model_id=model_id, model_run_id=model_run_id, split=split, objects=objects)
 
 
 def build(

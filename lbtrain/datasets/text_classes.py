@@ -17,9 +17,9 @@ from typing import Any
 from lbtrain.datasets.common import (
     DEFAULT_MODEL_ID,
     SPLIT_FRACTIONS,
-    SPLIT_NAMES,
     NoBuilder,
     cuid,
+    export_v2_row,
     package_data,
     write_export,
 )
@@ -162,51 +162,22 @@ def export_row(
 ) -> dict[str, Any]:
     """One Export v2 row (labelbox-formats.md) with a radio answer."""
     key = f"{dataset}-{index:05d}"
-    return {
-        "data_row": {
-            "id": cuid("data_row", dataset, index),
-            "global_key": key,
-            "external_id": key,
-            "row_data": text,
-        },
-        "media_attributes": {"mime_type": "text/plain"},
-        "experiments": {
-            model_id: {
-                "name": f"lbtrain {dataset}",
-                "runs": {
-                    model_run_id: {
-                        "name": model_run_id,
-                        "split": SPLIT_NAMES[split],
-                        "labels": [
-                            {
-                                "id": cuid("label", dataset, index),
-                                "annotations": {
-                                    "objects": [],
-                                    "classifications": [
-                                        {
-                                            "feature_id": cuid("feature", dataset, index, question),
-                                            "feature_schema_id": cuid("schema", dataset, question),
-                                            "name": question,
-                                            "value": question,
-                                            "radio_answer": {
-                                                "feature_id": cuid("feature", dataset, index, question, cls),
-                                                "feature_schema_id": cuid("schema", dataset, question, cls),
-                                                "name": cls,
-                                                "value": cls,
-                                                "classifications": [],
-                                            },
-                                        }
-                                    ],
-                                    "relationships": [],
-                                },
-                            }
-                        ],
-                        "predictions": [],
-                    }
-                },
-            }
+    radio = {
+        "feature_id": cuid("feature", dataset, index, question),
+        "feature_schema_id": cuid("schema", dataset, question),
+        "name": question,
+        "value": question,
+        "radio_answer": {
+            "feature_id": cuid("feature", dataset, index, question, cls),
+            "feature_schema_id": cuid("schema", dataset, question, cls),
+            "name": cls,
+            "value": cls,
+            "classifications": [],
         },
     }
+    return export_v2_row(dataset=dataset, ident=index, key=key, row_data=text,
+                         media_attributes={"mime_type": "text/plain"}, model_id=model_id,
+                         model_run_id=model_run_id, split=split, classifications=[radio])
 
 
 def build(

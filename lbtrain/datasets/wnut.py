@@ -24,9 +24,9 @@ from typing import Any
 from lbtrain.datasets.common import (
     DEFAULT_MODEL_ID,
     SPLIT_FRACTIONS,
-    SPLIT_NAMES,
     NoBuilder,
     cuid,
+    export_v2_row,
     package_data,
     write_export,
 )
@@ -217,23 +217,11 @@ def _annotations(model_type: str, t: Tweet) -> dict[str, Any]:
 
 def export_row(model_type: str, t: Tweet, split: str, model_id: str, model_run_id: str) -> dict[str, Any]:
     """One Export v2 row (labelbox-formats.md)."""
-    return {
-        "data_row": _data_row(t),
-        "media_attributes": {"mime_type": "text/plain"},
-        "experiments": {
-            model_id: {
-                "name": f"lbtrain {DATASET}",
-                "runs": {
-                    model_run_id: {
-                        "name": model_run_id,
-                        "split": SPLIT_NAMES[split],
-                        "labels": [{"id": cuid("label", DATASET, t.index), "annotations": _annotations(model_type, t)}],
-                        "predictions": [],
-                    }
-                },
-            }
-        },
-    }
+    annotations = _annotations(model_type, t)
+    return export_v2_row(dataset=DATASET, ident=t.index, key=f"{DATASET}-{t.index:05d}", row_data=t.text,
+                         media_attributes={"mime_type": "text/plain"}, model_id=model_id,
+                         model_run_id=model_run_id, split=split, objects=annotations["objects"],
+                         classifications=annotations["classifications"])
 
 
 def build(
