@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jobs.tasks.base import SPLITS, DatasetError
+from jobs.tasks.base import SPLITS, Dataset, DatasetError, Evaluation, Progress
 
 CONFUSION_METRIC_NAME = "confusion_matrix"  # custom metric name ("precision", "f1"... are reserved)
 _UUID_NS = uuid.UUID("6f0f6a57-3a35-4a51-9d4e-6c2b7f1f2d10")
@@ -145,3 +145,31 @@ def summary(m: Mapping[str, Any]) -> dict[str, Any]:
     """What outputs.json carries (the orchestrator copies it into the run document)."""
     keys = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "test_size", "per_class", "confusion_matrix")
     return {k: m[k] for k in keys if k in m}
+
+
+def evaluate_single_label(dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
+    """Every single-label type (text or image) evaluates alike: predict every data row, score the
+    test split, and build radio prediction rows plus per-class confusion rows for Labelbox."""
+    question = dataset.label_map["question"]
+    classes = list(dataset.label_map["classes"])
+    every = dataset.all_rows()
+    progress(f"predicting {len(every)} data rows", rows=len(every))
+    predictions = predictor.predict(every)
+    rows = [prediction_row(question, r["data_row_id"], p["label"], p["confidence"])
+            for r, p in zip(every, predictions, strict=True)]
+    y_true: list[str] = []
+    y_pred: list[str] = []
+    for example, p in zip(dataset.examples, predictions, strict=False):  # examples come first in `every`
+        if example["split"] != "test":
+            continue
+        y_true.append(example["target"])
+        y_pred.append(p["label"])
+        rows.extend(confusion_rows(example["data_row_id"], example["target"], p["label"], classes))
+    if not y_true:
+        raise DatasetError('no examples in split "test" to evaluate on')
+    m = metrics(y_true, y_pred, classes)
+    m["predicted_rows"] = len(predictions)
+    m["question"] = question
+    progress(f"test accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} on {len(y_true)} rows",
+             accuracy=m["accuracy"], macro_f1=m["macro_f1"], test_size=len(y_true))
+    return Evaluation(metrics=m, summary={**summary(m), "predicted_rows": len(predictions)}, prediction_rows=rows)

@@ -320,37 +320,7 @@ class TextSingleClassification(Task):
         return TextClassifier(joblib.load(storage.local_path(path)), meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
-        question = dataset.label_map["question"]
-        classes = list(dataset.label_map["classes"])
-        progress(f"predicting {len(dataset.all_rows())} data rows", rows=len(dataset.all_rows()))
-        predictions = predictor.predict(dataset.all_rows())
-        rows = [
-            classification.prediction_row(question, r["data_row_id"], p["label"], p["confidence"])
-            for r, p in zip(dataset.all_rows(), predictions, strict=True)
-        ]
-        y_true: list[str] = []
-        y_pred: list[str] = []
-        for example, p in zip(dataset.examples, predictions, strict=False):
-            if example["split"] != "test":
-                continue
-            y_true.append(example["target"])
-            y_pred.append(p["label"])
-            rows.extend(
-                classification.confusion_rows(example["data_row_id"], example["target"], p["label"], classes)
-            )
-        if not y_true:
-            raise DatasetError('no examples in split "test" to evaluate on')
-        m = classification.metrics(y_true, y_pred, classes)
-        m["predicted_rows"] = len(predictions)
-        m["question"] = question
-        progress(
-            f"test accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} on {len(y_true)} rows",
-            accuracy=m["accuracy"],
-            macro_f1=m["macro_f1"],
-            test_size=len(y_true),
-        )
-        summary = {**classification.summary(m), "predicted_rows": len(predictions)}
-        return Evaluation(metrics=m, summary=summary, prediction_rows=rows)
+        return classification.evaluate_single_label(dataset, predictor, progress)
 
 
 TASK = TextSingleClassification()
