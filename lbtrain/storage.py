@@ -1,7 +1,8 @@
-"""Artifact storage: one small API over local paths (and, later, gs:// URIs).
+"""Artifact storage: one small API over local paths and gs:// URIs.
 
-Jobs and services address artifacts by URI. Locally a URI is a plain path or a
-`file://` URI under ARTIFACT_ROOT.
+Jobs and services address artifacts by URI: a plain path or `file://` URI locally, `gs://bucket/…`
+on Google Cloud (google-cloud-storage, imported on first gs:// use; it honours
+STORAGE_EMULATOR_HOST). Callers never branch on the scheme.
 """
 
 from __future__ import annotations
@@ -12,6 +13,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+GCS_TIMEOUT = 120.0
+_gcs_client: Any = None
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith("gs://")
+
+
+def _blob(uri: str) -> Any:
+    global _gcs_client
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    if not bucket or not name:
+        raise ValueError(f"bad gs:// URI {uri!r} (expected gs://bucket/object)")
+    if _gcs_client is None:
+        from google.cloud import storage as gcs
+
+        _gcs_client = gcs.Client()
+    return _gcs_client.bucket(bucket).blob(name)
 
 
 def local_path(uri: str) -> Path:
@@ -36,15 +56,24 @@ def run_dir(artifact_root: str, run_id: str, stage: str, attempt: int) -> str:
 
 
 def exists(uri: str) -> bool:
+    if is_gcs(uri):
+        return bool(_blob(uri).exists(timeout=GCS_TIMEOUT))
     return local_path(uri).exists()
 
 
 def read_bytes(uri: str) -> bytes:
+    if is_gcs(uri):
+        from google.api_core import exceptions as gexc
+
+        try:
+            return _blob(uri).download_as_bytes(timeout=GCS_TIMEOUT)
+        except gexc.NotFound:
+            raise FileNotFoundError(uri) from None
     return local_path(uri).read_bytes()
 
 
 def read_text(uri: str) -> str:
-    return local_path(uri).read_text(encoding="utf-8")
+    return read_bytes(uri).decode("utf-8")
 
 
 def read_json(uri: str) -> Any:
@@ -52,7 +81,10 @@ def read_json(uri: str) -> Any:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Atomic write: readers never see a half-written file."""
+    """Atomic write: readers never see a half-written file (GCS objects are atomic by nature)."""
+    if is_gcs(uri):
+        _blob(uri).upload_from_string(data, timeout=GCS_TIMEOUT)
+        return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -73,7 +105,10 @@ def write_json(uri: str, obj: Any) -> None:
     write_text(uri, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def makedirs(uri: str) -> Path:
+def makedirs(uri: str) -> Path | None:
+    """Create a local directory (GCS has no directories: nothing to do, None)."""
+    if is_gcs(uri):
+        return None
     path = local_path(uri)
     path.mkdir(parents=True, exist_ok=True)
     return path

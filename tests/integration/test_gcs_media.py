@@ -8,22 +8,13 @@ import io
 import pytest
 
 from jobs.tasks import images
-from lbtrain.emulators import free_port
 
 
 @pytest.fixture
-def gcs(monkeypatch):
-    from gcp_storage_emulator.server import create_server
-
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="lbtrain-media")
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr(images, "_gcs_client", None)  # a client made for this emulator
+def gcs(gcs_bucket):
     from google.cloud import storage
 
-    yield storage.Client(project="test").bucket("lbtrain-media")
-    server.stop()
+    return storage.Client(project="test").bucket(gcs_bucket)
 
 
 def png(width: int, height: int) -> bytes:
@@ -37,9 +28,9 @@ def png(width: int, height: int) -> bytes:
 def test_gs_rows_are_fetched_copied_and_sized(gcs, tmp_path):
     gcs.blob("rows/a.png").upload_from_string(png(40, 30), content_type="image/png")
     gcs.blob("rows/b.png").upload_from_string(png(12, 8), content_type="image/png")
-    refs = [images.MediaRef("dr-a", "gs://lbtrain-media/rows/a.png"),
-            images.MediaRef("dr-b", "gs://lbtrain-media/rows/b.png", width=12, height=8, mime="image/png"),
-            images.MediaRef("dr-missing", "gs://lbtrain-media/rows/nope.png")]
+    refs = [images.MediaRef("dr-a", "gs://lbtrain-test/rows/a.png"),
+            images.MediaRef("dr-b", "gs://lbtrain-test/rows/b.png", width=12, height=8, mime="image/png"),
+            images.MediaRef("dr-missing", "gs://lbtrain-test/rows/nope.png")]
     results = images.fetch_media(refs, str(tmp_path / "etl"), workers=2, retries=1, backoff=0.01)
     a, b, missing = results
     assert isinstance(a, images.MediaResult) and (a.width, a.height) == (40, 30)
