@@ -58,6 +58,13 @@ class Dataset:
     def split(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.examples if e["split"] == name]
 
+    def train_validation(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The training and validation examples; every trainer needs at least one training example."""
+        train = self.split("train")
+        if not train:
+            raise DatasetError('no examples in split "train"')
+        return train, self.split("validation")
+
     def all_rows(self) -> list[dict[str, Any]]:
         """Every data row of the model run that has content: what evaluate predicts."""
         return self.examples + self.predict_only

@@ -373,8 +373,7 @@ class BoundingBox(Task):
         progress: Progress,
     ) -> Dataset:
         rows = list(rows)
-        if not rows:
-            raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
+        exportv2.require_rows_in_run(rows, model_run_id)
         skipped = exportv2.SkipLog()
         notes = exportv2.SkipLog()
         seen: set[str] = set()
@@ -533,9 +532,7 @@ class BoundingBox(Task):
         torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
         rng = np.random.default_rng(cfg["seed"])
-        train, val = dataset.split("train"), dataset.split("validation")
-        if not train:
-            raise DatasetError('no examples in split "train"')
+        train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         size = cfg["input_size"]
         channels = 1 if _is_gray(train) else 3

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.tasks.base import DatasetError
+
 # Labelbox writes "training"/"validation"/"test" (SDK enum TRAINING|VALIDATION|TEST|UNASSIGNED);
 # people and older exports use the short forms.
 _SPLIT_ALIASES = {
@@ -58,6 +60,14 @@ def find_run(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | N
         if isinstance(runs, Mapping) and model_run_id in runs:
             return runs[model_run_id] or {}
     return None
+
+
+def require_rows_in_run(rows: Sequence[Mapping[str, Any]], model_run_id: str) -> None:
+    """Every converter's first check: the export has rows, and some belong to this model run."""
+    if not rows:
+        raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
+    if not any(find_run(r, model_run_id) is not None for r in rows):
+        raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
 
 
 def parse_split(value: Any) -> tuple[str | None, str | None]:

@@ -162,10 +162,7 @@ class ImageMultiClassification(Task):
         progress: Progress,
     ) -> Dataset:
         rows = list(rows)
-        if not rows:
-            raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
-        if not any(exportv2.find_run(r, model_run_id) is not None for r in rows):
-            raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
+        exportv2.require_rows_in_run(rows, model_run_id)
         mode, questions = _questions(rows, model_run_id, params)
         workers = fetch_workers(params)
         conflicts = exportv2.SkipLog()
@@ -245,9 +242,7 @@ class ImageMultiClassification(Task):
         if fixed is not None and (not isinstance(fixed, int | float) or isinstance(fixed, bool) or not 0 < fixed < 1):
             raise ParamError(f"param threshold must be a number between 0 and 1, not {fixed!r}")
         started = time.monotonic()
-        train, val = dataset.split("train"), dataset.split("validation")
-        if not train:
-            raise DatasetError('no examples in split "train"')
+        train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         mode = dataset.label_map.get("mode", "checklist")
         index = {c: i for i, c in enumerate(classes)}

@@ -199,10 +199,7 @@ class ImageSingleClassification(Task):
         progress: Progress,
     ) -> Dataset:
         rows = list(rows)
-        if not rows:
-            raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
-        if not any(exportv2.find_run(r, model_run_id) is not None for r in rows):
-            raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
+        exportv2.require_rows_in_run(rows, model_run_id)
         question = params.get("question") or exportv2.first_radio_question(rows, model_run_id)
         if not question:
             raise DatasetError(
@@ -282,9 +279,7 @@ class ImageSingleClassification(Task):
 
         cfg = train_params(params)
         started = time.monotonic()
-        train, val = dataset.split("train"), dataset.split("validation")
-        if not train:
-            raise DatasetError('no examples in split "train"')
+        train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         index = {c: i for i, c in enumerate(classes)}
         side = image_side(train, cfg["image_size"])

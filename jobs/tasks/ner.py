@@ -493,9 +493,7 @@ class NamedEntityRecognition(Task):
 
         cfg = _train_params(params)
         started = time.monotonic()
-        train, val = dataset.split("train"), dataset.split("validation")
-        if not train:
-            raise DatasetError('no examples in split "train"')
+        train, val = dataset.train_validation()
         types = list(dataset.label_map["entity_types"])
         progress(
             f"training a CRF on {len(train)} examples ({len(val)} validation, {len(types)} entity types)",

@@ -299,9 +299,7 @@ class TextMultiClassification(Task):
 
         cfg = _train_params(params)
         started = time.monotonic()
-        train, val = dataset.split("train"), dataset.split("validation")
-        if not train:
-            raise DatasetError('no examples in split "train"')
+        train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         progress(
             f"training on {len(train)} examples ({len(val)} validation, {len(classes)} classes)",

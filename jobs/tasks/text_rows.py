@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.tasks import exportv2
-from jobs.tasks.base import DatasetError, Progress
+from jobs.tasks.base import Progress
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,9 @@ def text_rows(
     rows: Sequence[Mapping[str, Any]], model_run_id: str, skipped: exportv2.SkipLog, progress: Progress
 ) -> tuple[list[TextRow], int]:
     """Usable text rows of the model run (export order) and how many texts were fetched by URL."""
-    if not rows:
-        raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
+    exportv2.require_rows_in_run(rows, model_run_id)
     refs = [exportv2.row_ref(r, model_run_id) for r in rows]
     in_run = [ref for ref in refs if ref.run is not None]
-    if not in_run:
-        raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
     n_urls = sum(1 for ref in in_run if isinstance(ref.row_data, str) and exportv2.is_url(ref.row_data))
     if n_urls:
         progress(f"fetching {n_urls} text row(s) by URL", urls=n_urls)
