@@ -36,6 +36,11 @@ class Config:
     job_image_gpu: str = ""
     job_service_account: str = ""
     job_machines: str = ""
+    # Per model type: custom training or AutoML Image, and its budget (JSON, see model_options.py).
+    model_options: str = ""
+    # Deploy on Vertex: the serving image uploaded to the Model Registry and the endpoint's machine.
+    serving_image: str = ""
+    serving_machine: str = "n1-standard-2"
     # Minimum examples per class per split before training is allowed.
     min_examples: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIN_EXAMPLES))
     # Largest webhook / API body accepted, in bytes.
@@ -106,6 +111,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         raise ValueError(f"JOB_BACKEND must be local or vertex, not {values['job_backend']!r}")
     if values.get("labelbox_backend", "file") not in ("file", "sdk"):
         raise ValueError(f"LABELBOX_BACKEND must be file or sdk, not {values['labelbox_backend']!r}")
+    if values.get("model_options"):
+        from lbtrain import model_options
+
+        model_options.parse(str(values["model_options"]))
     if values.get("push_auth", "none") not in ("none", "oidc"):
         raise ValueError(f"PUSH_AUTH must be oidc or none, not {values['push_auth']!r}")
     return Config(**values)  # type: ignore[arg-type]

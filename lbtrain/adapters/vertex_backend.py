@@ -20,7 +20,8 @@ from lbtrain.domain import JobRef, JobStatus
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"}
 # Environment a job needs to find its config; secrets are never passed this way.
 JOB_ENV_KEYS = ("DEPLOYMENT_NAME", "GOOGLE_CLOUD_PROJECT", "REGION", "ARTIFACT_ROOT", "LABELBOX_BACKEND",
-                "LBTRAIN_MIN_EXAMPLES")
+                "LABELBOX_DIR", "LBTRAIN_MIN_EXAMPLES", "JOB_BACKEND", "VERTEX_API_ENDPOINT", "STORAGE_EMULATOR_HOST",
+                "MODEL_OPTIONS", "SERVING_IMAGE", "SERVING_MACHINE", "JOB_SERVICE_ACCOUNT")
 
 
 @dataclass(frozen=True)
@@ -89,24 +90,12 @@ class VertexBackend:
 
     def __init__(self, config: Config):
         self.config = config
-        self._ready = False
 
     # -- plumbing ---------------------------------------------------------------------------
     def _aip(self) -> Any:
-        from google.cloud import aiplatform
+        from lbtrain.adapters import vertex_client
 
-        if not self._ready:
-            kwargs: dict[str, Any] = {"project": self.config.project, "location": self.config.region}
-            endpoint = self.config.vertex_api_endpoint
-            if endpoint:
-                kwargs["api_endpoint"] = endpoint
-                if endpoint.startswith("http://"):  # a local fake: REST, no credentials
-                    from google.auth.credentials import AnonymousCredentials
-
-                    kwargs.update(api_transport="rest", credentials=AnonymousCredentials())
-            aiplatform.init(**kwargs)
-            self._ready = True
-        return aiplatform
+        return vertex_client.aiplatform(self.config)
 
     def _ref(self, job: Any) -> JobRef:
         job_id = job_id_of(job.resource_name)

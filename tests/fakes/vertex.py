@@ -1,8 +1,10 @@
-"""A local fake of Vertex AI's CustomJob REST API (v1), for the real aiplatform client.
+"""A local fake of Vertex AI's REST API (v1), for the real aiplatform client.
 
-Keeps jobs in memory, records every request, and moves jobs through their states on command
-(`set_state`). Only what lbtrain calls is answered: create, get, list (with `display_name=` and
-`labels.k=` filters joined by AND), cancel. See ../shared/wire-testing.md.
+Keeps resources in memory, records every request, and moves jobs through their states on command
+(`set_state`). Only what lbtrain calls is answered. This module: CustomJobs (create, get, list with
+`display_name=` and `labels.k=` filters joined by AND, cancel) and long-running operations; further
+resource families are route functions in sibling modules (`ROUTES`), each answering
+`(fake, method, path, query, body) -> (status, body) | None`. See ../shared/wire-testing.md.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+OPERATION = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/.*operations/[^/:]+)$")
 JOBS = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/customJobs(?:/([^/:]+))?(:cancel)?$")
 
 
@@ -38,12 +42,52 @@ def _matches(job: dict[str, Any], expression: str) -> bool:
     return True
 
 
+Route = Callable[["FakeVertex", str, str, dict[str, list[str]], Any], "tuple[int, Any] | None"]
+
+
+def not_found(what: str) -> tuple[int, Any]:
+    return 404, {"error": {"code": 404, "message": f"{what} not found", "status": "NOT_FOUND"}}
+
+
+def _default_routes() -> list[Route]:
+    from tests.fakes import vertex_automl, vertex_models
+
+    return [vertex_models.route, vertex_automl.route]
+
+
 @dataclass
 class FakeVertex:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
     next_id: int = 1000
+    routes: list[Route] = field(default_factory=_default_routes)
+    # Extra per-family state the route modules keep (models, endpoints, datasets, …).
+    resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Called (outside the lock) with each CustomJob just created: lets a test or the local stack run it.
+    on_job_created: Callable[[dict[str, Any]], None] | None = None
+
+    def new_id(self) -> str:
+        with self.lock:
+            self.next_id += 1
+            return str(self.next_id)
+
+    def table(self, family: str) -> dict[str, dict[str, Any]]:
+        return self.resources.setdefault(family, {})
+
+    def operation(self, parent: str, response: dict[str, Any] | None = None,
+                  metadata: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A finished long-running operation under `parent` (a resource name), stored for GET."""
+        op: dict[str, Any] = {"name": f"{parent}/operations/{self.new_id()}", "done": True}
+        if metadata is not None:
+            op["metadata"] = metadata
+        if error is not None:
+            op["error"] = error
+        else:
+            op["response"] = response or {}
+        self.operations[op["name"]] = op
+        return op
 
     def created(self) -> list[dict[str, Any]]:
         """Bodies of every create request, in order."""
@@ -58,35 +102,55 @@ class FakeVertex:
                 job["error"] = {"code": 3, "message": error}
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+        created: dict[str, Any] | None = None
         with self.lock:
             self.requests.append((method, path, body))
-            m = JOBS.match(path)
-            if not m:
-                return 404, {"error": {"code": 404, "message": f"no route {path}", "status": "NOT_FOUND"}}
-            project, location, job_id, cancel = m.groups()
-            parent = f"projects/{project}/locations/{location}"
-            if method == "POST" and job_id is None:
-                self.next_id += 1
-                new_id = str(self.next_id)
-                job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
-                       "createTime": _now(), "updateTime": _now()}
-                self.jobs[new_id] = job
-                return 200, job
-            if method == "GET" and job_id is None:
-                expression = unquote(query.get("filter", [""])[0])
-                found = [j for j in self.jobs.values() if j["name"].startswith(parent) and _matches(j, expression)]
-                return 200, {"customJobs": found}
-            if job_id not in self.jobs:
-                return 404, {"error": {"code": 404, "message": f"customJob {job_id} not found", "status": "NOT_FOUND"}}
-            job = self.jobs[job_id]
-            if method == "GET":
-                return 200, job
-            if method == "POST" and cancel:
-                if job["state"] not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
-                    job["state"] = "JOB_STATE_CANCELLING"
-                    job["updateTime"] = _now()
-                return 200, {}
-            return 405, {"error": {"code": 405, "message": "method not allowed"}}
+            status, answer, created = self._handle(method, path, query, body)
+        if created is not None and self.on_job_created is not None:
+            self.on_job_created(dict(created))
+        return status, answer
+
+    def _handle(self, method: str, path: str, query: dict[str, list[str]],
+                body: Any) -> tuple[int, Any, dict[str, Any] | None]:
+        op = OPERATION.match(path)
+        if op and method == "GET":
+            found = self.operations.get(op.group(1))
+            return (200, found, None) if found else (*not_found(f"operation {op.group(1)}"), None)
+        m = JOBS.match(path)
+        if not m:
+            for route in self.routes:
+                answer = route(self, method, path, query, body)
+                if answer is not None:
+                    return (*answer, None)
+            return (*not_found(f"no route {method} {path}:"), None)
+        project, location, job_id, cancel = m.groups()
+        parent = f"projects/{project}/locations/{location}"
+        if method == "POST" and job_id is None:
+            new_id = self.new_id()
+            job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
+                   "createTime": _now(), "updateTime": _now()}
+            self.jobs[new_id] = job
+            return 200, job, job
+        status, answer = self._job(method, parent, query, job_id, cancel)
+        return status, answer, None
+
+    def _job(self, method: str, parent: str, query: dict[str, list[str]], job_id: str | None,
+             cancel: str | None) -> tuple[int, Any]:
+        if method == "GET" and job_id is None:
+            expression = unquote(query.get("filter", [""])[0])
+            found = [j for j in self.jobs.values() if j["name"].startswith(parent) and _matches(j, expression)]
+            return 200, {"customJobs": found}
+        if job_id not in self.jobs:
+            return 404, {"error": {"code": 404, "message": f"customJob {job_id} not found", "status": "NOT_FOUND"}}
+        job = self.jobs[job_id]
+        if method == "GET":
+            return 200, job
+        if method == "POST" and cancel:
+            if job["state"] not in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
+                job["state"] = "JOB_STATE_CANCELLING"
+                job["updateTime"] = _now()
+            return 200, {}
+        return 405, {"error": {"code": 405, "message": "method not allowed"}}
 
 
 def serve(fake: FakeVertex, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
@@ -111,6 +175,12 @@ def serve(fake: FakeVertex, host: str = "127.0.0.1", port: int = 0) -> Threading
 
         def do_POST(self) -> None:  # noqa: N802
             self._dispatch("POST")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._dispatch("DELETE")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._dispatch("PATCH")
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
