@@ -137,14 +137,15 @@ class DevStack:
             stopped = stop_jobs()
             if stopped:
                 log.info("cancelled %d local job(s) still running", stopped)
-        try:
-            from jobs.serving import stop_all
+        if self.config.job_backend == "local":  # local deploys start model servers; Vertex ones live on
+            try:
+                from jobs.serving import stop_all
 
-            stopped = stop_all(self.config.artifact_root)
-            if stopped:
-                log.info("stopped %d local model server(s)", stopped)
-        except ImportError:
-            pass
+                stopped = stop_all(self.config.artifact_root)
+                if stopped:
+                    log.info("stopped %d local model server(s)", stopped)
+            except ImportError:
+                pass
         for em in reversed(self.emulators):
             em.stop()
         self.emulators.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,17 +59,19 @@ class Dev:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.fixture(scope="module")
-def dev(emulator_hosts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
-    root = tmp_path_factory.mktemp("e2e")
-    port = free_port()
-    env = {
+def dev_env(root: Path, port: int, emulator_hosts: dict[str, str], **extra: str) -> dict[str, str]:
+    return {
         **os.environ, **emulator_hosts,
         "GOOGLE_CLOUD_PROJECT": fresh_id("e2e"), "DEPLOYMENT_NAME": "dev",
         "LBTRAIN_STATE_DIR": str(root / "state"), "LABELBOX_DIR": str(root / "labelbox"),
         "ARTIFACT_ROOT": str(root / "artifacts"), "API_TOKEN": TOKEN, "LABELBOX_WEBHOOK_SECRET": SECRET,
-        "LBTRAIN_API_URL": f"http://127.0.0.1:{port}", "PYTHONUNBUFFERED": "1",
+        "LBTRAIN_API_URL": f"http://127.0.0.1:{port}", "PYTHONUNBUFFERED": "1", **extra,
     }
+
+
+@contextlib.contextmanager
+def running_dev(root: Path, port: int, env: dict[str, str], log_name: str = "e2e-dev.log") -> Iterator[Dev]:
+    """`lbtrain dev` as a subprocess until the block ends; then Ctrl-C, which must stop it cleanly."""
     log_path = root / "dev.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*LBTRAIN, "dev", "--port", str(port)], env=env, stdout=log,
@@ -90,6 +93,14 @@ def dev(emulator_hosts: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(log_path, ARTIFACTS / "e2e-dev.log")
+        shutil.copy(log_path, ARTIFACTS / log_name)
     assert proc.returncode == 0, f"lbtrain dev did not stop cleanly: {proc.returncode}"
     assert "lbtrain dev: stopping" in log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def dev(emulator_hosts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    root = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    with running_dev(root, port, dev_env(root, port, emulator_hosts)) as d:
+        yield d
