@@ -112,8 +112,11 @@ def cmd_datasets_build(args: argparse.Namespace) -> int:
     from lbtrain import datasets
 
     try:
-        summary = datasets.build(args.model_type, args.out, args.model_run_id, limit=args.limit, seed=args.seed,
-                                 **({"dataset": args.dataset} if args.dataset else {}))
+        extra = {"limit": args.limit, "seed": args.seed, **({"dataset": args.dataset} if args.dataset else {})}
+        if args.project_id:
+            summary = datasets.build_project(args.model_type, args.out, args.project_id, **extra)
+        else:
+            summary = datasets.build(args.model_type, args.out, args.model_run_id, **extra)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"lbtrain datasets build: {exc}", file=sys.stderr)
         return 2
@@ -174,6 +177,95 @@ def _wait(c, run_id: str, timeout: float, as_json: bool) -> int:  # noqa: ANN001
     return 0 if run["status"] == "SUCCEEDED" else 1
 
 
+def cmd_triggers(args: argparse.Namespace) -> int:
+    from lbtrain.client import ApiError
+
+    c = _client(args)
+    try:
+        if args.triggers_cmd == "set":
+            rule: dict[str, Any] = {"model_type": args.model_type, "model_id": args.model_id,
+                                    "min_labels": args.min_labels, "min_interval_seconds": args.min_interval,
+                                    "enabled": not args.disabled}
+            if args.params:
+                try:
+                    rule["params"] = json.loads(args.params)
+                except json.JSONDecodeError as exc:
+                    print(f"lbtrain triggers set: --params is not JSON: {exc}", file=sys.stderr)
+                    return 2
+            saved = c.set_trigger(args.project_id, rule)
+            _print(saved, True) if args.json else print(_describe_rule(saved))
+        elif args.triggers_cmd == "list":
+            rules = c.list_triggers()
+            if args.json:
+                _print(rules, True)
+            else:
+                for rule in rules:
+                    print(_describe_rule(rule))
+                if not rules:
+                    print("no retraining rules")
+        elif args.triggers_cmd == "get":
+            rule = c.get_trigger(args.project_id)
+            _print(rule, True) if args.json else print(_describe_rule(rule))
+        elif args.triggers_cmd == "delete":
+            c.delete_trigger(args.project_id)
+            print(f"deleted the retraining rule of project {args.project_id}")
+    except ApiError as exc:
+        print(f"lbtrain triggers {args.triggers_cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe_rule(rule: dict[str, Any]) -> str:
+    state = "enabled" if rule.get("enabled", True) else "disabled"
+    extra = []
+    if rule.get("active_run_id"):
+        extra.append(f"active run {rule['active_run_id']}")
+    if rule.get("queued_run_id"):
+        extra.append(f"queued run {rule['queued_run_id']}")
+    return (f"{rule['project_id']}: {rule['model_type']} (model {rule['model_id']}), every {rule['min_labels']} "
+            f"new or changed labels, at most every {rule.get('min_interval_seconds', 0):g}s, {state}; "
+            f"{rule.get('pending', 0)} pending" + (f"; {', '.join(extra)}" if extra else ""))
+
+
+def cmd_labelbox_register(args: argparse.Namespace) -> int:
+    """Register the label webhook and print what to paste into Labelbox's model training settings."""
+    from lbtrain.adapters import labelbox
+    from lbtrain.devstack import read_local_secrets
+    from lbtrain.triggers import LABEL_TOPICS
+
+    cfg = _config()
+    secret = cfg.labelbox_webhook_secret or read_local_secrets(cfg.state_dir).get("labelbox_webhook_secret", "")
+    if not secret:
+        print("lbtrain labelbox register: no webhook secret (set LABELBOX_WEBHOOK_SECRET or run `lbtrain dev` once)",
+              file=sys.stderr)
+        return 2
+    base = args.url.rstrip("/")
+    if not base.startswith(("https://", "http://")):
+        print(f"lbtrain labelbox register: --url must be the ingress base URL (https://…), not {args.url!r}",
+              file=sys.stderr)
+        return 2
+    topics = [t.strip().upper() for t in args.topics.split(",") if t.strip()]
+    unknown = sorted(set(topics) - set(LABEL_TOPICS))
+    if unknown:
+        print(f"lbtrain labelbox register: unknown topic(s) {', '.join(unknown)}; known: {', '.join(LABEL_TOPICS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        hook_id = labelbox.from_config(cfg).register_webhook(args.project_id, f"{base}/webhooks/labelbox", secret,
+                                                              topics)
+    except Exception as exc:  # noqa: BLE001 - say what failed, exit non-zero
+        print(f"lbtrain labelbox register: {exc}", file=sys.stderr)
+        return 1
+    print(f"label webhook {hook_id} registered for project {args.project_id}")
+    print(f"  url:    {base}/webhooks/labelbox")
+    print(f"  topics: {', '.join(topics)}")
+    print("Labelbox → Model → Settings → Model training (paste these):")
+    print(f"  URL:    {base}")
+    print("  secret: the value of LABELBOX_WEBHOOK_SECRET (the same secret signs both; not printed here)")
+    print(f"Then set a retraining rule: lbtrain triggers set {args.project_id} --model-type … --model-id …")
+    return 0
+
+
 def cmd_webhook_sign(args: argparse.Namespace) -> int:
     from lbtrain import signature
     from lbtrain.devstack import read_local_secrets
@@ -230,11 +322,41 @@ def build_parser() -> argparse.ArgumentParser:
     build = ds_sub.add_parser("build", help="write {out}/model_runs/{id}/export.ndjson")
     build.add_argument("model_type")
     build.add_argument("--out", required=True, help="the LABELBOX_DIR to write into")
-    build.add_argument("--model-run-id", required=True)
+    target = build.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model-run-id", help="write a model run export (with splits)")
+    target.add_argument("--project-id", help="write a project export (labels, no splits) for retraining rules")
     build.add_argument("--limit", type=int, default=None)
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--dataset", default=None, help="which public dataset (default: the reference one)")
     build.set_defaults(func=cmd_datasets_build)
+
+    trg = sub.add_parser("triggers", help="retraining rules: train again after N new or changed labels")
+    trg.add_argument("--api-url", default=None, help="default: LBTRAIN_API_URL or the running `lbtrain dev`")
+    trg.add_argument("--json", action="store_true")
+    ts = trg.add_subparsers(dest="triggers_cmd", required=True)
+    tset = ts.add_parser("set", help="create or change the rule of a Labelbox project")
+    tset.add_argument("project_id")
+    tset.add_argument("--model-type", required=True)
+    tset.add_argument("--model-id", required=True, help="the Labelbox model new model runs are created under")
+    tset.add_argument("--min-labels", type=int, default=100, help="new or changed labels that start a run")
+    tset.add_argument("--min-interval", type=float, default=0.0, help="minimum seconds between two runs")
+    tset.add_argument("--params", default="", help="JSON object of pipeline parameters")
+    tset.add_argument("--disabled", action="store_true", help="keep the rule but do not count labels")
+    ts.add_parser("list")
+    tget = ts.add_parser("get")
+    tget.add_argument("project_id")
+    tdel = ts.add_parser("delete")
+    tdel.add_argument("project_id")
+    trg.set_defaults(func=cmd_triggers)
+
+    lbx = sub.add_parser("labelbox", help="set up Labelbox for this deployment")
+    lbx_sub = lbx.add_subparsers(dest="labelbox_cmd", required=True)
+    reg = lbx_sub.add_parser("register", help="register the label webhook of a project; print the model training "
+                                              "integration settings")
+    reg.add_argument("--project-id", required=True)
+    reg.add_argument("--url", required=True, help="the ingress base URL (Cloud Run service URL)")
+    reg.add_argument("--topics", default="LABEL_CREATED,LABEL_UPDATED,LABEL_DELETED,WORKFLOW_ACTION")
+    reg.set_defaults(func=cmd_labelbox_register)
 
     runs = sub.add_parser("runs", help="runs over the REST API")
     runs.add_argument("--api-url", default=None, help="default: LBTRAIN_API_URL or the running `lbtrain dev`")

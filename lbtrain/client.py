@@ -92,13 +92,28 @@ class Client:
                 raise TimeoutError(f"run {run_id} still {run['status']} after {timeout:.0f}s")
             time.sleep(interval)
 
+    # -- retraining rules
+    def list_triggers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/triggers")[1]["triggers"]
+
+    def get_trigger(self, project_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/triggers/{project_id}")[1]
+
+    def set_trigger(self, project_id: str, rule: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", f"/triggers/{project_id}", rule)[1]
+
+    def delete_trigger(self, project_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/triggers/{project_id}")[1]
+
     # -- Labelbox's side
     def send_webhook(self, path: str, body: dict[str, Any] | None, secret: str, delivery_id: str = "",
-                     method: str = "POST") -> tuple[int, Any]:
+                     method: str = "POST", event: str = "") -> tuple[int, Any]:
         raw = json.dumps(body).encode() if body is not None else b""
         headers = signature.headers(secret, raw)
         if delivery_id:
             headers["X-Labelbox-Id"] = delivery_id
+        if event:
+            headers["X-Labelbox-Event"] = event
         return Client(self.base_url, token="", timeout=self.timeout, retries=self.retries).request(
             method, path, raw=raw if method != "GET" else None, headers=headers)
 

@@ -60,6 +60,18 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
 
 
 def finish_report(deps: Deps, run: dict[str, Any], status: str) -> None:
+    """Tell Labelbox how the run ended, and let a retraining rule start its follow-up run."""
+    try:
+        _report_end(deps, run, status)
+    finally:
+        from lbtrain import triggers
+
+        triggers.on_run_finished(deps, run)
+
+
+def _report_end(deps: Deps, run: dict[str, Any], status: str) -> None:
+    if not run.get("model_run_id"):  # a held rule run cancelled before it had a model run
+        return
     if status == d.SUCCEEDED:
         metrics = run.get("metrics") or {}
         keys = dict.fromkeys([pipelines.get(run["model_type"]).headline_metric, "accuracy"])

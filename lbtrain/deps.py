@@ -34,6 +34,12 @@ class Deps:
         return from_config(self.config)
 
     @cached_property
+    def triggers(self) -> Any:
+        from lbtrain.adapters.trigger_store import TriggerStore
+
+        return TriggerStore(self.store)
+
+    @cached_property
     def labelbox(self) -> Any:
         from lbtrain.adapters.labelbox import from_config
 

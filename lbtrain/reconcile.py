@@ -24,6 +24,8 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
     actions: list[str] = []
     for run in deps.store.active_runs():
         run_id = run["run_id"]
+        if run.get("waiting") or not run.get("model_run_id"):
+            continue  # a rule's held run: released by triggers.sweep below, not re-driven
         try:
             step = deps.store.get_step(run_id, run["stage"])
             old = step.get("updated_at") is None or at - step["updated_at"] > stale
@@ -43,6 +45,13 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - one bad run must not stop the sweep
             log.exception("reconciling run %s failed: %s", run_id, exc, extra={"fields": {"run_id": run_id}})
             actions.append(f"{run_id}: error {exc}")
+    try:
+        from lbtrain import triggers
+
+        actions.extend(triggers.sweep(deps, stale, at))
+    except Exception as exc:  # noqa: BLE001
+        log.exception("retraining rules sweep failed: %s", exc)
+        actions.append(f"triggers: error {exc}")
     for action in actions:
         log.info("reconcile: %s", action)
     return actions

@@ -184,6 +184,8 @@ class FirestoreStore:
             run, step = run_snap.to_dict(), step_snap.to_dict()
             if run["status"] not in (d.QUEUED, d.RUNNING):
                 return Claim("noop", run, step, f"run is {run['status']}")
+            if run.get("waiting") or not run.get("model_run_id"):
+                return Claim("noop", run, step, f"run is waiting: {run.get('waiting') or 'no model run yet'}")
             if step["attempt"] != attempt:
                 return Claim("noop", run, step, f"stale attempt {attempt} (step is at {step['attempt']})")
             if step["state"] == d.LAUNCHING:
@@ -300,6 +302,8 @@ class FirestoreStore:
 
     def _release_model_run(self, t: firestore.Transaction, run: dict[str, Any], at: Any) -> None:
         """End single flight for the model run. Written blind: only this run can hold it while active."""
+        if not run.get("model_run_id"):  # a held rule run that never got its model run
+            return
         mr_ref = self.db.collection(MODEL_RUNS).document(run["model_run_id"])
         t.set(mr_ref, {"active_run_id": None, "last_run_id": run["run_id"], "updated_at": at})
         self._count(1)
@@ -348,6 +352,8 @@ class FirestoreStore:
             run = snap.to_dict()
             if run["status"] not in (d.FAILED, d.CANCELLED):
                 raise Conflict(f"run {run_id} is {run['status']}; only FAILED or CANCELLED runs can be retried")
+            if not run.get("model_run_id"):
+                raise Conflict(f"run {run_id} was cancelled before it had a Labelbox model run; nothing to retry")
             mr_ref = self.db.collection(MODEL_RUNS).document(run["model_run_id"])
             mr = mr_ref.get(transaction=t)
             active = mr.get("active_run_id") if mr.exists else None

@@ -6,6 +6,7 @@ implements the same methods with the labelbox SDK.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,33 @@ class Labelbox(Protocol):
 
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> None:
         """Add prediction and metric rows to the model run."""
+
+    def create_model_run(self, model_id: str, project_id: str, name: str) -> str:
+        """A model run named `name` under the model, holding the project's labeled data rows with
+        their splits; the existing one if a model run of that name exists (idempotent). Its id."""
+
+    def register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
+        """Register (or update, by URL) the project's label webhook; its id."""
+
+
+# Splits of data rows in model runs created by retraining rules: a stable hash of the data row id, so
+# a data row stays in the same split across model runs and test rows never become training rows.
+SPLIT_SHARES = (("TRAINING", 0.8), ("VALIDATION", 0.1), ("TEST", 0.1))
+
+
+def split_for(data_row_id: str) -> str:
+    x = int(hashlib.sha256(data_row_id.encode()).hexdigest()[:8], 16) / 0x100000000
+    total = 0.0
+    for split, share in SPLIT_SHARES:
+        total += share
+        if x < total:
+            return split
+    return SPLIT_SHARES[-1][0]
+
+
+def model_run_id_for(model_id: str, name: str) -> str:
+    """Deterministic id of the file-backed model run `name` of `model_id`."""
+    return "mr" + hashlib.sha256(f"{model_id}\n{name}".encode()).hexdigest()[:22]
 
 
 def clip_error(message: str) -> str:
@@ -112,6 +140,48 @@ class FileLabelbox:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, target)
+
+    # -- projects: what label webhooks and retraining rules act on ------------------------------
+    def project_dir(self, project_id: str) -> Path:
+        return self.root / "projects" / _check_id(project_id, "project id")
+
+    def create_model_run(self, model_id: str, project_id: str, name: str) -> str:
+        """`projects/<id>/export.ndjson` (Export v2 project rows) → a new model run's export."""
+        source = self.project_dir(project_id) / "export.ndjson"
+        if not source.exists():
+            raise ValueError(f"project {project_id!r} not found in Labelbox (no {source})")
+        model_run_id = model_run_id_for(_check_id(model_id, "model id"), name)
+        target_dir = self.model_run_dir(model_run_id)
+        if (target_dir / "export.ndjson").exists():
+            return model_run_id
+        target_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target_dir / ".export.ndjson.tmp"
+        with source.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as out:
+            for line in src:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                labels = ((row.pop("projects", None) or {}).get(project_id) or {}).get("labels") or []
+                row["experiments"] = {model_id: {"name": model_id, "runs": {model_run_id: {
+                    "name": name, "split": split_for(row["data_row"]["id"]), "labels": labels, "predictions": []}}}}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (target_dir / "meta.json").write_text(json.dumps(
+            {"name": name, "model_id": model_id, "project_id": project_id}, indent=1), encoding="utf-8")
+        os.replace(tmp, target_dir / "export.ndjson")
+        return model_run_id
+
+    def register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
+        d = self.project_dir(project_id)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "webhooks.json"
+        hooks = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+        hook_id = "wh" + hashlib.sha256(f"{project_id}\n{url}".encode()).hexdigest()[:22]
+        # Like Labelbox, the secret is kept for signing but never shown again: only its digest here.
+        entry = {"id": hook_id, "url": url, "topics": list(topics),
+                 "secret_sha256": hashlib.sha256(secret.encode()).hexdigest()}
+        hooks = [h for h in hooks if h.get("url") != url] + [entry]
+        path.write_text(json.dumps(hooks, indent=1), encoding="utf-8")
+        return hook_id
 
 
 def from_config(config: Any) -> Labelbox:

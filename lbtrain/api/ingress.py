@@ -1,5 +1,6 @@
-"""The ingress: Labelbox's model-training integration (`GET /models`, `POST /model_run`) and the
-REST API (`/runs…`). Kept import-light for Cloud Run cold starts: no ML, no aiplatform.
+"""The ingress: Labelbox's model-training integration (`GET /models`, `POST /model_run`), its label
+webhooks (`POST /webhooks/labelbox`) and the REST API (`/runs…`, `/triggers…`). Kept import-light
+for Cloud Run cold starts: no ML, no aiplatform.
 """
 
 from __future__ import annotations
@@ -68,6 +69,23 @@ def model_run():  # noqa: ANN201
                   tell_labelbox=True)
 
 
+@bp.post("/webhooks/labelbox")
+def label_webhook():  # noqa: ANN201
+    """LABEL_CREATED / LABEL_UPDATED / LABEL_DELETED / WORKFLOW_ACTION → retraining rules. Unknown
+    topics are acknowledged (Labelbox would otherwise retry them) and logged."""
+    from lbtrain import triggers
+
+    body = _verified_body()
+    data = _json_object(body)
+    topic = request.headers.get("X-Labelbox-Event") or str(data.get("event") or data.get("topic") or "")
+    delivery = request.headers.get("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
+    try:
+        answer = triggers.handle_label_delivery(deps_of(current_app), topic.upper(), data, delivery)
+    except BadMessage as exc:
+        raise ApiError(400, str(exc)) from None
+    return jsonify(answer), 200
+
+
 def _start(req: RunRequest, trigger: dict[str, Any], key: str | None, tell_labelbox: bool = False):  # noqa: ANN202
     deps = deps_of(current_app)
     try:
@@ -85,7 +103,7 @@ def _start(req: RunRequest, trigger: dict[str, Any], key: str | None, tell_label
 
 @bp.before_request
 def _auth() -> None:
-    if request.path.startswith("/runs"):
+    if request.path.startswith(("/runs", "/triggers")):
         require_token(deps_of(current_app).config)
 
 
@@ -167,3 +185,46 @@ def retry_run(run_id: str):  # noqa: ANN201
     report_status(deps, run["model_run_id"], "EXPORTING_DATA" if stage == "etl" else "TRAINING_MODEL",
                   run_id=run_id, metadata={"retry_from": stage, "attempt": str(attempt)})
     return jsonify(run)
+
+
+# -- retraining rules ---------------------------------------------------------------------------
+
+def _project_id(project_id: str) -> str:
+    if not is_valid_id(project_id):
+        raise ApiError(400, f"project id {project_id!r} is not a valid id")
+    return project_id
+
+
+@bp.get("/triggers")
+def list_triggers():  # noqa: ANN201
+    return jsonify({"triggers": jsonable(deps_of(current_app).triggers.list_rules())})
+
+
+@bp.get("/triggers/<project_id>")
+def get_trigger(project_id: str):  # noqa: ANN201
+    rule = deps_of(current_app).triggers.get_rule(_project_id(project_id))
+    if rule is None:
+        raise ApiError(404, f"no retraining rule for project {project_id!r}")
+    return jsonify(jsonable(rule))
+
+
+@bp.put("/triggers/<project_id>")
+def put_trigger(project_id: str):  # noqa: ANN201
+    from lbtrain.triggers import Rule
+
+    data = _json_object(request.get_data(cache=True))
+    if data.get("project_id") not in (None, project_id):
+        raise ApiError(400, f"project_id {data['project_id']!r} does not match the URL's {project_id!r}")
+    try:
+        rule = Rule.from_dict(data)
+    except BadMessage as exc:
+        raise ApiError(400, str(exc)) from None
+    saved = deps_of(current_app).triggers.put_rule(_project_id(project_id), rule.to_dict())
+    return jsonify(jsonable(saved)), 200
+
+
+@bp.delete("/triggers/<project_id>")
+def delete_trigger(project_id: str):  # noqa: ANN201
+    if not deps_of(current_app).triggers.delete_rule(_project_id(project_id)):
+        raise ApiError(404, f"no retraining rule for project {project_id!r}")
+    return jsonify({"deleted": project_id}), 200

@@ -44,4 +44,41 @@ def build(model_type: str, out_dir: str, model_run_id: str, **kwargs: Any) -> di
     return _module(model_type).build(model_type, out_dir, model_run_id, **kwargs)
 
 
-__all__ = ["MODULES", "NoBuilder", "available", "build"]
+def build_project(model_type: str, out_dir: str, project_id: str, **kwargs: Any) -> dict[str, Any]:
+    """Write `{out_dir}/projects/{project_id}/export.ndjson`: the same rows as a Labelbox *project*
+    export (labels under `projects`, no splits), what retraining rules create model runs from."""
+    import json
+    import os
+    import shutil
+
+    from lbtrain.adapters.labelbox import FileLabelbox
+
+    lb = FileLabelbox(out_dir)
+    target_dir = lb.project_dir(project_id)
+    # Built as a scratch model run in the same directory so media URIs stay valid, then reshaped.
+    scratch = f"project-source-{project_id}"[:200]
+    summary = build(model_type, out_dir, scratch, **kwargs)
+    source_dir = lb.model_run_dir(scratch)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        part = target_dir / ".export.ndjson.tmp"
+        with (source_dir / "export.ndjson").open(encoding="utf-8") as src, part.open("w", encoding="utf-8") as out:
+            for line in src:
+                row = json.loads(line)
+                labels = [lab for exp in (row.pop("experiments", None) or {}).values()
+                          for run in (exp.get("runs") or {}).values() for lab in run.get("labels") or []]
+                row["projects"] = {project_id: {"name": project_id, "labels": labels}}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(part, target_dir / "export.ndjson")
+    finally:
+        shutil.rmtree(source_dir, ignore_errors=True)
+    # Splits are the model run's business (assigned when a rule creates one): report totals only.
+    for key in ("model_run_id", "export", "per_split"):
+        summary.pop(key, None)
+    if isinstance(summary.get("per_class"), dict):
+        summary["per_class"] = {c: sum(v.values()) if isinstance(v, dict) else v
+                                for c, v in summary["per_class"].items()}
+    return {**summary, "project_id": project_id, "path": str(target_dir / "export.ndjson")}
+
+
+__all__ = ["MODULES", "NoBuilder", "available", "build", "build_project"]

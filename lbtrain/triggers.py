@@ -1,0 +1,185 @@
+"""Label webhooks → retraining rules → new Labelbox model runs and pipeline runs.
+
+Labelbox's label webhooks (`LABEL_CREATED`, `LABEL_UPDATED`, `LABEL_DELETED`, `WORKFLOW_ACTION`) are
+triggers only: the body names a project and a label (or data row); what gets trained is re-read from
+Labelbox when the new model run is created. Counting and coalescing live in the trigger store's
+transactions; this module parses deliveries, validates rules and releases held runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from lbtrain import domain as d
+from lbtrain import pipelines
+from lbtrain.deps import Deps
+from lbtrain.intake import is_valid_id, publish_step
+from lbtrain.messages import BadMessage
+from lbtrain.reporting import report_status
+
+log = logging.getLogger("lbtrain.triggers")
+
+LABEL_TOPICS = ("LABEL_CREATED", "LABEL_UPDATED", "LABEL_DELETED", "WORKFLOW_ACTION")
+MAX_MIN_LABELS = 1_000_000
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    topic: str
+    project_id: str
+    key: str  # what is counted once per epoch: the label id, or the data row for workflow actions
+
+
+@dataclass
+class Rule:
+    model_type: str
+    model_id: str
+    min_labels: int = 100
+    min_interval_seconds: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Rule:
+        """Validate a rule from the API/CLI; BadMessage names the bad field."""
+        if not isinstance(data, dict):
+            raise BadMessage("a rule must be a JSON object")
+        unknown = set(data) - {"model_type", "model_id", "min_labels", "min_interval_seconds", "params", "enabled",
+                               "project_id"}
+        if unknown:
+            raise BadMessage(f"unknown field(s): {', '.join(sorted(unknown))}")
+        model_type = data.get("model_type")
+        if not isinstance(model_type, str) or not model_type:
+            raise BadMessage("missing field: model_type")
+        try:
+            pipelines.get(model_type)
+        except pipelines.UnknownModelType as exc:
+            raise BadMessage(str(exc)) from None
+        model_id = data.get("model_id")
+        if not isinstance(model_id, str) or not is_valid_id(model_id):
+            raise BadMessage("model_id must be the Labelbox model id the new model runs are created under")
+        min_labels = data.get("min_labels", 100)
+        if not isinstance(min_labels, int) or isinstance(min_labels, bool) or not 1 <= min_labels <= MAX_MIN_LABELS:
+            raise BadMessage(f"min_labels must be an integer from 1 to {MAX_MIN_LABELS}")
+        interval = data.get("min_interval_seconds", 0)
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval < 0:
+            raise BadMessage("min_interval_seconds must be a number >= 0")
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadMessage("params must be an object")
+        enabled = data.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise BadMessage("enabled must be true or false")
+        return cls(model_type, model_id, min_labels, float(interval), params, enabled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, "model_id": self.model_id, "min_labels": self.min_labels,
+                "min_interval_seconds": self.min_interval_seconds, "params": self.params, "enabled": self.enabled}
+
+
+def _id_of(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def parse_label_event(topic: str, body: Any) -> LabelEvent | None:
+    """None for topics we don't count (acknowledged, logged); BadMessage for a malformed delivery."""
+    if topic not in LABEL_TOPICS:
+        return None
+    if not isinstance(body, dict):
+        raise BadMessage("the body must be a JSON object")
+    project_id = _id_of(body.get("project"))
+    if not project_id:
+        raise BadMessage(f"{topic} delivery without project.id")
+    if not is_valid_id(project_id):
+        raise BadMessage(f"project id {project_id!r} is not a valid id")
+    label_id = _id_of(body.get("label")) if isinstance(body.get("label"), dict) else ""
+    label_id = label_id or (body.get("id") if isinstance(body.get("id"), str) else "")
+    data_row_id = _id_of(body.get("dataRow") or body.get("data_row"))
+    if topic == "WORKFLOW_ACTION" or not label_id:
+        if not data_row_id:
+            raise BadMessage(f"{topic} delivery names neither a label (id) nor a data row (dataRow.id)")
+        return LabelEvent(topic, project_id, f"data_row:{data_row_id}")
+    return LabelEvent(topic, project_id, f"label:{label_id}")
+
+
+def handle_label_delivery(deps: Deps, topic: str, body: Any, delivery_id: str) -> dict[str, Any]:
+    """Count one label webhook delivery; release the rule's held run when it may start."""
+    event = parse_label_event(topic, body)
+    if event is None:
+        log.info("label webhook topic %r ignored", topic, extra={"fields": {"delivery_id": delivery_id}})
+        return {"outcome": "ignored", "reason": f"topic {topic or '(none)'} does not count towards retraining"}
+    rule = deps.triggers.get_rule(event.project_id)
+    stages = pipelines.get(rule["model_type"]).stages if rule else ("etl",)
+    trigger = {"source": "label_webhook", "delivery_id": delivery_id, "event": topic}
+    result = deps.triggers.record_label_event(event.project_id, event.key, f"label:{delivery_id}", trigger,
+                                              d.new_run_id(), stages)
+    answer: dict[str, Any] = {"outcome": result.outcome, "project_id": event.project_id, "pending": result.pending}
+    if rule:
+        answer["min_labels"] = rule["min_labels"]
+    if result.run_id:
+        answer["run_id"] = result.run_id
+        started = release(deps, event.project_id)
+        answer["waiting"] = "" if started == result.run_id else deps.store.get_run(result.run_id).get("waiting") or ""
+    log.info("label %s for project %s: %s (%d pending)", event.key, event.project_id, result.outcome, result.pending,
+             extra={"fields": {"delivery_id": delivery_id, "run_id": result.run_id}})
+    return answer
+
+
+def release(deps: Deps, project_id: str) -> str | None:
+    """Start the rule's held run if nothing blocks it; the run id started, else None."""
+    run_id = deps.triggers.claim_release(project_id)
+    if run_id is None:
+        return None
+    return start_released(deps, run_id)
+
+
+def start_released(deps: Deps, run_id: str) -> str | None:
+    """Create the Labelbox model run (idempotent by name) and start the pipeline. A Labelbox error
+    leaves the run waiting with the reason; the reconciler tries again."""
+    run = deps.store.get_run(run_id)
+    rule_project = (run.get("trigger") or {}).get("project_id", "")
+    name = f"{deps.config.deployment_name}-{run_id}"
+    try:
+        model_run_id = deps.labelbox.create_model_run(run["model_id"], rule_project, name)
+    except Exception as exc:  # noqa: BLE001 - any Labelbox failure: keep the run, say why, retry later
+        message = f"{' '.join(str(exc).split())[:300]}"
+        log.warning("creating model run %s for run %s failed: %s", name, run_id, message,
+                    extra={"fields": {"run_id": run_id}})
+        deps.triggers.note_waiting(run_id, f"creating the Labelbox model run failed, will retry: {message}")
+        return None
+    if not deps.triggers.attach_model_run(run_id, model_run_id):
+        return None
+    publish_step(deps, run_id, run["stage"], 1)
+    report_status(deps, model_run_id, "EXPORTING_DATA", run_id=run_id,
+                  metadata={"trigger": f"labels in project {rule_project}"})
+    log.info("run %s started for project %s as model run %s", run_id, rule_project, model_run_id,
+             extra={"fields": {"run_id": run_id}})
+    return run_id
+
+
+def on_run_finished(deps: Deps, run: dict[str, Any]) -> None:
+    """A run started by a rule ended: free the rule and start its follow-up if one waits."""
+    trigger = run.get("trigger") or {}
+    if trigger.get("source") != "label_webhook" or not trigger.get("project_id"):
+        return
+    if deps.triggers.run_finished(trigger["project_id"], run["run_id"]):
+        release(deps, trigger["project_id"])
+
+
+def sweep(deps: Deps, stale_after: timedelta, at: datetime | None = None) -> list[str]:
+    """Reconciler part: release held runs whose interval has passed, retry stalled releases."""
+    actions = []
+    for run in deps.triggers.stalled_releases(stale_after, at):
+        if start_released(deps, run["run_id"]):
+            actions.append(f"{run['run_id']}: started after a stalled release")
+    for rule in deps.triggers.list_rules():
+        if rule.get("queued_run_id") and not rule.get("active_run_id"):
+            started = release(deps, rule["project_id"])
+            if started:
+                actions.append(f"{started}: released for project {rule['project_id']}")
+    return actions
