@@ -129,7 +129,6 @@ def parse_image_instances(instances: Sequence[Any], side: int, mode: str) -> lis
 
 def write_model(model_dir: str, model: Any, meta: dict[str, Any]) -> None:
     """weights.pt first, model.json last: a model dir with model.json is complete."""
-    storage.makedirs(model_dir)
     cnn.save(model_dir, model)
     storage.write_json(storage.join(model_dir, MODEL_META_FILE), meta)
 
