@@ -19,8 +19,8 @@ API (keep it small and stable; the image tasks and the bounding-box task build o
 Sources: `https://`, `http://` (urllib, retried with exponential backoff on 5xx/408/429 and
 network errors), `file://`, plain local paths and `gs://` through lbtrain.storage (the one
 google-cloud-storage client, imported lazily, honouring STORAGE_EMULATOR_HOST; without the library
-a FetchError says what to install). Width/height come from `media_attributes` when exported, else from the
-image header. PIL and numpy are imported inside functions so importing this module stays cheap.
+a FetchError says what to install). Width/height come from `media_attributes` when exported, else
+from the image header. PIL and numpy are imported inside functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
