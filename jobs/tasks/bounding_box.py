@@ -280,9 +280,9 @@ def _load_split(
     import numpy as np
 
     index = {c: i for i, c in enumerate(classes)}
-    arrays, boxes, labels = [], [], []
+    arrays = images.load_images([e["image"] for e in examples], size=(size, size), mode=mode)
+    boxes, labels = [], []
     for e in examples:
-        arrays.append(images.load_image(e["image"], size=(size, size), mode=mode))
         sx, sy = size / float(e["width"]), size / float(e["height"])
         bs, ls = [], []
         for b in e["boxes"]:

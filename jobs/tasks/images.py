@@ -9,6 +9,7 @@ API (keep it small and stable; the image tasks and the bounding-box task build o
         #   `{out_uri}/media/{data_row_id}.{ext}` (lbtrain.storage). One failure never stops the others.
     stats = fetch_stats(results)                    # {"fetched": n, "failed": n, "failures": {id: reason}}
     array = load_image(uri_or_bytes, size=(w, h), mode="L" | "RGB")   # uint8 H×W or H×W×3
+    arrays = load_images(uris, size=..., mode=..., workers=8)        # the same, reading in parallel
     array = decode_b64(instance_b64(instance), size=..., mode=...)   # a Vertex image instance
     converted = convert_rows(rows, model_run_id, out_uri, target_of, progress, workers=8)
         # → ImageRows(examples, predict_only, skipped, fetch, rows): Export v2 rows → examples
@@ -290,6 +291,18 @@ def load_image(source: str | bytes, *, size: int | tuple[int, int] | None = None
     """A local artifact URI/path (or raw bytes) → uint8 numpy array, see decode_image."""
     data = source if isinstance(source, bytes) else storage.read_bytes(source)
     return decode_image(data, size=size, mode=mode)
+
+
+def load_images(
+    uris: Sequence[str], *, size: int | tuple[int, int] | None = None, mode: str = "L",
+    workers: int = DEFAULT_WORKERS,
+) -> list[Any]:
+    """load_image for many URIs, in order, reading `workers` at a time: on gs:// every image is
+    one request, so a sequential loop would spend a training job's time waiting on the network."""
+    if len(uris) <= 1 or workers <= 1:
+        return [load_image(u, size=size, mode=mode) for u in uris]
+    with ThreadPoolExecutor(max_workers=min(workers, len(uris))) as pool:
+        return list(pool.map(lambda u: load_image(u, size=size, mode=mode), uris))
 
 
 def decode_b64(text: str, *, size: int | tuple[int, int] | None = None, mode: str = "L") -> Any:
