@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with log.bind(run_id=args.run_id, stage=args.stage, attempt=args.attempt):
         storage.makedirs(args.outputs)
         for stale in (OUTPUTS_FILE, ERROR_FILE):
-            storage.local_path(storage.join(args.outputs, stale)).unlink(missing_ok=True)
+            storage.delete(storage.join(args.outputs, stale))
         try:
             inputs = _read_inputs(args)
             task = _load_task(inputs["model_type"])

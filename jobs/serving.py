@@ -3,7 +3,9 @@ process management around it (start, health, stop, `stop_all`).
 
 Contract (Vertex custom containers): listen on $AIP_HTTP_PORT; GET $AIP_HEALTH_ROUTE → 200
 once the model is loaded; POST $AIP_PREDICT_ROUTE {"instances": [...]} → {"predictions": [...]};
-the model directory is $AIP_STORAGE_URI. `python -m jobs.serving` is the container command.
+the model directory is $AIP_STORAGE_URI (gs://… on Vertex, copied to a local temporary directory
+through lbtrain.storage before loading; a local directory as is). `python -m jobs.serving` is the
+container command.
 
 Locally, deploy starts it as a detached process (own session, so it outlives the job) and
 records it in `{ARTIFACT_ROOT}/serving/<model_type>.<run_id>.json`; `stop_all(artifact_root)`
@@ -108,35 +110,48 @@ def make_server(
     return ThreadingHTTPServer((host, port), Handler)
 
 
+def serve(model_uri: str, host: str, port: int, predict_route: str, health_route: str) -> int:
+    """Load the model under `model_uri` (a local directory or a gs:// prefix, copied to a temporary
+    directory for the server's lifetime) and answer requests until SIGTERM."""
+    from jobs.tasks.base import ModelError
+    from lbtrain import storage
+
+    try:
+        with storage.localized_dir(model_uri) as local_dir:
+            predictor = _load_predictor(str(local_dir))
+            server = make_server(predictor, host, port, predict_route, health_route)
+
+            def _stop(signum: int, frame: Any) -> None:
+                raise SystemExit(0)
+
+            signal.signal(signal.SIGTERM, _stop)
+            message = f"serving {model_uri} on {host}:{server.server_address[1]}"
+            print(json.dumps({"severity": "INFO", "message": message}), flush=True)
+            try:
+                server.serve_forever(poll_interval=0.2)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                server.server_close()
+    except (FileNotFoundError, ModelError) as exc:
+        print(f"jobs.serving: no loadable model at {model_uri}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     """Serving process entry point (`python -m jobs.serving`)."""
-    model_dir = os.environ.get("AIP_STORAGE_URI") or os.environ.get("LBTRAIN_MODEL_DIR", "")
-    if not model_dir:
+    model_uri = os.environ.get("AIP_STORAGE_URI") or os.environ.get("LBTRAIN_MODEL_DIR", "")
+    if not model_uri:
         print("jobs.serving: AIP_STORAGE_URI (the model directory) is not set", file=sys.stderr)
         return 2
-    port = int(os.environ.get("AIP_HTTP_PORT", "8080"))
-    host = os.environ.get("LBTRAIN_SERVING_HOST", "0.0.0.0")
-    predictor = _load_predictor(model_dir)
-    server = make_server(
-        predictor,
-        host,
-        port,
+    return serve(
+        model_uri,
+        os.environ.get("LBTRAIN_SERVING_HOST", "0.0.0.0"),
+        int(os.environ.get("AIP_HTTP_PORT", "8080")),
         os.environ.get("AIP_PREDICT_ROUTE", DEFAULT_PREDICT_ROUTE),
         os.environ.get("AIP_HEALTH_ROUTE", DEFAULT_HEALTH_ROUTE),
     )
-
-    def _stop(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, _stop)
-    print(json.dumps({"severity": "INFO", "message": f"serving {model_dir} on {host}:{port}"}), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
 
 
 # --- local process management (used by deploy and `lbtrain dev`) ----------------------------

@@ -3,35 +3,77 @@
 Jobs and services address artifacts by URI: a plain path or `file://` URI locally, `gs://bucket/…`
 on Google Cloud (google-cloud-storage, imported on first gs:// use; it honours
 STORAGE_EMULATOR_HOST). Callers never branch on the scheme.
+
+Libraries that want a file name (joblib, torch, PIL) get one from `localized(uri)` (read) and
+`staged(uri)` (write, published atomically on success); whole directories go through
+`localized_dir` / `download_dir` / `upload_dir`. Every GCS call has a timeout (GCS_TIMEOUT) and the
+client's DEFAULT_RETRY policy: all our object operations are idempotent (whole-object overwrites of
+deterministic content, deletes that tolerate "already gone", reads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 GCS_TIMEOUT = 120.0
+TEMP_PREFIX = "lbtrain-"  # temporary copies of gs:// objects live in tempfile.gettempdir()
 _gcs_client: Any = None
+_gcs_lock = threading.Lock()
 
 
 def is_gcs(uri: str) -> bool:
     return uri.startswith("gs://")
 
 
-def _blob(uri: str) -> Any:
+def _client() -> Any:
+    """One google-cloud-storage client per process (thread-safe; media are fetched from a pool)."""
     global _gcs_client
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    if not bucket or not name:
-        raise ValueError(f"bad gs:// URI {uri!r} (expected gs://bucket/object)")
-    if _gcs_client is None:
-        from google.cloud import storage as gcs
+    with _gcs_lock:
+        if _gcs_client is None:
+            try:
+                from google.cloud import storage as gcs  # type: ignore[attr-defined]
+            except ImportError:
+                raise ImportError(
+                    "gs:// URIs need google-cloud-storage: pip install google-cloud-storage"
+                ) from None
+            _gcs_client = gcs.Client()
+        return _gcs_client
 
-        _gcs_client = gcs.Client()
-    return _gcs_client.bucket(bucket).blob(name)
+
+def _retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
+
+
+def _bucket_name(uri: str) -> tuple[str, str]:
+    """gs://bucket/name → (bucket, name); name may be empty (a bucket-wide prefix)."""
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    if not bucket:
+        raise ValueError(f"bad gs:// URI {uri!r} (expected gs://bucket/object)")
+    return bucket, name
+
+
+def _blob(uri: str) -> Any:
+    bucket, name = _bucket_name(uri)
+    if not name or name.endswith("/"):
+        raise ValueError(f"bad gs:// URI {uri!r} (expected gs://bucket/object)")
+    return _client().bucket(bucket).blob(name)
+
+
+def _not_found() -> type[Exception]:
+    from google.api_core import exceptions as gexc
+
+    return gexc.NotFound
 
 
 def local_path(uri: str) -> Path:
@@ -56,18 +98,17 @@ def run_dir(artifact_root: str, run_id: str, stage: str, attempt: int) -> str:
 
 
 def exists(uri: str) -> bool:
+    """A file / object exists at `uri` (locally also a directory)."""
     if is_gcs(uri):
-        return bool(_blob(uri).exists(timeout=GCS_TIMEOUT))
+        return bool(_blob(uri).exists(timeout=GCS_TIMEOUT, retry=_retry()))
     return local_path(uri).exists()
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, *, timeout: float = GCS_TIMEOUT) -> bytes:
     if is_gcs(uri):
-        from google.api_core import exceptions as gexc
-
         try:
-            return _blob(uri).download_as_bytes(timeout=GCS_TIMEOUT)
-        except gexc.NotFound:
+            return _blob(uri).download_as_bytes(timeout=timeout, retry=_retry())
+        except _not_found():
             raise FileNotFoundError(uri) from None
     return local_path(uri).read_bytes()
 
@@ -83,7 +124,7 @@ def read_json(uri: str) -> Any:
 def write_bytes(uri: str, data: bytes) -> None:
     """Atomic write: readers never see a half-written file (GCS objects are atomic by nature)."""
     if is_gcs(uri):
-        _blob(uri).upload_from_string(data, timeout=GCS_TIMEOUT)
+        _blob(uri).upload_from_string(data, timeout=GCS_TIMEOUT, retry=_retry())
         return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +144,139 @@ def write_text(uri: str, text: str) -> None:
 
 def write_json(uri: str, obj: Any) -> None:
     write_text(uri, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def delete(uri: str) -> bool:
+    """Remove one file / object; a missing one is fine. True if something was removed."""
+    if is_gcs(uri):
+        try:
+            _blob(uri).delete(timeout=GCS_TIMEOUT, retry=_retry())
+        except _not_found():
+            return False  # also: deleted by an earlier attempt that the retry policy repeated
+        return True
+    path = local_path(uri)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
+
+
+def list_prefix(uri: str) -> list[str]:
+    """URIs of every file / object under the directory `uri` (recursive, sorted); [] if none."""
+    if is_gcs(uri):
+        bucket, name = _bucket_name(uri)
+        prefix = name.rstrip("/") + "/" if name.strip("/") else ""
+        blobs = _client().list_blobs(bucket, prefix=prefix, timeout=GCS_TIMEOUT, retry=_retry())
+        return sorted(f"gs://{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+    root = local_path(uri)
+    if not root.is_dir():
+        return []
+    return sorted(join(uri, p.relative_to(root).as_posix()) for p in root.rglob("*") if p.is_file())
+
+
+def _relative(uri: str, base: str) -> str:
+    """`uri` relative to the directory `base`, refusing names that would escape a local directory."""
+    rel = uri[len(base.rstrip("/")) + 1:]
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or ".." in parts:
+        raise ValueError(f"unsafe object name {uri!r} under {base!r}")
+    return rel
+
+
+def _get_file(uri: str, dest: Path) -> None:
+    """Copy one file / object to the local file `dest` (its directory exists)."""
+    if is_gcs(uri):
+        try:
+            _blob(uri).download_to_filename(str(dest), timeout=GCS_TIMEOUT, retry=_retry())
+        except _not_found():
+            raise FileNotFoundError(uri) from None
+    else:
+        shutil.copyfile(local_path(uri), dest)
+
+
+def _put_file(src: Path, uri: str) -> None:
+    """Publish the local file `src` at `uri` atomically (readers see the old or the new file)."""
+    if is_gcs(uri):
+        _blob(uri).upload_from_filename(str(src), timeout=GCS_TIMEOUT, retry=_retry())
+        return
+    with staged(uri) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def download_dir(uri: str, local_dir: str | Path) -> list[Path]:
+    """Copy every file under the directory `uri` into `local_dir` (keeping sub-paths)."""
+    out = []
+    for item in list_prefix(uri):
+        dest = Path(local_dir) / _relative(item, uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _get_file(item, dest)
+        out.append(dest)
+    return out
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
+    """Copy every file under `local_dir` to the directory `uri` (keeping sub-paths), each atomically."""
+    root = Path(local_dir)
+    out = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        target = join(uri, path.relative_to(root).as_posix())
+        _put_file(path, target)
+        out.append(target)
+    return out
+
+
+@contextlib.contextmanager
+def localized(uri: str) -> Iterator[Path]:
+    """A local file with the content at `uri`, for libraries that want a file name: the file itself
+    when local, a temporary copy (removed on exit) when gs://. FileNotFoundError if missing."""
+    if not is_gcs(uri):
+        path = local_path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(uri)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        dest = Path(tmp) / (PurePosixPath(_bucket_name(uri)[1]).name or "object")
+        _get_file(uri, dest)
+        yield dest
+
+
+@contextlib.contextmanager
+def localized_dir(uri: str) -> Iterator[Path]:
+    """A local directory with the files under `uri`: the directory itself when local, a temporary
+    copy (removed on exit) when gs://. FileNotFoundError if there is nothing there."""
+    if not is_gcs(uri):
+        path = local_path(uri)
+        if not path.is_dir():
+            raise FileNotFoundError(uri)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        if not download_dir(uri, tmp):
+            raise FileNotFoundError(f"no objects under {uri}")
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def staged(uri: str) -> Iterator[Path]:
+    """A local file name to write `uri`'s new content to; published when the block exits without an
+    error (local: rename over the target; gs: one upload, objects are atomic), discarded otherwise."""
+    if is_gcs(uri):
+        _blob(uri)  # a bad URI fails before the caller does the work
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+            path = Path(tmp) / (PurePosixPath(_bucket_name(uri)[1]).name or "object")
+            path.touch()
+            yield path
+            _put_file(path, uri)
+        return
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        yield Path(name)
+        os.replace(name, target)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def makedirs(uri: str) -> Path | None:

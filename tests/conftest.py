@@ -51,17 +51,15 @@ def emulator_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 @pytest.fixture
 def gcs_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A bucket on an in-process GCS emulator (gcp-storage-emulator); STORAGE_EMULATOR_HOST points at it
-    and the cached storage clients are reset so they talk to it."""
+    and the cached storage client is reset so it talks to it."""
     from gcp_storage_emulator.server import create_server
 
-    from jobs.tasks import images
     from lbtrain import storage
 
     port = emulators.free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="lbtrain-test")
     server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr(images, "_gcs_client", None)
     monkeypatch.setattr(storage, "_gcs_client", None)
     try:
         yield "lbtrain-test"

@@ -280,9 +280,9 @@ def _load_split(
     import numpy as np
 
     index = {c: i for i, c in enumerate(classes)}
-    arrays, boxes, labels = [], [], []
+    arrays = images.load_images([e["image"] for e in examples], size=(size, size), mode=mode)
+    boxes, labels = [], []
     for e in examples:
-        arrays.append(images.load_image(e["image"], size=(size, size), mode=mode))
         sx, sy = size / float(e["width"]), size / float(e["height"])
         bs, ls = [], []
         for b in e["boxes"]:
@@ -606,11 +606,8 @@ class BoundingBox(Task):
         assert best_state is not None
         model.load_state_dict(best_state)
 
-        storage.makedirs(model_dir)
-        target = storage.local_path(storage.join(model_dir, MODEL_FILE))
-        tmp = target.with_name(f".{target.name}.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, target)
+        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
+            torch.save(model.state_dict(), tmp)
         seconds = round(time.monotonic() - started, 2)
         meta = {
             "model_type": MODEL_TYPE,
@@ -658,7 +655,8 @@ class BoundingBox(Task):
             raise ModelError(f"no trained model file at {path}")
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
         model = detector.CenterNet(len(meta["classes"]), int(meta.get("channels", 1)), int(meta.get("width", 32)))
-        model.load_state_dict(torch.load(storage.local_path(path), map_location="cpu", weights_only=True))
+        with storage.localized(path) as local:
+            model.load_state_dict(torch.load(local, map_location="cpu", weights_only=True))
         model.eval()
         return BoxPredictor(model, meta)
 

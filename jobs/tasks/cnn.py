@@ -296,7 +296,8 @@ def load(model_dir: str, arch: Mapping[str, Any], file: str = WEIGHTS_FILE) -> A
     import torch
 
     model = build(arch)
-    state = torch.load(str(storage.local_path(storage.join(model_dir, file))), map_location="cpu", weights_only=True)
+    with storage.localized(storage.join(model_dir, file)) as local:
+        state = torch.load(local, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
     return model

@@ -107,11 +107,13 @@ def load_arrays(rows: Sequence[Mapping[str, Any]], side: int, mode: str) -> Any:
 
     shape = (len(rows), side, side) if mode == "L" else (len(rows), side, side, 3)
     out = np.zeros(shape, dtype=np.uint8)
+    to_read = [i for i, r in enumerate(rows) if r.get("pixels") is None]
     for i, r in enumerate(rows):
         if r.get("pixels") is not None:
             out[i] = r["pixels"]
-        else:
-            out[i] = images.load_image(r["image"], size=side, mode=mode)
+    for i, array in zip(to_read, images.load_images([rows[i]["image"] for i in to_read], size=side, mode=mode),
+                        strict=True):
+        out[i] = array
     return out
 
 
@@ -129,7 +131,6 @@ def parse_image_instances(instances: Sequence[Any], side: int, mode: str) -> lis
 
 def write_model(model_dir: str, model: Any, meta: dict[str, Any]) -> None:
     """weights.pt first, model.json last: a model dir with model.json is complete."""
-    storage.makedirs(model_dir)
     cnn.save(model_dir, model)
     storage.write_json(storage.join(model_dir, MODEL_META_FILE), meta)
 

@@ -9,6 +9,7 @@ API (keep it small and stable; the image tasks and the bounding-box task build o
         #   `{out_uri}/media/{data_row_id}.{ext}` (lbtrain.storage). One failure never stops the others.
     stats = fetch_stats(results)                    # {"fetched": n, "failed": n, "failures": {id: reason}}
     array = load_image(uri_or_bytes, size=(w, h), mode="L" | "RGB")   # uint8 H×W or H×W×3
+    arrays = load_images(uris, size=..., mode=..., workers=8)        # the same, reading in parallel
     array = decode_b64(instance_b64(instance), size=..., mode=...)   # a Vertex image instance
     converted = convert_rows(rows, model_run_id, out_uri, target_of, progress, workers=8)
         # → ImageRows(examples, predict_only, skipped, fetch, rows): Export v2 rows → examples
@@ -17,10 +18,10 @@ API (keep it small and stable; the image tasks and the bounding-box task build o
     mode = guess_mode(uris)                         # "L" if the sampled images are gray, else "RGB"
 
 Sources: `https://`, `http://` (urllib, retried with exponential backoff on 5xx/408/429 and
-network errors), `file://` and plain local paths, `gs://` through google-cloud-storage when it is
-installed (imported lazily; the client itself honours STORAGE_EMULATOR_HOST), else a FetchError
-saying what to install. Width/height come from `media_attributes` when exported, else from the
-image header. PIL and numpy are imported inside functions so importing this module stays cheap.
+network errors), `file://`, plain local paths and `gs://` through lbtrain.storage (the one
+google-cloud-storage client, imported lazily, honouring STORAGE_EMULATOR_HOST; without the library
+a FetchError says what to install). Width/height come from `media_attributes` when exported, else
+from the image header. PIL and numpy are imported inside functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -135,38 +136,17 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | ConnectionError)
 
 
-_gcs_lock = threading.Lock()
-_gcs_client: Any = None
-
-
-def _gcs() -> Any:
-    """One google-cloud-storage client per process (lazy: only image jobs with gs:// rows need it)."""
-    global _gcs_client
-    with _gcs_lock:
-        if _gcs_client is None:
-            try:
-                from google.cloud import storage as gcs  # type: ignore[attr-defined]
-            except ImportError:
-                raise FetchError(
-                    "gs:// media need google-cloud-storage: pip install google-cloud-storage"
-                ) from None
-            _gcs_client = gcs.Client()
-        return _gcs_client
-
-
 def _read_once(uri: str, timeout: float, opener: Callable[..., Any]) -> bytes:
     lower = uri.lower()
     if lower.startswith(("http://", "https://")):
         with opener(uri, timeout=timeout) as resp:
             return resp.read()
-    if lower.startswith("gs://"):
-        bucket, _, name = uri[5:].partition("/")
-        if not bucket or not name:
-            raise FetchError(f"bad gs:// URI {uri!r} (expected gs://bucket/object)")
-        return _gcs().bucket(bucket).blob(name).download_as_bytes(timeout=timeout)
-    if "://" in uri and not lower.startswith("file://"):
+    if "://" in uri and not lower.startswith(("file://", "gs://")):
         raise FetchError(f"unsupported media URI scheme in {uri!r} (use https, gs or file)")
-    return storage.local_path(uri).read_bytes()
+    try:
+        return storage.read_bytes(uri, timeout=timeout)  # gs://, file:// and plain paths
+    except ImportError as exc:  # gs:// without google-cloud-storage: retrying cannot help
+        raise FetchError(str(exc)) from None
 
 
 def read_media(
@@ -177,7 +157,10 @@ def read_media(
     backoff: float = 0.5,
     opener: Callable[..., Any] = urllib.request.urlopen,
 ) -> bytes:
-    """Bytes of one media URI, retrying transient errors `retries` times with exponential backoff."""
+    """Bytes of one media URI, retrying transient errors `retries` times with exponential backoff
+    (gs:// reads are retried by lbtrain.storage with the client's retry policy instead)."""
+    if storage.is_gcs(uri):
+        retries = 0
     last: BaseException | None = None
     for attempt in range(retries + 1):
         try:
@@ -308,6 +291,18 @@ def load_image(source: str | bytes, *, size: int | tuple[int, int] | None = None
     """A local artifact URI/path (or raw bytes) → uint8 numpy array, see decode_image."""
     data = source if isinstance(source, bytes) else storage.read_bytes(source)
     return decode_image(data, size=size, mode=mode)
+
+
+def load_images(
+    uris: Sequence[str], *, size: int | tuple[int, int] | None = None, mode: str = "L",
+    workers: int = DEFAULT_WORKERS,
+) -> list[Any]:
+    """load_image for many URIs, in order, reading `workers` at a time: on gs:// every image is
+    one request, so a sequential loop would spend a training job's time waiting on the network."""
+    if len(uris) <= 1 or workers <= 1:
+        return [load_image(u, size=size, mode=mode) for u in uris]
+    with ThreadPoolExecutor(max_workers=min(workers, len(uris))) as pool:
+        return list(pool.map(lambda u: load_image(u, size=size, mode=mode), uris))
 
 
 def decode_b64(text: str, *, size: int | tuple[int, int] | None = None, mode: str = "L") -> Any:

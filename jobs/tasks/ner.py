@@ -17,7 +17,6 @@ Run params (all optional):
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -527,11 +526,8 @@ class NamedEntityRecognition(Task):
             x_all, y_all = _xy(train + val)
             crf = _crf(c1, c2, cfg["max_iterations"]).fit(x_all, y_all)
             fitted_on = ["train", "validation"]
-        storage.makedirs(model_dir)
-        target = storage.local_path(storage.join(model_dir, MODEL_FILE))
-        tmp = target.with_name(f".{target.name}.tmp")
-        joblib.dump(crf, tmp, compress=3)
-        os.replace(tmp, target)
+        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
+            joblib.dump(crf, tmp, compress=3)
         seconds = round(time.monotonic() - started, 2)
         meta = {
             "model_type": MODEL_TYPE,
@@ -566,7 +562,8 @@ class NamedEntityRecognition(Task):
         path = storage.join(model_dir, meta.get("file", MODEL_FILE))
         if not storage.exists(path):
             raise ModelError(f"no trained model file at {path}")
-        return EntityTagger(joblib.load(storage.local_path(path)), meta)
+        with storage.localized(path) as local:
+            return EntityTagger(joblib.load(local), meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         types = list(dataset.label_map["entity_types"])

@@ -21,7 +21,6 @@ Run params (all optional):
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -340,11 +339,8 @@ class TextMultiClassification(Task):
             pipeline = Pipeline([("features", features), ("clf", clf)])
             fitted_on = ["train"]
 
-        storage.makedirs(model_dir)
-        target = storage.local_path(storage.join(model_dir, MODEL_FILE))
-        tmp = target.with_name(f".{target.name}.tmp")
-        joblib.dump(pipeline, tmp, compress=3)
-        os.replace(tmp, target)
+        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
+            joblib.dump(pipeline, tmp, compress=3)
         seconds = round(time.monotonic() - started, 2)
         threshold_map = {c: round(t, 4) for c, t in zip(classes, thresholds, strict=True)}
         meta = {
@@ -384,7 +380,8 @@ class TextMultiClassification(Task):
         path = storage.join(model_dir, meta.get("file", MODEL_FILE))
         if not storage.exists(path):
             raise ModelError(f"no trained model file at {path}")
-        return TextMultiClassifier(joblib.load(storage.local_path(path)), meta)
+        with storage.localized(path) as local:
+            return TextMultiClassifier(joblib.load(local), meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         mode = dataset.label_map.get("mode", "checklist")

@@ -16,7 +16,6 @@ Run params understood (all optional, from the run request's `params`):
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -275,11 +274,8 @@ class TextSingleClassification(Task):
             pipeline = Pipeline([("features", features), ("clf", best[2])])
             fitted_on = ["train"]
 
-        storage.makedirs(model_dir)
-        target = storage.local_path(storage.join(model_dir, MODEL_FILE))
-        tmp = target.with_name(f".{target.name}.tmp")
-        joblib.dump(pipeline, tmp, compress=3)
-        os.replace(tmp, target)
+        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
+            joblib.dump(pipeline, tmp, compress=3)
         seconds = round(time.monotonic() - started, 2)
         meta = {
             "model_type": MODEL_TYPE,
@@ -315,7 +311,8 @@ class TextSingleClassification(Task):
         path = storage.join(model_dir, meta.get("file", MODEL_FILE))
         if not storage.exists(path):
             raise ModelError(f"no trained model file at {path}")
-        return TextClassifier(joblib.load(storage.local_path(path)), meta)
+        with storage.localized(path) as local:
+            return TextClassifier(joblib.load(local), meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         return classification.evaluate_single_label(dataset, predictor, progress)

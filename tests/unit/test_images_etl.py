@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from jobs.tasks import images
+from lbtrain import storage
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "images"
 RED = DATA / "red_8x6.png"  # 8 wide, 6 high, RGB
@@ -74,7 +75,7 @@ def test_gs_without_client_library_says_what_to_install(tmp_path: Path, monkeypa
         return real_import(name, globals_, locals_, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", no_gcs)
-    monkeypatch.setattr(images, "_gcs_client", None)
+    monkeypatch.setattr(storage, "_gcs_client", None)
     (res,) = images.fetch_media([images.MediaRef("g", "gs://bucket/a.png")], str(tmp_path))
     assert isinstance(res, images.FetchError) and "pip install google-cloud-storage" in str(res)
 
