@@ -200,7 +200,7 @@ def run(ctx: StageContext) -> StageResult:
     root = ctx.config.artifact_root
     champ_uri = champion_uri(root, ctx.model_type)
 
-    with _locked(champ_uri + ".lock"):
+    with _locked(champ_uri + ".lock", holder=f"{ctx.run_id}/a{ctx.attempt}"):
         champion = storage.read_json(champ_uri) if storage.exists(champ_uri) else None
         alive = serving.is_alive(champion)
         deploy, reason = decide(float(value), metric, champion, alive, ctx.run_id)

@@ -33,6 +33,7 @@ PARENT = r"^/v1/(projects/[^/]+/locations/[^/]+)"
 MODELS = re.compile(PARENT + r"/models(?::upload|/([^/:@]+)(?:@([^/:]+))?)?$")
 ENDPOINTS = re.compile(PARENT + r"/endpoints(?:/([^/:]+)(?::(deployModel|undeployModel))?)?$")
 DEDICATED = ["DEDICATED_RESOURCES", "SHARED_RESOURCES"]  # what Vertex reports for a custom-container model
+AUTOMATIC = ["AUTOMATIC_RESOURCES"]  # … and for an AutoML image model (no container)
 
 
 def fail_next(fake: FakeVertex, method: str, message: str = "Model server never became ready.") -> None:
@@ -78,7 +79,7 @@ def add_model(fake: FakeVertex, parent: str, model: dict[str, Any], model_id: st
     """Register a model (upload, or a test/AutoML standing in for a trained model); returns it."""
     model_id = model_id or fake.new_id()
     stored = {
-        "supportedDeploymentResourcesTypes": DEDICATED if model.get("containerSpec") else [],
+        "supportedDeploymentResourcesTypes": DEDICATED if model.get("containerSpec") else AUTOMATIC,
         **model,
         "name": f"{parent}/models/{model_id}",
         "versionId": "1",

@@ -186,8 +186,7 @@ def test_failed_deploy_on_the_existing_endpoint_keeps_it_and_the_champion(env):
 
 def test_automl_model_is_deployed_as_registered_without_upload(env):
     fake, config = env
-    automl = vertex_models.add_model(fake, PARENT, {"displayName": "prod-image-automl",
-                                                    "supportedDeploymentResourcesTypes": ["AUTOMATIC_RESOURCES"]})
+    automl = vertex_models.add_model(fake, PARENT, {"displayName": "prod-image-automl"})  # as AutoML registers it
     model_type = "image_single_classification"
     result = run_deploy(config, "r1", 0.7, model_type=model_type, train_uris={"vertex_model": automl["name"]})
     assert not calls(fake, "POST", "/models:upload")
