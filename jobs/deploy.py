@@ -5,6 +5,12 @@ is deployed when its headline metric is at least the champion's or there is no c
 champion whose server is dead (the local stack restarted) is served again instead. The new server
 must be healthy before champion.json names it; only then is the old server stopped. A file lock
 serializes deploys of one model type.
+
+With JOB_BACKEND=vertex the model goes to the Model Registry and a Vertex endpoint instead
+(jobs/vertex_deploy.py); "alive" is then "the champion's model is deployed on its endpoint", read
+from Vertex. Under a gs:// ARTIFACT_ROOT no file lock is possible: a lease object
+(`champion.json.lock`) taken and released by compare-and-swap on its GCS generation serializes the
+deploys, and champion.json itself is written only if still at the generation that was read.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from jobs import serving
+from jobs import serving, vertex_deploy
 from jobs.context import StageContext, StageResult
 from jobs.tasks.base import MODEL_DIR, JobError
 from lbtrain import pipelines, storage
@@ -25,8 +31,45 @@ def champion_uri(artifact_root: str, model_type: str) -> str:
     return storage.join(artifact_root, "models", model_type, "champion.json")
 
 
+LEASE_SECONDS = 3600.0  # a deploy holding the lease longer is presumed dead (Vertex deploys take ~20 min)
+LEASE_WAIT_SECONDS = 3600.0
+LEASE_POLL_SECONDS = 10.0
+
+
 @contextlib.contextmanager
-def _locked(uri: str) -> Iterator[None]:
+def _gcs_lease(uri: str, holder: str, wait: float = LEASE_WAIT_SECONDS,
+               poll: float = LEASE_POLL_SECONDS) -> Iterator[None]:
+    """Hold the lease object `uri`: created/taken over only by compare-and-swap on its generation."""
+    deadline = time.monotonic() + wait
+    while True:
+        current, generation = storage.read_json_generation(uri)
+        now = time.time()
+        free = current is None or current.get("holder") == holder or float(current.get("expires_at", 0)) < now
+        if free:
+            try:
+                generation = storage.write_json_if_generation(
+                    uri, {"holder": holder, "expires_at": now + LEASE_SECONDS}, generation)
+                break
+            except storage.GenerationMismatch:
+                continue  # another deploy took it between our read and write: look again
+        if time.monotonic() >= deadline:
+            raise JobError(f"another deploy ({current.get('holder')}) holds {uri} until "
+                           f"{time.strftime('%H:%M:%SZ', time.gmtime(float(current.get('expires_at', 0))))}; "
+                           f"gave up after waiting {wait:.0f}s")
+        time.sleep(poll)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(storage.GenerationMismatch):
+            storage.delete_if_generation(uri, generation)
+
+
+@contextlib.contextmanager
+def _locked(uri: str, holder: str = "") -> Iterator[None]:
+    if storage.is_gcs(uri):
+        with _gcs_lease(uri, holder):
+            yield
+        return
     path = storage.local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
@@ -59,6 +102,92 @@ def decide(
     return False, f"{metric} {value:.4f} < champion {champion['value']:.4f} (run {champion.get('run_id')})"
 
 
+def _result(ctx: StageContext, deploy: bool, reason: str, endpoint: str, champion: dict[str, Any] | None,
+            metric: str, value: float, champ_uri: str, model_uri: str) -> StageResult:
+    result = {
+        "deployed": deploy,
+        "reason": reason,
+        "endpoint": endpoint,
+        "champion_run_id": (champion or {}).get("run_id", ""),
+        "champion_endpoint": (champion or {}).get("endpoint", ""),
+        "metric": metric,
+        "value": value,
+        "champion_value": (champion or {}).get("value"),
+    }
+    deployment_uri = ctx.out("deployment.json")
+    storage.write_json(deployment_uri, result)
+    return StageResult(
+        uris={"deployment": deployment_uri, "champion": champ_uri, "model": model_uri}, metrics=result
+    )
+
+
+def _vertex_alive(ctx: StageContext, champion: dict[str, Any] | None) -> bool:
+    return bool(champion) and vertex_deploy.is_deployed(
+        ctx.config, str(champion.get("vertex_endpoint", "")), str(champion.get("vertex_model", "")))
+
+
+def _vertex_serve(ctx: StageContext, model_uri: str, vertex_model: str, run_id: str) -> dict[str, str]:
+    """Deploy this run's model (uploaded once; an AutoML model as registered) on the model type's endpoint."""
+    config = ctx.config
+    if vertex_model:  # AutoML's own model, or a champion to deploy again
+        model = vertex_deploy.get_model(config, vertex_model)
+    else:
+        model = vertex_deploy.upload_model(config, model_uri, run_id, ctx.model_type)
+        ctx.progress(f"model of run {run_id} in the Model Registry: {model.resource_name}")
+    machine = vertex_deploy.machine_for(config, model)
+    endpoint, created = vertex_deploy.ensure_endpoint(config, ctx.model_type)
+    deployed_id = vertex_deploy.deploy(endpoint, model, machine, created=created)
+    return {
+        "vertex_model": vertex_deploy.unversioned(model.resource_name),
+        "vertex_endpoint": endpoint.resource_name,
+        "deployed_model_id": deployed_id,
+        "endpoint": vertex_deploy.predict_url(config, endpoint.resource_name),
+    }
+
+
+def _run_vertex(ctx: StageContext, metric: str, value: float, model_dir: str) -> StageResult:
+    """The same gate and champion record, served by a Vertex endpoint (jobs/vertex_deploy.py)."""
+    train_uris = ctx.upstream_outputs("train").get("uris") or {}
+    vertex_model = str(train_uris.get("vertex_model") or "")
+    model_uri = vertex_model or model_dir
+    champ_uri = champion_uri(ctx.config.artifact_root, ctx.model_type)
+    with _locked(champ_uri + ".lock", holder=f"{ctx.run_id}/a{ctx.attempt}"):
+        champion, generation = storage.read_json_generation(champ_uri)
+        alive = _vertex_alive(ctx, champion)
+        deploy, reason = decide(value, metric, champion, alive, ctx.run_id)
+        ctx.progress(f"gate: {'deploy' if deploy else 'keep champion'}: {reason}", deploy=deploy)
+        endpoint = champion["endpoint"] if champion and champion.get("run_id") == ctx.run_id and alive else ""
+        new: dict[str, Any] | None = None
+        if deploy:
+            served = _vertex_serve(ctx, model_uri, vertex_model, ctx.run_id)
+            endpoint = served["endpoint"]
+            new = {"run_id": ctx.run_id, "model_type": ctx.model_type, "metric": metric, "value": value,
+                   "model_uri": model_uri, **served, "model_run_id": ctx.model_run_id, "attempt": ctx.attempt,
+                   "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            ctx.progress(f"deployed run {ctx.run_id} on {served['vertex_endpoint']}", endpoint=endpoint)
+            if champion and champion.get("run_id") != ctx.run_id:
+                ctx.progress(f"undeployed run {champion.get('run_id')} ({champion.get('vertex_model')})")
+        elif champion and champion.get("run_id") == ctx.run_id:
+            deploy = True  # idempotent re-run: this run is the live champion
+        elif champion and not alive:
+            # The better champion is no longer deployed (someone undeployed it): deploy it again rather
+            # than let a worse model take its place.
+            served = _vertex_serve(ctx, str(champion.get("model_uri", "")), str(champion.get("vertex_model", "")),
+                                   str(champion["run_id"]))
+            new = {**champion, **served}
+            reason += (f"; champion run {champion['run_id']} was not deployed: "
+                       f"deployed again on {served['vertex_endpoint']}")
+            ctx.progress(reason)
+        if new is not None:
+            try:
+                storage.write_json_if_generation(champ_uri, new, generation)
+            except storage.GenerationMismatch:
+                raise JobError(f"{champ_uri} changed while this deploy held its lease (the lease expired?): "
+                               f"run {ctx.run_id} is deployed but not recorded as champion; retry the deploy") from None
+            champion = new
+    return _result(ctx, deploy, reason, endpoint, champion, metric, value, champ_uri, model_uri)
+
+
 def run(ctx: StageContext) -> StageResult:
     metric = pipelines.get(ctx.model_type).headline_metric
     evaluated = ctx.upstream_outputs("evaluate").get("metrics") or {}
@@ -66,10 +195,12 @@ def run(ctx: StageContext) -> StageResult:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise JobError(f"the evaluate stage reported no {metric!r} metric to compare with the champion")
     model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
+    if ctx.config.job_backend == "vertex":
+        return _run_vertex(ctx, metric, float(value), model_dir)
     root = ctx.config.artifact_root
     champ_uri = champion_uri(root, ctx.model_type)
 
-    with _locked(champ_uri + ".lock"):
+    with _locked(champ_uri + ".lock", holder=f"{ctx.run_id}/a{ctx.attempt}"):
         champion = storage.read_json(champ_uri) if storage.exists(champ_uri) else None
         alive = serving.is_alive(champion)
         deploy, reason = decide(float(value), metric, champion, alive, ctx.run_id)
@@ -112,18 +243,4 @@ def run(ctx: StageContext) -> StageResult:
             reason += f"; champion run {champion['run_id']} was not running: restarted at {record['endpoint']}"
             ctx.progress(reason)
 
-    result = {
-        "deployed": deploy,
-        "reason": reason,
-        "endpoint": endpoint,
-        "champion_run_id": (champion or {}).get("run_id", ""),
-        "champion_endpoint": (champion or {}).get("endpoint", ""),
-        "metric": metric,
-        "value": float(value),
-        "champion_value": (champion or {}).get("value"),
-    }
-    deployment_uri = ctx.out("deployment.json")
-    storage.write_json(deployment_uri, result)
-    return StageResult(
-        uris={"deployment": deployment_uri, "champion": champ_uri, "model": model_dir}, metrics=result
-    )
+    return _result(ctx, deploy, reason, endpoint, champion, metric, float(value), champ_uri, model_dir)
