@@ -347,7 +347,7 @@ def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str
                            f"{waiting.max_seconds / 3600:g} h (param automl_max_hours)")
         waiting.sleep(waiting.poll_seconds)
     if state != "JOB_STATE_SUCCEEDED":
-        error = job._gca_resource.error.message or "no error message"
+        error = (job.error.message if job.error else "") or "no error message"
         raise JobError(f"batch prediction job {job.resource_name} ended {state}: {error}")
     directory = job.output_info.gcs_output_directory
     ctx.progress(f"batch prediction {state}; reading {directory}", output=directory)
@@ -486,4 +486,10 @@ def predictor(ctx: StageContext, dataset: Dataset) -> tuple[BatchPredictions, Da
                      level=30, unpredicted_ids=missing[:20])
     answer.meta["unpredicted"] = len(missing)
     return answer, _only_predicted(dataset, set(answer.by_row)), model_name
+
+
+def summary(answer: BatchPredictions) -> dict[str, Any]:
+    """What evaluate's outputs.json adds for an AutoML model."""
+    return {"training": "automl", "vertex_model": answer.meta["vertex_model"],
+            "unpredicted_rows": answer.meta.get("unpredicted", 0)}
 

@@ -20,8 +20,10 @@ def run(ctx: StageContext) -> StageResult:
     from jobs import automl
 
     dataset = read_dataset(ctx.upstream_uri("etl"))
+    extra: dict[str, object] = {}
     if automl.enabled(ctx):
         predictor, dataset, model_dir = automl.predictor(ctx, dataset)
+        extra = automl.summary(predictor)
     else:
         model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
         predictor = ctx.task.load_predictor(model_dir)
@@ -39,5 +41,5 @@ def run(ctx: StageContext) -> StageResult:
     ctx.labelbox().upload_predictions(ctx.model_run_id, name, evaluation.prediction_rows)
     return StageResult(
         uris={"metrics": metrics_uri, "predictions": predictions_uri, "model": model_dir},
-        metrics={**evaluation.summary, "uploaded_rows": len(evaluation.prediction_rows), "upload_name": name},
+        metrics={**evaluation.summary, **extra, "uploaded_rows": len(evaluation.prediction_rows), "upload_name": name},
     )

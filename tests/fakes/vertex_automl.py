@@ -39,12 +39,14 @@ def _now() -> str:
 
 
 def settings(fake: FakeVertex) -> dict[str, Any]:
-    return fake.table("automl").setdefault("settings", {"pipeline_outcome": "SUCCEEDED", "error": "", "wrong": []})
+    return fake.table("automl").setdefault("settings", {"pipeline_outcome": "SUCCEEDED", "error": "", "wrong": [],
+                                                         "missing": [], "batch_outcome": "SUCCEEDED"})
 
 
 def configure(fake: FakeVertex, **values: Any) -> None:
-    """pipeline_outcome (SUCCEEDED|FAILED|CANCELLED|RUNNING), error (message of a failed pipeline),
-    wrong (URI substrings predicted wrongly)."""
+    """pipeline_outcome (SUCCEEDED|FAILED|CANCELLED|RUNNING), error (message of a failed pipeline or
+    batch job), wrong (URI substrings predicted wrongly), missing (URI substrings left without a
+    prediction, counted as failed), batch_outcome (SUCCEEDED|FAILED)."""
     settings(fake).update(values)
 
 
@@ -204,17 +206,26 @@ def _detection(item: dict[str, Any] | None, labels: list[str], wrong: bool) -> d
 def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     if record["state"] != "JOB_STATE_PENDING":
         return
+    s = settings(fake)
+    if s["batch_outcome"] != "SUCCEEDED":
+        record.update(state=f"JOB_STATE_{s['batch_outcome']}", updateTime=_now(),
+                      error={"code": 3, "message": s["error"]})
+        return
     truth, detection = _truth(fake, record["model"])
     labels = sorted({a["displayName"] for item in truth.values()
                      for a in ([item["classificationAnnotation"]] if "classificationAnnotation" in item else
                                item.get("classificationAnnotations", []) + item.get("boundingBoxAnnotations", []))})
-    wrong = settings(fake)["wrong"]
+    wrong, missing = s["wrong"], s["missing"]
     out = []
+    failed = 0
     for uri in record["inputConfig"]["gcsSource"]["uris"]:
         for line in _read_gcs(uri).splitlines():
             if not line.strip():
                 continue
             instance = json.loads(line)
+            if any(m in instance["content"] for m in missing):
+                failed += 1
+                continue
             item = truth.get(instance["content"])
             is_wrong = any(w in instance["content"] for w in wrong)
             pred = (_detection if detection else _classification)(item, labels, is_wrong)
@@ -226,4 +237,4 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     _write_gcs(f"{directory}/predictions_00001.jsonl", "\n".join(out) + "\n")
     record.update(state="JOB_STATE_SUCCEEDED", updateTime=_now(), endTime=_now(),
                   outputInfo={"gcsOutputDirectory": directory},
-                  completionStats={"successfulCount": str(len(out)), "failedCount": "0"})
+                  completionStats={"successfulCount": str(len(out)), "failedCount": str(failed)})

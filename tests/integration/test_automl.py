@@ -209,6 +209,13 @@ def test_single_label_evaluation(vertex, gcs_bucket, tmp_path):
     instances = _lines(f"{out}/automl_instances.jsonl")
     assert instances[0] == {"content": stage.dataset.examples[0]["image"], "mimeType": "image/png"}
     assert len(instances) == 9  # every data row, the unlabeled one too
+    assert job["displayName"] == f"prod-{RUN}-automl-predict-a1".lower() and job["labels"]["stage"] == "evaluate"
+    # The fake answers in the shape of ../shared/fixtures/vertex/automl-batch-prediction-image-single.txt.
+    (directory,) = [j["outputInfo"]["gcsOutputDirectory"] for j in fake.table("automl_batch_jobs").values()]
+    first = _lines(f"{directory}/predictions_00001.jsonl")[0]
+    assert first["instance"] == instances[0]
+    assert sorted(first["prediction"]) == ["confidences", "displayNames", "ids"]
+    assert first["prediction"]["displayNames"] == ["animal_cat", "animal_dog"]
 
     # test: cat cat dog dog, predicted cat DOG dog dog
     m = result.metrics
@@ -220,6 +227,29 @@ def test_single_label_evaluation(vertex, gcs_bucket, tmp_path):
     assert len(radios) == 9 and radios["dr5"] == {"name": "dog", "confidence": 0.9}
     assert radios["dr-unlabeled"]["name"] == "cat"
     assert sum(1 for r in rows if r.get("metricName") == "confusion_matrix") == 4 * 2
+    assert (m["training"], m["vertex_model"], m["unpredicted_rows"]) == ("automl", job["model"], 0)
+
+    again = stage.run("evaluate")  # a re-run of the attempt finds its batch job
+    assert len(stage.bodies("/batchPredictionJobs")) == 1 and again.metrics["accuracy"] == 0.75
+
+
+def test_rows_without_a_prediction_are_left_out_and_counted(vertex, gcs_bucket, tmp_path):
+    fake, endpoint = vertex
+    vertex_automl.configure(fake, missing=["/dr6.png"])
+    stage, result = _evaluate(fake, endpoint, gcs_bucket, tmp_path, SINGLE, wrong=["/dr5.png"])
+    m = result.metrics  # test: cat cat dog (dr6 missing), predicted cat DOG dog
+    assert (m["accuracy"], m["test_size"], m["predicted_rows"], m["unpredicted_rows"]) == (0.6667, 3, 8, 1)
+    assert "dr6" not in {r["dataRow"]["id"] for r in stage.uploaded()}
+
+
+def test_failed_batch_prediction_is_a_job_error(vertex, gcs_bucket, tmp_path):
+    fake, endpoint = vertex
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, BOX)
+    stage.run("train")
+    vertex_automl.configure(fake, batch_outcome="FAILED", error="Model is not ready")
+    with pytest.raises(JobError, match=r"batch prediction job .*/batchPredictionJobs/\d+ ended JOB_STATE_FAILED: "
+                                       r"Model is not ready"):
+        stage.run("evaluate")
 
 
 def test_multi_label_evaluation(vertex, gcs_bucket, tmp_path):
@@ -242,7 +272,7 @@ def test_box_evaluation(vertex, gcs_bucket, tmp_path):
     assert (m["map50"], m["precision"], m["recall"], m["test_size"], m["test_boxes"]) == (0.5, 0.5, 0.5, 2, 2)
     assert result.metrics["per_class_ap50"] == {"cat": 1.0, "dog": 0.0}
     boxes = [r for r in stage.uploaded() if "bbox" in r]
-    assert len(boxes) == 6 and {r["dataRow"]["id"] for r in boxes} == {f"dr{i}" for i in range(6)}
+    assert len(boxes) == 5 and {r["dataRow"]["id"] for r in boxes} == {"dr0", "dr1", "dr2", "dr4", "dr5"}
     dr0 = next(r for r in boxes if r["dataRow"]["id"] == "dr0")
     assert dr0["name"] == "cat" and dr0["bbox"] == {"top": 20.0, "left": 10.0, "height": 40.0, "width": 30.0}
 
@@ -275,6 +305,22 @@ def test_rerun_waits_for_the_existing_pipeline(vertex, gcs_bucket, tmp_path):
     vertex_automl.configure(fake, pipeline_outcome="SUCCEEDED")
     stage.run("train", attempt=2)  # a retry is a new attempt: a new pipeline
     assert len(stage.bodies("/trainingPipelines")) == 2
+
+
+def test_rerun_reuses_the_dataset_of_the_attempt(vertex, gcs_bucket, tmp_path):
+    """A crash between dataset and pipeline creation: the re-run imports into the existing dataset."""
+    fake, endpoint = vertex
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, SINGLE)
+    from lbtrain.adapters import vertex_client
+
+    aip = vertex_client.aiplatform(stage.config)
+    aip.ImageDataset.create(display_name=f"prod-{RUN}-automl-a1".lower())
+    stage.run("train")
+    assert len(stage.bodies("/datasets")) == 1  # the one made above
+    (dataset_id,) = fake.table("automl_datasets")
+    assert [p for p in (p for m, p, _ in fake.requests if m == "POST") if p.endswith(":import")] == [
+        f"/v1/projects/proj-1/locations/europe-west4/datasets/{dataset_id}:import"]
+    assert stage.bodies("/trainingPipelines")[0]["inputDataConfig"]["datasetId"] == dataset_id
 
 
 def test_local_artifact_root_is_a_clear_error(vertex, tmp_path):
