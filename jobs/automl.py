@@ -104,12 +104,14 @@ def import_lines(model_type: str, dataset: Dataset) -> list[dict[str, Any]]:
     return [import_line(model_type, e, names) for e in dataset.examples if e["split"] in ML_USE]
 
 
-def require_gcs(config: Config, rows: Sequence[Mapping[str, Any]]) -> None:
-    """AutoML reads images from Cloud Storage only: the ETL must have copied them under a gs:// root."""
-    if not config.artifact_root.startswith("gs://"):
+def require_gcs(config: Config, rows: Sequence[Mapping[str, Any]], outputs_uri: str) -> None:
+    """AutoML reads images, import and instance files from Cloud Storage only: the ETL must have
+    copied the images under a gs:// root, and this stage must write under one."""
+    if not config.artifact_root.startswith("gs://") or not outputs_uri.startswith("gs://"):
+        where = config.artifact_root if not config.artifact_root.startswith("gs://") else outputs_uri
         raise JobError(
-            f"AutoML training needs the images on Cloud Storage: set ARTIFACT_ROOT=gs://… "
-            f"(it is {config.artifact_root!r}) and re-run the etl stage"
+            f"AutoML training needs the images and its files on Cloud Storage: set ARTIFACT_ROOT=gs://… "
+            f"(it is {where!r}) and re-run the etl stage"
         )
     local = [r["data_row_id"] for r in rows if not str(r.get("image", "")).startswith("gs://")]
     if local:
@@ -258,7 +260,7 @@ def train(ctx: StageContext) -> StageResult:
     options = model_options.for_type(ctx.config.model_options, ctx.model_type)
     dataset = read_dataset(ctx.upstream_uri("etl"))
     dataset.train_validation()  # a clear error when there is nothing to train on
-    require_gcs(ctx.config, dataset.examples)
+    require_gcs(ctx.config, dataset.examples, ctx.outputs_uri)
     waiting = Waiting.from_params(ctx.params)
     name = job_name(ctx.config.deployment_name, ctx.run_id, "automl", ctx.attempt)
     aip = _aiplatform(ctx.config)
@@ -470,7 +472,7 @@ def predictor(ctx: StageContext, dataset: Dataset) -> tuple[BatchPredictions, Da
     if not model_name:
         raise JobError("the train stage's outputs name no vertex_model: was it trained with AutoML?")
     rows = dataset.all_rows()
-    require_gcs(ctx.config, rows)
+    require_gcs(ctx.config, rows, ctx.outputs_uri)
     lines = batch_predict(ctx, model_name, rows)
     try:
         records = ap.read_jsonl(lines)

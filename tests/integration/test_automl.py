@@ -326,6 +326,33 @@ def test_rerun_reuses_the_dataset_of_the_attempt(vertex, gcs_bucket, tmp_path):
 def test_local_artifact_root_is_a_clear_error(vertex, tmp_path):
     fake, endpoint = vertex
     stage = Stage(fake, endpoint, "unused", tmp_path, SINGLE, artifact_root=str(tmp_path / "artifacts"))
-    with pytest.raises(JobError, match=r"AutoML training needs the images on Cloud Storage: set ARTIFACT_ROOT=gs://"):
+    with pytest.raises(JobError, match=r"AutoML training needs the images and its files on Cloud Storage: set ARTIFACT_ROOT=gs://"):
         stage.run("train")
     assert fake.requests == []
+
+
+def test_snapshot_images_off_gcs_are_a_clear_error(vertex, gcs_bucket, tmp_path):
+    fake, endpoint = vertex
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, SINGLE)
+    stage.dataset.examples[3]["image"] = f"file://{tmp_path}/dr3.png"
+    write_dataset(stage.etl, stage.dataset)
+    with pytest.raises(JobError, match=r"AutoML needs gs:// image URIs, but 1 data rows .* \(first: dr3\)"):
+        stage.run("train")
+    assert fake.requests == []
+
+
+def test_several_radios_become_question_answer_labels_and_back():
+    """image_multi_classification in radios mode: targets `question/answer` ↔ AutoML `question_answer`."""
+    label_map = {"mode": "radios", "questions": ["color", "shape"],
+                 "classes": ["color/red", "color/blue", "shape/round_ish"]}
+    assert automl.display_names(MULTI, label_map) == {
+        "color/red": "color_red", "color/blue": "color_blue", "shape/round_ish": "shape_round_ish"}
+    row = {"data_row_id": "d1", "image": "gs://b/d1.png", "split": "test", "targets": ["color/red"]}
+    dataset = Dataset(examples=[row], label_map=label_map)
+    record = {"instance": {"content": "gs://b/d1.png", "mimeType": "image/png"},
+              "prediction": {"ids": ["1", "2", "3"], "displayNames": ["color_blue", "shape_round_ish", "color_red"],
+                             "confidences": [0.7, 0.2, 0.1]}}
+    answer, unknown = automl.to_predictor(MULTI, dataset, [record], {}, "projects/p/locations/l/models/9")
+    assert unknown == []
+    assert answer.predict([row]) == [{"labels": ["color/blue", "shape/round_ish"],
+                                      "scores": {"color/blue": 0.7, "shape/round_ish": 0.2, "color/red": 0.1}}]
