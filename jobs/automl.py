@@ -21,7 +21,7 @@ from __future__ import annotations
 import mimetypes
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobs import automl_predictions as ap
@@ -57,6 +57,7 @@ TRAINING_SCHEMA = {
 PIPELINE_DONE = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
 JOB_DONE = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 TIMEOUT = 60.0  # seconds per API call
+HEARTBEAT = 1800.0  # seconds between progress lines while a state does not change
 
 
 def enabled(ctx: StageContext) -> bool:
@@ -139,7 +140,6 @@ class Waiting:
     max_seconds: float
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
-    started: float = field(default=0.0)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Waiting:
@@ -230,27 +230,40 @@ def create_pipeline(aip: Any, config: Config, display_name: str, dataset_id: str
         parent=_parent(config), training_pipeline=pipeline, timeout=TIMEOUT)
 
 
-def wait_pipeline(aip: Any, name: str, waiting: Waiting, progress: Callable[..., None]) -> Any:
-    client = _pipeline_client(aip)
-    waiting.started = waiting.started or waiting.clock()
+def wait_for(what: str, read_state: Callable[[], str], done: Sequence[str], waiting: Waiting,
+             progress: Callable[..., None]) -> str:
+    """Poll until a terminal state: a progress line on every change and every HEARTBEAT seconds;
+    past the wall-clock limit a JobError (the resource keeps running, a re-run waits for it again)."""
+    started = last_line = waiting.clock()
     last = ""
     while True:
-        pipeline = client.get_training_pipeline(name=name, timeout=TIMEOUT)
-        state = _enum_name(pipeline.state)
-        elapsed = waiting.clock() - waiting.started
-        if state != last:
-            progress(f"AutoML training pipeline {name}: {state} after {elapsed / 60:.1f} min",
-                     pipeline=name, state=state)
-            last = state
-        if state in PIPELINE_DONE:
-            return pipeline
+        state = read_state()
+        now = waiting.clock()
+        elapsed = now - started
+        if state != last or now - last_line >= HEARTBEAT:
+            progress(f"{what}: {state} after {elapsed / 60:.1f} min", state=state, waited_seconds=round(elapsed))
+            last, last_line = state, now
+        if state in done:
+            return state
         if elapsed >= waiting.max_seconds:
             raise JobError(
-                f"AutoML training pipeline {name} is still {state} after {elapsed / 3600:.2f} h "
+                f"{what} is still {state} after {elapsed / 3600:.2f} h "
                 f"(param automl_max_hours={waiting.max_seconds / 3600:g}); it keeps running on Vertex AI: "
                 f"re-run this attempt to wait for it again, or cancel it"
             )
         waiting.sleep(waiting.poll_seconds)
+
+
+def wait_pipeline(aip: Any, name: str, waiting: Waiting, progress: Callable[..., None]) -> Any:
+    client = _pipeline_client(aip)
+    latest: list[Any] = []
+
+    def read() -> str:
+        latest[:] = [client.get_training_pipeline(name=name, timeout=TIMEOUT)]
+        return _enum_name(latest[0].state)
+
+    wait_for(f"AutoML training pipeline {name}", read, PIPELINE_DONE, waiting, progress)
+    return latest[0]
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -339,15 +352,8 @@ def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str
             create_request_timeout=TIMEOUT)
         ctx.progress(f"started batch prediction job {job.resource_name} for {len(rows)} images",
                      batch_job=job.resource_name, rows=len(rows))
-    waiting.started = waiting.clock()
-    while True:
-        state = _enum_name(job.state)  # every read re-fetches the job
-        if state in JOB_DONE:
-            break
-        if waiting.clock() - waiting.started >= waiting.max_seconds:
-            raise JobError(f"batch prediction job {job.resource_name} is still {state} after "
-                           f"{waiting.max_seconds / 3600:g} h (param automl_max_hours)")
-        waiting.sleep(waiting.poll_seconds)
+    state = wait_for(f"batch prediction job {job.resource_name}", lambda: _enum_name(job.state),  # re-fetches
+                     JOB_DONE, waiting, ctx.progress)
     if state != "JOB_STATE_SUCCEEDED":
         error = (job.error.message if job.error else "") or "no error message"
         raise JobError(f"batch prediction job {job.resource_name} ended {state}: {error}")

@@ -356,3 +356,18 @@ def test_several_radios_become_question_answer_labels_and_back():
     assert unknown == []
     assert answer.predict([row]) == [{"labels": ["color/blue", "shape/round_ish"],
                                       "scores": {"color/blue": 0.7, "shape/round_ish": 0.2, "color/red": 0.1}}]
+
+
+def test_waiting_reports_changes_and_heartbeats_and_stops_at_the_limit():
+    now = [0.0]
+    states = iter(["PENDING", "RUNNING"] + ["RUNNING"] * 100)
+    lines: list[str] = []
+    waiting = automl.Waiting(poll_seconds=600, max_seconds=3 * 3600, clock=lambda: now[0],
+                             sleep=lambda s: now.__setitem__(0, now[0] + s))
+    with pytest.raises(JobError, match=r"^pipeline p is still RUNNING after 3.00 h \(param automl_max_hours=3\)"):
+        automl.wait_for("pipeline p", lambda: next(states), ("SUCCEEDED",), waiting, lambda m, **f: lines.append(m))
+    # PENDING at 0, RUNNING at 10 min, then every 30 min while nothing changes
+    assert lines == ["pipeline p: PENDING after 0.0 min", "pipeline p: RUNNING after 10.0 min",
+                     "pipeline p: RUNNING after 40.0 min", "pipeline p: RUNNING after 70.0 min",
+                     "pipeline p: RUNNING after 100.0 min", "pipeline p: RUNNING after 130.0 min",
+                     "pipeline p: RUNNING after 160.0 min"]
