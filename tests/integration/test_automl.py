@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobs import automl, evaluate, train
+from jobs import automl_predictions as ap
 from jobs.context import OUTPUTS_FILE, StageContext
 from jobs.tasks import load as load_task
 from jobs.tasks.base import Dataset, JobError, write_dataset
@@ -371,3 +373,36 @@ def test_waiting_reports_changes_and_heartbeats_and_stops_at_the_limit():
                      "pipeline p: RUNNING after 40.0 min", "pipeline p: RUNNING after 70.0 min",
                      "pipeline p: RUNNING after 100.0 min", "pipeline p: RUNNING after 130.0 min",
                      "pipeline p: RUNNING after 160.0 min"]
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = next((d / "shared" / "fixtures" / "vertex" for d in (_ROOT.parent, _ROOT.parent.parent)
+                 if (d / "shared" / "fixtures" / "vertex").is_dir()), None)
+
+
+@pytest.mark.skipif(FIXTURES is None, reason="../shared/fixtures/vertex not present")
+@pytest.mark.parametrize(("model_type", "name"), [(SINGLE, "image-single"), (MULTI, "image-multi"),
+                                                   (BOX, "bbox-test")])
+def test_real_batch_prediction_output_becomes_task_predictions(model_type, name):
+    """The real AutoML output files: every image answered, in the shape the task's evaluate expects."""
+    records = ap.read_jsonl((FIXTURES / f"automl-batch-prediction-{name}.txt").read_text().splitlines())
+    label_map = {SINGLE: {"question": "Type of fruit", "classes": []},
+                 MULTI: {"mode": "checklist", "question": "description", "classes": []},
+                 BOX: {"classes": []}}[model_type]
+    rows = [{"data_row_id": f"d{i}", "image": r["instance"]["content"], "split": "test", "width": 2048,
+             "height": 1365} for i, r in enumerate(records)]
+    answer, unknown = automl.to_predictor(model_type, Dataset(examples=rows, label_map=label_map), records,
+                                          {}, "m")
+    assert unknown == [] and len(answer.by_row) == len({r["instance"]["content"] for r in records})
+    first = records[0]["prediction"]
+    if model_type == SINGLE:
+        (pred,) = answer.predict(rows[:1])
+        assert (pred["label"], pred["confidence"], len(pred["scores"])) == ("grapes", 0.882227, 6)
+        assert first["displayNames"][0] == "Type of fruit_grapes"
+    elif model_type == MULTI:
+        assert answer.predict(rows[:1])[0]["labels"] == ["desert"]
+    else:
+        dets = answer.detect(rows[:1], 0.3)[0]
+        assert dets and all(d["name"] == "Grapes" and d["score"] >= 0.3 for d in dets)
+        x0, x1, y0, y1 = first["bboxes"][0]
+        assert dets[0]["box"] == pytest.approx((x0 * 2048, y0 * 1365, x1 * 2048, y1 * 1365), abs=0.01)
