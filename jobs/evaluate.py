@@ -1,7 +1,8 @@
 """evaluate: predict every data row, score the test split, upload predictions (DESIGN §4).
 
 The upload name is derived from run id and attempt, so a re-run replaces its own upload
-in the file-backed Labelbox instead of adding a second one.
+in the file-backed Labelbox instead of adding a second one. A model trained with AutoML
+(MODEL_OPTIONS) is batch-predicted on Vertex AI and scored by the same task code (jobs/automl.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ def upload_name(run_id: str, attempt: int) -> str:
 
 
 def run(ctx: StageContext) -> StageResult:
+    from jobs import automl
+
     dataset = read_dataset(ctx.upstream_uri("etl"))
-    model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
-    predictor = ctx.task.load_predictor(model_dir)
+    extra: dict[str, object] = {}
+    if automl.enabled(ctx):
+        predictor, dataset, model_dir = automl.predictor(ctx, dataset)
+        extra = automl.summary(predictor)
+    else:
+        model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
+        predictor = ctx.task.load_predictor(model_dir)
     evaluation = ctx.task.evaluate(dataset, predictor, ctx.progress)
     metrics_uri = ctx.out("metrics.json")
     predictions_uri = ctx.out("predictions.ndjson")
@@ -33,5 +41,5 @@ def run(ctx: StageContext) -> StageResult:
     ctx.labelbox().upload_predictions(ctx.model_run_id, name, evaluation.prediction_rows)
     return StageResult(
         uris={"metrics": metrics_uri, "predictions": predictions_uri, "model": model_dir},
-        metrics={**evaluation.summary, "uploaded_rows": len(evaluation.prediction_rows), "upload_name": name},
+        metrics={**evaluation.summary, **extra, "uploaded_rows": len(evaluation.prediction_rows), "upload_name": name},
     )

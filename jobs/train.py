@@ -1,4 +1,7 @@
-"""train: read the etl snapshot, fit, write model/ and train_metrics.json (DESIGN §4)."""
+"""train: read the etl snapshot, fit, write model/ and train_metrics.json (DESIGN §4).
+
+A model type configured for AutoML (MODEL_OPTIONS) trains on Vertex AI instead (jobs/automl.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,10 @@ from lbtrain import storage
 
 
 def run(ctx: StageContext) -> StageResult:
+    from jobs import automl
+
+    if automl.enabled(ctx):
+        return automl.train(ctx)
     dataset = read_dataset(ctx.upstream_uri("etl"))
     model_dir = ctx.out(MODEL_DIR)
     metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)

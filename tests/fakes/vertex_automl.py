@@ -1,12 +1,240 @@
-"""Fake Vertex AI routes: automl (filled in by the automl work). See tests/fakes/vertex.py."""
+"""Fake Vertex AI routes for AutoML Image: datasets (create → LRO, get, list, import → LRO),
+trainingPipelines (create, get, list) and batchPredictionJobs (create, get, list). See tests/fakes/vertex.py.
+
+Behaviour a test steers with `configure(fake, ...)`:
+  - a training pipeline is PENDING when created and reaches `pipeline_outcome` (default SUCCEEDED) on its
+    first GET; SUCCEEDED puts a model into `fake.table("models")` (name, displayName, labels) and sets
+    the pipeline's `modelToUpload`; RUNNING keeps it running (`set_pipeline_state` moves it on command);
+  - a batch prediction job is PENDING when created and SUCCEEDED on its first GET, when the fake writes
+    `predictions_00001.jsonl` under `outputInfo.gcsOutputDirectory` (GCS emulator) in the format of
+    ../shared/fixtures/vertex/automl-batch-prediction-*.txt: the ground truth of the imported dataset,
+    except for the images whose URI contains one of `wrong` (single: the next label; multi: the first true
+    label replaced by the next one not true; boxes: the first box moved off its object). Every box image
+    also gets one low-confidence (0.02) stray box, as real detectors do.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.fakes.vertex import FakeVertex
 
+V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
+PATH = re.compile(
+    r"^/v1/projects/([^/]+)/locations/([^/]+)/(datasets|trainingPipelines|batchPredictionJobs|models)"
+    r"(?:/([^/:]+))?(?::(\w+))?$"
+)
+OD_SCHEMA = "gs://google-cloud-aiplatform/schema/trainingjob/definition/automl_image_object_detection_1.0.0.yaml"
+FAMILY = {"datasets": "automl_datasets", "trainingPipelines": "automl_pipelines",
+          "batchPredictionJobs": "automl_batch_jobs"}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+def settings(fake: FakeVertex) -> dict[str, Any]:
+    return fake.table("automl").setdefault("settings", {"pipeline_outcome": "SUCCEEDED", "error": "", "wrong": [],
+                                                         "missing": [], "batch_outcome": "SUCCEEDED"})
+
+
+def configure(fake: FakeVertex, **values: Any) -> None:
+    """pipeline_outcome (SUCCEEDED|FAILED|CANCELLED|RUNNING), error (message of a failed pipeline or
+    batch job), wrong (URI substrings predicted wrongly), missing (URI substrings left without a
+    prediction, counted as failed), batch_outcome (SUCCEEDED|FAILED)."""
+    settings(fake).update(values)
+
+
+def _gcs() -> Any:
+    from google.cloud import storage
+
+    return storage.Client(project="fake-vertex")
+
+
+def _read_gcs(uri: str) -> str:
+    bucket, _, name = uri[5:].partition("/")
+    return _gcs().bucket(bucket).blob(name).download_as_text(timeout=30)
+
+
+def _write_gcs(uri: str, text: str) -> None:
+    bucket, _, name = uri[5:].partition("/")
+    _gcs().bucket(bucket).blob(name).upload_from_string(text, timeout=30)
+
 
 def route(fake: FakeVertex, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any] | None:
-    return None
+    m = PATH.match(path)
+    if not m:
+        return None
+    project, location, family, rid, verb = m.groups()
+    parent = f"projects/{project}/locations/{location}"
+    if family == "models":
+        # Answered only when the models route (tried first) did not: a model our pipelines created.
+        model = fake.table("models").get(rid or "")
+        if method == "GET" and model is not None:
+            return 200, model
+        return None
+    table = fake.table(FAMILY[family])
+    if method == "POST" and rid is None:
+        return _create(fake, parent, family, body)
+    if method == "GET" and rid is None:
+        from tests.fakes.vertex import _matches
+
+        expression = query.get("filter", [""])[0]
+        found = [r for r in table.values() if r["name"].startswith(parent) and _matches(r, expression)]
+        return 200, {family: found}
+    if rid not in table:
+        from tests.fakes.vertex import not_found
+
+        return not_found(f"{family} {rid}")
+    record = table[rid]
+    if method == "POST" and family == "datasets" and verb == "import":
+        record.setdefault("imports", []).extend(body.get("importConfigs", []))
+        return 200, fake.operation(record["name"], response={"@type": V1 + "ImportDataResponse"},
+                                   metadata={"@type": V1 + "ImportDataOperationMetadata"})
+    if method == "GET" and verb is None:
+        if family == "trainingPipelines":
+            _advance_pipeline(fake, record)
+        elif family == "batchPredictionJobs":
+            _advance_batch(fake, record)
+        return 200, {k: v for k, v in record.items() if k != "imports"}
+    return 405, {"error": {"code": 405, "message": f"{method} {path} not supported by the fake"}}
+
+
+def _create(fake: FakeVertex, parent: str, family: str, body: dict[str, Any]) -> tuple[int, Any]:
+    new_id = fake.new_id()
+    record = {**body, "name": f"{parent}/{family}/{new_id}", "createTime": _now(), "updateTime": _now()}
+    table = fake.table(FAMILY[family])
+    table[new_id] = record
+    if family == "datasets":
+        record["etag"] = "e1"
+        return 200, fake.operation(record["name"], response={"@type": V1 + "Dataset", **record},
+                                   metadata={"@type": V1 + "CreateDatasetOperationMetadata"})
+    record["state"] = "PIPELINE_STATE_PENDING" if family == "trainingPipelines" else "JOB_STATE_PENDING"
+    return 200, record
+
+
+def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: str = "") -> None:
+    """Move a pipeline (PENDING/RUNNING/SUCCEEDED/FAILED/CANCELLED); SUCCEEDED creates its model."""
+    with fake.lock:
+        record = fake.table("automl_pipelines")[pipeline_id]
+        record["state"] = f"PIPELINE_STATE_{state}"
+        record["updateTime"] = _now()
+        if error:
+            record["error"] = {"code": 9, "message": error}
+        if state == "SUCCEEDED" and "name" not in record.get("modelToUpload", {}):
+            parent = record["name"].split("/trainingPipelines/")[0]
+            model_id = fake.new_id()
+            wanted = record.get("modelToUpload") or {}
+            model = {"name": f"{parent}/models/{model_id}", "displayName": wanted.get("displayName", ""),
+                     "labels": wanted.get("labels", {}), "trainingPipeline": record["name"],
+                     "metadataSchemaUri": record.get("trainingTaskDefinition", ""),
+                     "createTime": _now(), "updateTime": _now(), "versionId": "1"}
+            fake.table("models")[model_id] = model
+            record["modelToUpload"] = {**wanted, "name": model["name"], "versionId": "1"}
+
+
+def _advance_pipeline(fake: FakeVertex, record: dict[str, Any]) -> None:
+    if record["state"] != "PIPELINE_STATE_PENDING":
+        return
+    s = settings(fake)
+    set_pipeline_state(fake, record["name"].rsplit("/", 1)[-1], s["pipeline_outcome"],
+                       s["error"] if s["pipeline_outcome"] == "FAILED" else "")
+
+
+# --- batch prediction ---------------------------------------------------------------------------
+
+
+def _spec_id(name: str) -> str:
+    return str(int(hashlib.sha1(name.encode()).hexdigest()[:15], 16))
+
+
+def _truth(fake: FakeVertex, model_name: str) -> tuple[dict[str, dict[str, Any]], bool]:
+    """imageGcsUri → import line of the dataset the model was trained on; and whether it is detection."""
+    model = fake.table("models")[model_name.rsplit("/", 1)[-1].split("@")[0]]
+    pipeline = fake.table("automl_pipelines")[model["trainingPipeline"].rsplit("/", 1)[-1]]
+    dataset = fake.table("automl_datasets")[pipeline["inputDataConfig"]["datasetId"]]
+    truth: dict[str, dict[str, Any]] = {}
+    for config in dataset.get("imports", []):
+        for uri in config["gcsSource"]["uris"]:
+            for line in _read_gcs(uri).splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    truth[item["imageGcsUri"]] = item
+    return truth, pipeline["trainingTaskDefinition"] == OD_SCHEMA
+
+
+def _classification(item: dict[str, Any] | None, labels: list[str], wrong: bool) -> dict[str, Any]:
+    if item is None:
+        true: list[str] = labels[:1]
+    elif "classificationAnnotation" in item:
+        true = [item["classificationAnnotation"]["displayName"]]
+    else:
+        true = [a["displayName"] for a in item.get("classificationAnnotations", [])]
+    if wrong and true:
+        first = true[0]
+        start = labels.index(first)
+        replacement = next(labels[(start + k) % len(labels)] for k in range(1, len(labels) + 1)
+                           if labels[(start + k) % len(labels)] not in true or len(labels) == 1)
+        true = [replacement] + true[1:]
+    scored = [(0.9 - 0.01 * i, n) for i, n in enumerate(true)]
+    scored += [(0.05 - 0.001 * i, n) for i, n in enumerate(n for n in labels if n not in true)]
+    scored.sort(key=lambda t: -t[0])
+    return {"ids": [_spec_id(n) for _, n in scored], "displayNames": [n for _, n in scored],
+            "confidences": [round(c, 6) for c, _ in scored]}
+
+
+def _detection(item: dict[str, Any] | None, labels: list[str], wrong: bool) -> dict[str, Any]:
+    found: list[tuple[float, str, list[float]]] = []
+    for i, a in enumerate((item or {}).get("boundingBoxAnnotations", [])):
+        x0, x1, y0, y1 = a["xMin"], a["xMax"], a["yMin"], a["yMax"]
+        if wrong and i == 0:  # moved by its own width: IoU with the object is 0
+            w = x1 - x0
+            x0, x1 = (x0 + w, x1 + w) if x1 + w <= 1.0 else (x0 - w, x1 - w)
+        found.append((0.95 - 0.01 * i, a["displayName"], [x0, x1, y0, y1]))
+    if labels:
+        found.append((0.02, labels[0], [0.0, 0.05, 0.0, 0.05]))
+    found.sort(key=lambda t: -t[0])
+    return {"ids": [_spec_id(n) for _, n, _ in found], "displayNames": [n for _, n, _ in found],
+            "confidences": [c for c, _, _ in found], "bboxes": [[round(v, 6) for v in b] for _, _, b in found]}
+
+
+def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
+    if record["state"] != "JOB_STATE_PENDING":
+        return
+    s = settings(fake)
+    if s["batch_outcome"] != "SUCCEEDED":
+        record.update(state=f"JOB_STATE_{s['batch_outcome']}", updateTime=_now(),
+                      error={"code": 3, "message": s["error"]})
+        return
+    truth, detection = _truth(fake, record["model"])
+    labels = sorted({a["displayName"] for item in truth.values()
+                     for a in ([item["classificationAnnotation"]] if "classificationAnnotation" in item else
+                               item.get("classificationAnnotations", []) + item.get("boundingBoxAnnotations", []))})
+    wrong, missing = s["wrong"], s["missing"]
+    out = []
+    failed = 0
+    for uri in record["inputConfig"]["gcsSource"]["uris"]:
+        for line in _read_gcs(uri).splitlines():
+            if not line.strip():
+                continue
+            instance = json.loads(line)
+            if any(m in instance["content"] for m in missing):
+                failed += 1
+                continue
+            item = truth.get(instance["content"])
+            is_wrong = any(w in instance["content"] for w in wrong)
+            pred = (_detection if detection else _classification)(item, labels, is_wrong)
+            out.append(json.dumps({"instance": instance, "prediction": pred}, separators=(",", ":")))
+    stamp = time.strftime("%Y_%m_%dT%H_%M_%S_000Z", time.gmtime())
+    model = fake.table("models")[record["model"].rsplit("/", 1)[-1].split("@")[0]]
+    prefix = record["outputConfig"]["gcsDestination"]["outputUriPrefix"].rstrip("/")
+    directory = f"{prefix}/prediction-{model.get('displayName') or 'model'}-{stamp}"
+    _write_gcs(f"{directory}/predictions_00001.jsonl", "\n".join(out) + "\n")
+    record.update(state="JOB_STATE_SUCCEEDED", updateTime=_now(), endTime=_now(),
+                  outputInfo={"gcsOutputDirectory": directory},
+                  completionStats={"successfulCount": str(len(out)), "failedCount": str(failed)})
