@@ -3,6 +3,7 @@ resource "google_project_service" "apis" {
     "aiplatform.googleapis.com",
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudresourcemanager.googleapis.com", # data.google_project (project number for the Pub/Sub agent)
     "cloudscheduler.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",

@@ -44,7 +44,7 @@ resource "google_storage_bucket_iam_member" "runtime_artifacts" {
 
 # Services publish run requests and step messages (never job events: jobs and the log sink do).
 resource "google_pubsub_topic_iam_member" "runtime_publisher" {
-  for_each = toset(["runs", "step-etl", "step-train", "step-evaluate", "step-deploy"])
+  for_each = toset(concat(["runs"], [for s in local.stages : "step-${s}"]))
   project  = var.project
   topic    = google_pubsub_topic.topic[each.value].name
   role     = "roles/pubsub.publisher"

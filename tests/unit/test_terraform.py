@@ -655,6 +655,12 @@ def test_jobs_identity_can_do_what_jobs_do_and_launchers_can_use_it():
     acts_as = tf.resource("google_service_account_iam_member", "runtime_acts_as_jobs")
     assert acts_as["service_account_id"] == "${google_service_account.jobs.name}"
     assert acts_as["member"] == "${google_service_account.runtime.member}"
+    # Services publish step messages for every stage (intake.publish_step); jobs publish job events.
+    publish = tf.resource("google_pubsub_topic_iam_member", "runtime_publisher")
+    assert publish["for_each"] == '${toset(concat(["runs"], [for s in local.stages : "step-${s}"]))}'
+    assert publish["topic"] == "${google_pubsub_topic.topic[each.value].name}"
+    events = tf.resource("google_pubsub_topic_iam_member", "jobs_publish_events")
+    assert events["topic"] == '${google_pubsub_topic.topic["job-events"].name}'
     bucket_res = tf.resource("google_storage_bucket", "artifacts")
     assert bucket_res["uniform_bucket_level_access"] is True
     prefixes = [one(r["condition"], "condition").get("matches_prefix") for r in bucket_res.get("lifecycle_rule", [])]
