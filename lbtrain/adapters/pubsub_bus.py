@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -36,61 +37,100 @@ class PubSubBus:
         return message_id
 
 
+ACK_DEADLINE_SECONDS = 60
+MIN_BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 10
+MAX_DELIVERY_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    """One push subscription of a deployment, as created locally and declared in Terraform."""
+
+    topic: str  # short name: runs, step-<stage>, job-events, dead-letter
+    topic_id: str  # {dep}-{topic}
+    subscription_id: str  # {dep}-{topic}-push
+    push_path: str  # path on the receiving service
+    dead_letter_topic_id: str | None  # None only for the dead-letter topic's own subscription
+    max_delivery_attempts: int
+    ack_deadline_seconds: int = ACK_DEADLINE_SECONDS
+    minimum_backoff_seconds: float = MIN_BACKOFF_SECONDS
+    maximum_backoff_seconds: float = MAX_BACKOFF_SECONDS
+
+
+def topology(deployment: str, stages: Iterable[str], *,
+             max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS) -> list[PushSubscription]:
+    """The deployment's topics and push subscriptions, pure: `ensure_topology` creates them,
+    and tests check Terraform (infra/terraform) declares the same ones."""
+    routes = {"runs": "/push/runs", "job-events": "/push/job-events"}
+    routes.update({f"step-{s}": f"/push/step/{s}" for s in stages})
+    routes["dead-letter"] = "/push/dead-letter"
+    dead_letter = f"{deployment}-dead-letter"
+    return [PushSubscription(topic=topic, topic_id=f"{deployment}-{topic}",
+                             subscription_id=f"{deployment}-{topic}-push", push_path=path,
+                             dead_letter_topic_id=None if topic == "dead-letter" else dead_letter,
+                             max_delivery_attempts=max_delivery_attempts)
+            for topic, path in routes.items()]
+
+
 def ensure_topology(project: str, deployment: str, push_base_url: str, stages: Iterable[str], *,
                     publisher: pubsub_v1.PublisherClient | None = None,
                     subscriber: pubsub_v1.SubscriberClient | None = None,
-                    max_delivery_attempts: int = 50) -> dict[str, str]:
+                    max_delivery_attempts: int = MAX_DELIVERY_ATTEMPTS) -> dict[str, str]:
     """Create the deployment's topics and push subscriptions (idempotent; local stack and tests).
 
-    In the cloud, Terraform owns these; the shapes are the same: every push subscription
-    dead-letters to `{dep}-dead-letter`, whose own subscription marks the run FAILED.
+    In the cloud, Terraform owns these; the shapes are the same (`topology`): every push
+    subscription dead-letters to `{dep}-dead-letter`, whose own subscription marks the run FAILED.
     """
     publisher = publisher or pubsub_v1.PublisherClient()
     subscriber = subscriber or pubsub_v1.SubscriberClient()
     base = push_base_url.rstrip("/")
-    routes = {"runs": "/push/runs", "job-events": "/push/job-events"}
-    routes.update({f"step-{s}": f"/push/step/{s}" for s in stages})
-    dead_letter_topic = publisher.topic_path(project, f"{deployment}-dead-letter")
-    for topic in [*routes, "dead-letter"]:
+    specs = topology(deployment, stages, max_delivery_attempts=max_delivery_attempts)
+    for spec in specs:
         try:
-            publisher.create_topic(name=publisher.topic_path(project, f"{deployment}-{topic}"))
+            publisher.create_topic(name=publisher.topic_path(project, spec.topic_id))
         except gexc.AlreadyExists:
             pass
     subs = {}
-    retry_policy = pubsub_v1.types.RetryPolicy(minimum_backoff={"seconds": 0, "nanos": 200_000_000},
-                                               maximum_backoff={"seconds": 10})
-    for topic, path in [*routes.items(), ("dead-letter", "/push/dead-letter")]:
-        sub_path = subscriber.subscription_path(project, f"{deployment}-{topic}-push")
+    for spec in specs:
+        sub_path = subscriber.subscription_path(project, spec.subscription_id)
+        endpoint = base + spec.push_path
         request: dict[str, Any] = {
             "name": sub_path,
-            "topic": publisher.topic_path(project, f"{deployment}-{topic}"),
-            "push_config": {"push_endpoint": base + path},
-            "ack_deadline_seconds": 60,
-            "retry_policy": retry_policy,
+            "topic": publisher.topic_path(project, spec.topic_id),
+            "push_config": {"push_endpoint": endpoint},
+            "ack_deadline_seconds": spec.ack_deadline_seconds,
+            "retry_policy": pubsub_v1.types.RetryPolicy(
+                minimum_backoff=_duration(spec.minimum_backoff_seconds),
+                maximum_backoff=_duration(spec.maximum_backoff_seconds)),
         }
-        if topic != "dead-letter":
-            request["dead_letter_policy"] = {"dead_letter_topic": dead_letter_topic,
-                                             "max_delivery_attempts": max_delivery_attempts}
+        if spec.dead_letter_topic_id:
+            request["dead_letter_policy"] = {
+                "dead_letter_topic": publisher.topic_path(project, spec.dead_letter_topic_id),
+                "max_delivery_attempts": spec.max_delivery_attempts}
         try:
             subscriber.create_subscription(request=request)
         except gexc.AlreadyExists:
-            subscriber.modify_push_config(subscription=sub_path, push_config={"push_endpoint": base + path})
-        subs[topic] = sub_path
+            subscriber.modify_push_config(subscription=sub_path, push_config={"push_endpoint": endpoint})
+        subs[spec.topic] = sub_path
     return subs
+
+
+def _duration(seconds: float) -> dict[str, int]:
+    whole = int(seconds)
+    return {"seconds": whole, "nanos": round((seconds - whole) * 1e9)}
 
 
 def delete_topology(project: str, deployment: str, stages: Iterable[str]) -> None:
     """Remove what `ensure_topology` made (tests and `lbtrain dev` on exit)."""
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
-    names = ["runs", "job-events", "dead-letter", *[f"step-{s}" for s in stages]]
-    for name in names:
+    for spec in topology(deployment, stages):
         try:
-            sub = subscriber.subscription_path(project, f"{deployment}-{name}-push")
-            subscriber.delete_subscription(subscription=sub)
+            subscriber.delete_subscription(subscription=subscriber.subscription_path(project, spec.subscription_id))
         except gexc.NotFound:
             pass
         try:
-            publisher.delete_topic(topic=publisher.topic_path(project, f"{deployment}-{name}"))
+            publisher.delete_topic(topic=publisher.topic_path(project, spec.topic_id))
         except gexc.NotFound:
             pass

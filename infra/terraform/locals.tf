@@ -1,0 +1,94 @@
+# Names and wiring in one place. tests/unit/test_terraform.py reads these maps literally and checks
+# them against the code (pubsub topology, Config env vars, cloudbuild.yaml images): keep them literal.
+locals {
+  registry = var.image_registry != "" ? var.image_registry : "${var.region}-docker.pkg.dev/${var.project}/${var.artifact_registry_repository}"
+  bucket   = var.artifact_bucket != "" ? var.artifact_bucket : "${var.project}-lbtrain-artifacts"
+
+  # Every image a resource here runs, as cloudbuild.yaml tags it (${_REPO}/<name>:${COMMIT_SHA}).
+  images = {
+    ingress    = "${local.registry}/ingress:${var.image_tag}"
+    launcher   = "${local.registry}/launcher:${var.image_tag}"
+    job_events = "${local.registry}/job-events:${var.image_tag}"
+    reconciler = "${local.registry}/reconciler:${var.image_tag}"
+    jobs_cpu   = "${local.registry}/jobs-cpu:${var.image_tag}"
+    jobs_gpu   = "${local.registry}/jobs-gpu:${var.image_tag}"
+    serving    = "${local.registry}/serving:${var.image_tag}"
+    # Not built by cloudbuild.yaml yet: only used when var.deploy_dashboard is true.
+    dashboard = "${local.registry}/dashboard:${var.image_tag}"
+  }
+
+  # Stages a launcher service is deployed for (lbtrain.api.push.all_stages()).
+  stages = ["etl", "train", "evaluate", "deploy"]
+
+  # The deployment's Pub/Sub topology, as lbtrain.adapters.pubsub_bus.topology() builds it locally:
+  # topic {dep}-<key>, push subscription {dep}-<key>-push to <service><path>; every subscription but
+  # the dead-letter topic's own dead-letters to {dep}-dead-letter.
+  push_routes = {
+    "runs"          = { service = "ingress", path = "/push/runs", dead_letter = true }
+    "job-events"    = { service = "job-events", path = "/push/job-events", dead_letter = true }
+    "step-etl"      = { service = "launcher-etl", path = "/push/step/etl", dead_letter = true }
+    "step-train"    = { service = "launcher-train", path = "/push/step/train", dead_letter = true }
+    "step-evaluate" = { service = "launcher-evaluate", path = "/push/step/evaluate", dead_letter = true }
+    "step-deploy"   = { service = "launcher-deploy", path = "/push/step/deploy", dead_letter = true }
+    "dead-letter"   = { service = "ingress", path = "/push/dead-letter", dead_letter = false }
+  }
+  ack_deadline_seconds = 60
+  minimum_backoff      = "0.200s"
+  maximum_backoff      = "10s"
+
+  # Push endpoints' base URLs, by the service keys push_routes uses.
+  service_uris = {
+    "ingress"           = google_cloud_run_v2_service.ingress.uri
+    "job-events"        = google_cloud_run_v2_service.job_events.uri
+    "launcher-etl"      = google_cloud_run_v2_service.launcher["etl"].uri
+    "launcher-train"    = google_cloud_run_v2_service.launcher["train"].uri
+    "launcher-evaluate" = google_cloud_run_v2_service.launcher["evaluate"].uri
+    "launcher-deploy"   = google_cloud_run_v2_service.launcher["deploy"].uri
+  }
+
+  # OIDC audience of each service (a Cloud Run custom audience, so it is known before the URL is):
+  # "${local.audience_prefix}/<service key>". Apps that verify push tokens get it as PUSH_AUDIENCE.
+  audience_prefix = "${var.project}/${var.deployment_name}"
+
+  # Environment of every service and function (names are lbtrain.config fields, read by from_env).
+  common_env = {
+    DEPLOYMENT_NAME      = var.deployment_name
+    GOOGLE_CLOUD_PROJECT = var.project
+    REGION               = var.region
+    ARTIFACT_ROOT        = "gs://${local.bucket}"
+    JOB_BACKEND          = "vertex"
+    LABELBOX_BACKEND     = var.labelbox_backend
+  }
+  # What launchers need to build Vertex jobs (empty values are left unset: the code's defaults apply).
+  launcher_env = {
+    JOB_IMAGE            = local.images.jobs_cpu
+    JOB_IMAGE_GPU        = local.images.jobs_gpu
+    SERVING_IMAGE        = local.images.serving
+    SERVING_MACHINE      = var.serving_machine
+    JOB_SERVICE_ACCOUNT  = google_service_account.jobs.email
+    JOB_MACHINES         = var.job_machines
+    MODEL_OPTIONS        = var.model_options
+    LBTRAIN_MIN_EXAMPLES = var.min_examples
+  }
+
+  # Secret env var → Secret Manager secret id. Values are added with gcloud, never here.
+  secrets = {
+    LABELBOX_API_KEY        = var.labelbox_api_key_secret_id
+    LABELBOX_WEBHOOK_SECRET = var.labelbox_webhook_secret_secret_id
+    API_TOKEN               = var.api_token_secret_id
+  }
+  # Which secrets each service mounts (latest version, as env vars).
+  service_secrets = {
+    ingress    = ["LABELBOX_API_KEY", "LABELBOX_WEBHOOK_SECRET", "API_TOKEN"]
+    launcher   = ["LABELBOX_API_KEY"]
+    job_events = ["LABELBOX_API_KEY"]
+    reconciler = ["LABELBOX_API_KEY"]
+    dashboard  = ["LABELBOX_API_KEY", "API_TOKEN"]
+  }
+
+  # Vertex state-change entries of custom jobs (task "service"; container output is task workerpoolN-M),
+  # normalized by lbtrain.messages.parse_job_event; the job's state is re-read from Vertex.
+  job_state_log_filter = "resource.type=\"ml_job\" AND resource.labels.task_name=\"service\""
+
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}

@@ -1,0 +1,165 @@
+variable "project" {
+  description = "Google Cloud project id (GOOGLE_CLOUD_PROJECT of every service)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of Cloud Run, Vertex AI jobs, Artifact Registry, the bucket and the scheduler."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "deployment_name" {
+  description = "DEPLOYMENT_NAME: prefix of topics, subscriptions, services and job names (several deployments per project)."
+  type        = string
+  default     = "prod"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,19}$", var.deployment_name))
+    error_message = "deployment_name: lowercase letters, digits and '-', starting with a letter, at most 20 characters (Cloud Run and Vertex job names derive from it)."
+  }
+}
+
+variable "image_tag" {
+  description = "Tag of the images cloudbuild.yaml pushed (its COMMIT_SHA)."
+  type        = string
+}
+
+variable "image_registry" {
+  description = "Registry path of the images; empty means the Artifact Registry repository below (cloudbuild.yaml's _REPO)."
+  type        = string
+  default     = ""
+}
+
+variable "artifact_registry_repository" {
+  description = "Artifact Registry (Docker) repository id cloudbuild.yaml pushes to."
+  type        = string
+  default     = "lbtrain"
+}
+
+variable "artifact_bucket" {
+  description = "GCS bucket for ARTIFACT_ROOT; empty means {project}-lbtrain-artifacts (cloudbuild.yaml's _ARTIFACT_ROOT)."
+  type        = string
+  default     = ""
+}
+
+variable "artifact_retention_days" {
+  description = "Objects under runs/ (datasets, models, predictions) are deleted after this many days; 0 keeps them. A deployed model is served from its run's artifacts: keep them longer than a model stays deployed."
+  type        = number
+  default     = 0
+}
+
+variable "labelbox_api_key_secret_id" {
+  description = "Secret Manager secret holding LABELBOX_API_KEY (the value is added with gcloud, never in Terraform)."
+  type        = string
+  default     = "lbtrain-labelbox-api-key"
+}
+
+variable "labelbox_webhook_secret_secret_id" {
+  description = "Secret Manager secret holding LABELBOX_WEBHOOK_SECRET."
+  type        = string
+  default     = "lbtrain-labelbox-webhook-secret"
+}
+
+variable "api_token_secret_id" {
+  description = "Secret Manager secret holding API_TOKEN (REST API and dashboard actions)."
+  type        = string
+  default     = "lbtrain-api-token"
+}
+
+variable "runtime_service_account_id" {
+  description = "Account id of the services' and functions' runtime service account (cloudbuild.yaml's _RUNTIME_SA)."
+  type        = string
+  default     = "lbtrain-runtime"
+}
+
+variable "jobs_service_account_id" {
+  description = "Account id of the service account Vertex AI jobs run as (JOB_SERVICE_ACCOUNT)."
+  type        = string
+  default     = "lbtrain-jobs"
+}
+
+variable "invoker_service_account_id" {
+  description = "Account id of the identity Pub/Sub push and Cloud Scheduler use to call the private services (OIDC)."
+  type        = string
+  default     = "lbtrain-invoker"
+}
+
+variable "labelbox_backend" {
+  description = "LABELBOX_BACKEND of the cloud services: sdk (real Labelbox) or file."
+  type        = string
+  default     = "sdk"
+  validation {
+    condition     = contains(["sdk", "file"], var.labelbox_backend)
+    error_message = "labelbox_backend must be sdk or file."
+  }
+}
+
+variable "job_machines" {
+  description = "JOB_MACHINES: JSON machine config per model type / stage for Vertex jobs (see lbtrain/adapters/vertex_backend.py); empty uses the defaults."
+  type        = string
+  default     = ""
+}
+
+variable "model_options" {
+  description = "MODEL_OPTIONS: JSON, per model type custom training or AutoML Image and its budget (lbtrain/model_options.py); empty uses the defaults."
+  type        = string
+  default     = ""
+}
+
+variable "serving_machine" {
+  description = "SERVING_MACHINE: machine type of the Vertex endpoint a deployed model is served from."
+  type        = string
+  default     = "n1-standard-2"
+}
+
+variable "min_examples" {
+  description = "LBTRAIN_MIN_EXAMPLES, e.g. train=5,validation=1,test=1; empty uses the defaults."
+  type        = string
+  default     = ""
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries of a push message before it goes to the dead-letter topic (as lbtrain.adapters.pubsub_bus.topology)."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "Pub/Sub accepts 5 to 100 delivery attempts."
+  }
+}
+
+variable "reconcile_schedule" {
+  description = "Cron schedule (UTC) of the reconciler."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database (a multi-region like nam5 / eur3, or a region)."
+  type        = string
+  default     = "nam5"
+}
+
+variable "create_firestore_database" {
+  description = "Create the project's (default) Firestore database in native mode; false when it already exists."
+  type        = bool
+  default     = true
+}
+
+variable "ingress_min_instances" {
+  description = "Warm ingress instances (webhook latency vs. cost)."
+  type        = number
+  default     = 0
+}
+
+variable "deploy_dashboard" {
+  description = "Deploy the dashboard service; needs a dashboard image built by cloudbuild.yaml."
+  type        = bool
+  default     = false
+}
+
+variable "dashboard_invokers" {
+  description = "IAM members allowed to open the dashboard (e.g. user:alice@example.com, group:ml@example.com)."
+  type        = list(string)
+  default     = []
+}
