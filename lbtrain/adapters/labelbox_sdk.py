@@ -3,6 +3,9 @@
 Current APIs only: `model_run.export(...)` + `get_buffered_stream()`, `update_status`,
 `add_predictions` (never `export_labels`/`LBV1Converter`/`NDJsonConverter.deserialize`).
 The SDK is imported when the adapter is built, never at module import (ingress cold start).
+Note: SDK 7.17's `ModelRunExportParams` has no `media_attributes`, so that flag never reaches
+the wire for model-run exports (only includeModelRunDetails/includePredictions/...); the image
+tasks already fall back to the image header for width/height.
 
 Retries, and why not more. The SDK itself retries `InternalServerError` (5xx) and its
 `TimeoutError` for up to 120 s with exponential backoff (google.api_core Retry around
