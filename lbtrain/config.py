@@ -23,6 +23,8 @@ class Config:
     labelbox_backend: str = "file"
     labelbox_dir: str = ".lbtrain/labelbox"
     labelbox_api_key: str = field(default="", repr=False)
+    # LABELBOX_BACKEND=sdk: the GraphQL endpoint (LABELBOX_ENDPOINT); empty = the SDK's default (api.labelbox.com).
+    labelbox_endpoint: str = ""
     labelbox_webhook_secret: str = field(default="", repr=False)
     api_token: str = field(default="", repr=False)
     push_auth: str = "none"

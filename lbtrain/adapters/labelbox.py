@@ -1,7 +1,7 @@
 """The Labelbox port: what the pipeline needs from Labelbox, and the file-backed adapter (DESIGN §9).
 
-The domain only sees the `Labelbox` protocol; `LABELBOX_BACKEND=sdk` (a later adapter)
-implements the same methods with the labelbox SDK.
+The domain only sees the `Labelbox` protocol; `LABELBOX_BACKEND=sdk` (labelbox_sdk.py)
+implements the same methods with the labelbox SDK, imported only when that backend is chosen.
 """
 
 from __future__ import annotations
@@ -24,6 +24,22 @@ _SAFE_NAME = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9._-]{1,200}")
 class ModelRunNotFound(LookupError):
     def __str__(self) -> str:
         return f"model run {self.args[0]!r} not found in Labelbox"
+
+
+class PredictionUploadError(RuntimeError):
+    """Labelbox rejected some prediction/metric rows (or a whole import): the run must not look clean.
+
+    Raised after every batch was tried, so the accepted rows stay uploaded; `failed`/`total`
+    count rows, `samples` holds the first few error messages."""
+
+    def __init__(self, model_run_id: str, failed: int, total: int, samples: list[str], uploads: list[str]):
+        self.model_run_id, self.failed, self.total = model_run_id, failed, total
+        self.samples, self.uploads = samples, uploads
+        first = "; ".join(samples[:3])
+        super().__init__(
+            f"Labelbox rejected {failed} of {total} prediction rows for model run {model_run_id!r} "
+            f"(uploads {', '.join(uploads)})" + (f": {first}" if first else "")
+        )
 
 
 class Labelbox(Protocol):
@@ -65,9 +81,47 @@ def model_run_id_for(model_id: str, name: str) -> str:
     return "mr" + hashlib.sha256(f"{model_id}\n{name}".encode()).hexdigest()[:22]
 
 
-def clip_error(message: str) -> str:
-    message = " ".join(str(message).split())
-    return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 1] + "…"
+_URL = re.compile(r"((?:https?|gs)://\S+)")
+_MIN_PROSE = 24  # characters of prose kept next to the links
+_TAIL = 16  # characters kept before a link when prose in front of it is cut ("… logs: https://…")
+
+
+def clip_error(message: object, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """One line of at most `limit` characters (Labelbox shows 255) keeping what helps most.
+
+    Links (a log URL is the most useful thing in a failure message) survive whole, latest
+    first, as long as they fit; the prose around them is cut in its middle: the start of each
+    cut piece stays (what failed), and so do the last words before a link. Without links the
+    end of the message is cut."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    pieces = _URL.split(text)  # prose, url, prose, url, ..., prose
+    keep, room = set(), limit - _MIN_PROSE
+    for i in range(len(pieces) - 2, 0, -2):
+        if len(pieces[i]) <= room:
+            keep.add(i)
+            room -= len(pieces[i])
+    segments: list[tuple[str, bool]] = []  # (text, is a kept link); dropped links become prose
+    for i, piece in enumerate(pieces):
+        if i not in keep and segments and not segments[-1][1]:
+            segments[-1] = (segments[-1][0] + piece, False)
+        else:
+            segments.append((piece, i in keep))
+    # Water-filling: every prose piece longer than `width` is cut to `width` characters (with
+    # its "…"), the widest `width` that fits, so no piece is wiped out while another stays long.
+    fixed = sum(len(t) for t, link in segments if link)
+    prose = [len(t) for t, link in segments if not link]
+    width = min(max(prose, default=0), limit)
+    while width > 2 and fixed + sum(min(n, width) for n in prose) > limit:
+        width -= 1
+    for k, (piece, link) in enumerate(segments):
+        if not link and len(piece) > width > 2:
+            kept = width - 1
+            tail = min(_TAIL, kept // 2) if k + 1 < len(segments) else 0
+            segments[k] = (piece[: kept - tail] + "…" + (piece[len(piece) - tail:] if tail else ""), False)
+    out = "".join(t for t, _ in segments)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def _check_id(value: str, what: str) -> str:
@@ -187,6 +241,8 @@ class FileLabelbox:
 def from_config(config: Any) -> Labelbox:
     if config.labelbox_backend == "file":
         return FileLabelbox(config.labelbox_dir)
-    raise ValueError(
-        f"LABELBOX_BACKEND={config.labelbox_backend!r} is not available in this version; use LABELBOX_BACKEND=file"
-    )
+    if config.labelbox_backend == "sdk":
+        from lbtrain.adapters.labelbox_sdk import SdkLabelbox  # imports the labelbox SDK itself lazily
+
+        return SdkLabelbox(config.labelbox_api_key, endpoint=config.labelbox_endpoint)
+    raise ValueError(f"LABELBOX_BACKEND={config.labelbox_backend!r} is not supported; use file or sdk")

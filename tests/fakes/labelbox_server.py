@@ -1,0 +1,295 @@
+"""A local fake of the Labelbox API, for the real `labelbox.Client` (SDK 7.x) pointed at it.
+
+Answers only the GraphQL operations lbtrain's SDK adapter causes (by operation name, on
+`/graphql` and the experimental `/_gql`), serves the export files and the prediction
+import's status/error files at URLs it hands out itself, records every request, and can
+fail the next call of an operation on command (`fail`). The query texts the SDK sends are
+recorded per operation, so tests can compare them with the golden copies in
+tests/data/labelbox_sdk/ (see ../shared/wire-testing.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+OPERATION = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
+FILE = re.compile(r"^/files/([^/]+)/(RESULT|ERRORS)/(\d+)-(\d+)$")
+IMPORT_FILE = re.compile(r"^/imports/([^/]+)/(errors|statuses|inputs)$")
+USER_ID = "user-fake"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+def _ndjson(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+@dataclass
+class Request:
+    path: str
+    operation: str
+    query: str
+    variables: dict[str, Any]
+    headers: dict[str, str]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class ModelRun:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    export_errors: list[dict[str, Any]] = field(default_factory=list)
+    export_status: str = "COMPLETE"  # what the export task ends in (COMPLETE or FAILED)
+    export_polls_in_progress: int = 0  # task refreshes answered IN_PROGRESS first (each costs the SDK 2 s)
+    # Prediction rows rejected by the import, by their 0-based index in each upload, with the message.
+    reject_rows: dict[int, str] = field(default_factory=dict)
+    import_polls_running: int = 0  # import refreshes answered RUNNING before FINISHED (0: done at once)
+
+
+@dataclass
+class FakeLabelbox:
+    model_runs: dict[str, ModelRun] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, status, metadata, errorMessage}
+    uploads: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, name, rows, file_name}
+    exports: list[dict[str, Any]] = field(default_factory=list)  # the export mutation's input
+    chunk_lines: int = 3  # lines per export file the stream fetches
+    base_url: str = ""
+    _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _imports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _failures: list[list[Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- test controls ---------------------------------------------------------------
+    def add_model_run(self, model_run_id: str, rows: list[dict[str, Any]], **kwargs: Any) -> ModelRun:
+        self.model_runs[model_run_id] = ModelRun(rows=list(rows), **kwargs)
+        return self.model_runs[model_run_id]
+
+    def fail(self, operation: str, status: int = 429, *, times: int = 1, body: Any = None) -> None:
+        """Answer the next `times` calls of `operation` (GraphQL name, or `GET /files` etc.) with `status`."""
+        if body is None:
+            body = {"message": "You have exceeded the rate limit"} if status == 429 else {"message": "boom"}
+        self._failures.append([operation, status, times, body])
+
+    def operations(self) -> list[str]:
+        return [r.operation for r in self.requests]
+
+    def queries(self) -> dict[str, str]:
+        """The last query text seen per operation name."""
+        return {r.operation: r.query for r in self.requests if r.query}
+
+    # -- dispatch --------------------------------------------------------------------
+    def _injected(self, operation: str) -> tuple[int, Any] | None:
+        with self._lock:
+            for failure in self._failures:
+                if failure[0] == operation and failure[2] > 0:
+                    failure[2] -= 1
+                    return failure[1], failure[3]
+        return None
+
+    def handle_post(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        if path not in ("/graphql", "/_gql"):
+            return 404, {"message": f"no route {path}"}
+        files: dict[str, bytes] = {}
+        if headers.get("content-type", "").startswith("multipart/form-data"):
+            body, files = _parse_multipart(headers["content-type"], raw)
+        else:
+            body = json.loads(raw)
+        query = body.get("query") or ""
+        match = OPERATION.match(query)
+        operation = match.group(1) if match else ""
+        variables = body.get("variables") or {}
+        self.requests.append(Request(path, operation, query, variables, headers, files))
+        injected = self._injected(operation)
+        if injected:
+            return injected
+        handler = getattr(self, f"_op_{operation}", None)
+        if handler is None:
+            return 200, {"errors": [{"message": f"fake: unknown operation {operation!r}",
+                                     "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
+        if operation == "setPipelineStatusPyApi" and path != "/_gql":
+            return 200, {"errors": [{"message": "experimental operation on /graphql",
+                                     "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
+        return 200, {"data": handler(variables, files)}
+
+    def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        self.requests.append(Request(path, f"GET {path.split('/')[1]}", "", {}, headers))
+        injected = self._injected(f"GET /{path.split('/')[1]}")
+        if injected:
+            return injected[0], json.dumps(injected[1]).encode()
+        m = FILE.match(path)
+        if m:
+            task = self._tasks.get(m.group(1))
+            if task is None:
+                return 404, b"no such task"
+            data = task[m.group(2)]
+            return 200, data[int(m.group(3)): int(m.group(4)) + 1]
+        m = IMPORT_FILE.match(path)
+        if m and m.group(1) in self._imports:
+            return 200, _ndjson(self._imports[m.group(1)][m.group(2)])
+        return 404, b"not found"
+
+    # -- operations ------------------------------------------------------------------
+    def _op_GetModelRunPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        run_id = v["param_0"]
+        if run_id not in self.model_runs:
+            return {"modelRun": None}
+        return {"modelRun": {"id": run_id, "name": f"run {run_id}", "modelId": "model-fake", "createdAt": _now(),
+                             "updatedAt": _now(), "createdBy": USER_ID, "modelAppId": None,
+                             "trainingMetadata": None}}
+
+    def _op_setPipelineStatusPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        data = v["data"]
+        self.statuses.append({"model_run_id": v["modelRunId"], "status": data["status"],
+                              "metadata": data.get("metadata"), "errorMessage": data.get("errorMessage")})
+        return {"updateTrainingPipeline": {"status": data["status"]}}
+
+    def _op_GetUserPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        return {"user": {"id": USER_ID, "email": "fake@example.com", "isExternalUser": False, "isViewer": False,
+                         "lastLoginAt": _now(), "nickname": "fake", "name": "fake", "picture": "",
+                         "createdAt": _now(), "updatedAt": _now()}}
+
+    def _op_exportDataRowsInModelRunPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        inp = v["input"]
+        self.exports.append(inp)
+        run = self.model_runs[inp["filters"]["modelRunId"]]
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        self._tasks[task_id] = {"run": run, "polls": run.export_polls_in_progress, "RESULT": _ndjson(run.rows),
+                                "ERRORS": _ndjson(run.export_errors), "RESULT_lines": len(run.rows),
+                                "ERRORS_lines": len(run.export_errors)}
+        return {"exportDataRowsInModelRun": {"taskId": task_id, "isStreamable": True}}
+
+    def _op_GetUserCreatedTasksPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        task_id = v["param_0"]
+        task = self._tasks.get(task_id)
+        if task is None:
+            return {"user": {"createdTasks": []}}
+        if task["polls"] > 0:
+            task["polls"] -= 1
+            status = "IN_PROGRESS"
+        else:
+            status = task["run"].export_status
+        return {"user": {"createdTasks": [
+            {"id": task_id, "name": "lbtrain export", "status": status, "type": "export-data-rows",
+             "completionPercentage": 100.0 if status != "IN_PROGRESS" else 50.0, "createdAt": _now(),
+             "updatedAt": _now(), "errors": None, "result": None, "metadata": None}]}}
+
+    def _op_GetExportMetadataHeaderPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        task = self._tasks[v["where"]["id"]]
+        stream = v["streamType"]
+        if not task[stream]:
+            return {"task": {"exportMetadataHeader": None}}
+        return {"task": {"exportMetadataHeader": {"totalSize": len(task[stream]),
+                                                  "totalLines": task[f"{stream}_lines"]}}}
+
+    def _op_GetExportFileFromOffsetPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        task_id, stream, offset = v["where"]["id"], v["streamType"], int(v["offset"])
+        data: bytes = self._tasks[task_id][stream]
+        first_line = data[:offset].count(b"\n")
+        end, lines = offset, 0
+        while end < len(data) and lines < self.chunk_lines:
+            end = data.index(b"\n", end) + 1
+            lines += 1
+        return {"task": {"exportFileFromOffset": {
+            "offsets": {"start": offset, "end": end - 1},
+            "lines": {"start": first_line, "end": first_line + lines - 1},
+            "file": f"{self.base_url}/files/{task_id}/{stream}/{offset}-{end - 1}"}}}
+
+    def _op_createMEAPredictionImportByFilePyApi(self, v: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:  # noqa: N802
+        run = self.model_runs[v["modelRunId"]]
+        (file_name, payload), = files.items()
+        rows = [json.loads(line) for line in payload.decode().splitlines() if line.strip()]
+        import_id = f"imp-{uuid.uuid4().hex[:12]}"
+        statuses, errors = [], []
+        for i, row in enumerate(rows):
+            status = {"uuid": row.get("uuid", f"{import_id}-{i}"), "dataRow": row.get("dataRow"),
+                      "status": "SUCCESS"}
+            if i in run.reject_rows:
+                status = {**status, "status": "FAILURE",
+                          "errors": [{"name": "ValidationError", "message": run.reject_rows[i]}]}
+                errors.append(status)
+            statuses.append(status)
+        self.uploads.append({"model_run_id": v["modelRunId"], "name": v["name"], "rows": rows,
+                             "file_name": file_name, "content_length": v["contentLength"]})
+        self._imports[import_id] = {"name": v["name"], "model_run_id": v["modelRunId"], "polls":
+                                    run.import_polls_running, "errors": errors, "statuses": statuses,
+                                    "inputs": rows}
+        state = "RUNNING" if run.import_polls_running else "FINISHED"
+        return {"createModelErrorAnalysisPredictionImport": self._import_json(import_id, state)}
+
+    def _op_getModelErrorAnalysisPredictionImportPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        for import_id, imp in self._imports.items():
+            if imp["model_run_id"] == v["modelRunId"] and imp["name"] == v["name"]:
+                if imp["polls"] > 0:
+                    imp["polls"] -= 1
+                    return {"modelErrorAnalysisPredictionImport": self._import_json(import_id, "RUNNING")}
+                return {"modelErrorAnalysisPredictionImport": self._import_json(import_id, "FINISHED")}
+        return {"modelErrorAnalysisPredictionImport": None}
+
+    def _import_json(self, import_id: str, state: str) -> dict[str, Any]:
+        imp = self._imports[import_id]
+        base = f"{self.base_url}/imports/{import_id}"
+        return {"id": import_id, "name": imp["name"], "modelRunId": imp["model_run_id"], "state": state,
+                "progress": "100%" if state == "FINISHED" else "0%", "inputFileUrl": f"{base}/inputs",
+                "errorFileUrl": f"{base}/errors", "statusFileUrl": f"{base}/statuses"}
+
+
+def _parse_multipart(content_type: str, raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """GraphQL multipart request: `operations` (the query), `map`, then the file parts."""
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    body: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "operations":
+            body = json.loads(payload)
+        elif name != "map":
+            files[part.get_filename() or name] = payload
+    return body, files
+
+
+def serve(fake: FakeLabelbox, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """Start serving `fake` in a daemon thread; sets `fake.base_url`. Endpoint: `{base_url}/graphql`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, answer = fake.handle_post(self.path, headers, raw)
+            data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+            self._send(status, data, "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, data = fake.handle_get(self.path, headers)
+            self._send(status, data, "application/octet-stream")
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    fake.base_url = f"http://{host}:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
