@@ -29,6 +29,8 @@ class Machine:
     machine_type: str = "n1-standard-4"
     accelerator_type: str = ""
     accelerator_count: int = 0
+    # Vertex cancels a job that runs longer (scheduling.timeout): a hung job can't run up a bill.
+    max_hours: float = 24.0
 
     @property
     def gpu(self) -> bool:
@@ -41,6 +43,12 @@ DEFAULT_MACHINES: dict[str, dict[str, Any]] = {
     "image_*/train": {"machine_type": "n1-standard-8"},
     "bounding_box/train": {"machine_type": "n1-standard-8"},
 }
+# With AutoML (MODEL_OPTIONS) the train/evaluate jobs only drive Vertex's pipeline and batch
+# prediction: a small machine, and time for the training budget.
+AUTOML_MACHINES: dict[str, dict[str, Any]] = {
+    "train": {"machine_type": "n1-standard-2", "max_hours": 72.0},
+    "evaluate": {"machine_type": "n1-standard-2", "max_hours": 24.0},
+}
 
 
 def machine_for(config: Config, model_type: str, stage: str) -> Machine:
@@ -50,7 +58,11 @@ def machine_for(config: Config, model_type: str, stage: str) -> Machine:
     `{"image_*/train": {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4",
     "accelerator_count": 1}}`.
     """
+    from lbtrain import model_options
+
     table = dict(DEFAULT_MACHINES)
+    if model_options.for_type(config.model_options, model_type).automl:
+        table.update({f"{model_type}/{stage}": spec for stage, spec in AUTOML_MACHINES.items()})
     if config.job_machines:
         try:
             extra = json.loads(config.job_machines)
@@ -68,7 +80,7 @@ def machine_for(config: Config, model_type: str, stage: str) -> Machine:
     if not candidates:
         return Machine()
     spec = max(candidates, key=lambda c: c[:3])[3]
-    allowed = {"machine_type", "accelerator_type", "accelerator_count"}
+    allowed = {"machine_type", "accelerator_type", "accelerator_count", "max_hours"}
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"JOB_MACHINES: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
@@ -141,7 +153,9 @@ class VertexBackend:
             location=self.config.region,
             staging_bucket=self.config.artifact_root,  # required by the SDK; base_output_dir decides
         )
-        job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60)
+        machine = machine_for(self.config, spec.model_type, spec.stage)
+        job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60,
+                   timeout=int(machine.max_hours * 3600))
         return self._ref(job)
 
     def get_status(self, job_id: str) -> JobStatus:

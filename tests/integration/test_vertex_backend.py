@@ -57,6 +57,7 @@ def test_submit_sends_the_job_we_mean(vertex):
     assert env["DEPLOYMENT_NAME"] == "prod" and env["ARTIFACT_ROOT"] == "gs://bkt/lbtrain"
     assert "API_TOKEN" not in env and "LABELBOX_WEBHOOK_SECRET" not in env
     assert body["jobSpec"]["serviceAccount"] == "lbtrain-jobs@proj-1.iam.gserviceaccount.com"
+    assert body["jobSpec"]["scheduling"]["timeout"] == "86400s"  # a hung job is stopped after 24 h
     assert body["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] == "gs://bkt/lbtrain/runs/0123456789abcdef/train/a2/vertex"
     assert "never-sent" not in str(fake.requests)
     assert ref.backend == "vertex" and ref.id in fake.jobs and ref.name == body["displayName"]
@@ -141,3 +142,19 @@ def test_missing_image_is_a_clear_error(vertex):
     backend = make_backend(endpoint, job_image="", job_image_gpu="")
     with pytest.raises(ValueError, match="JOB_IMAGE"):
         backend.submit(spec())
+
+
+def test_automl_types_drive_vertex_from_a_small_machine(vertex):
+    fake, endpoint = vertex
+    options = '{"bounding_box": {"training": "automl"}}'
+    backend = make_backend(endpoint, model_options=options)
+    backend.submit(spec(model_type="bounding_box", stage="train"))
+    body = fake.created()[-1]
+    assert body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-2"}
+    assert body["jobSpec"]["scheduling"]["timeout"] == f"{72 * 3600}s"
+    cfg = backend.config
+    assert machine_for(cfg, "bounding_box", "etl").machine_type == "n1-standard-4"
+    assert machine_for(cfg, "image_single_classification", "train").machine_type == "n1-standard-8"
+    overridden = cfg.with_overrides(job_machines='{"bounding_box/train": {"machine_type": "n1-highmem-2", '
+                                                 '"max_hours": 1.5}}')
+    assert machine_for(overridden, "bounding_box", "train") == Machine("n1-highmem-2", max_hours=1.5)

@@ -54,9 +54,19 @@ def test_deployed_images_are_built_here():
     deployed = set()
     for step in BUILD["steps"]:
         text = " ".join(step.get("args", []))
-        if "run deploy" in text or "run\", \"deploy" in text or text.startswith("run deploy"):
+        if "run services update" in text or text.startswith("run services update"):
             deployed |= {m.split(":")[0] for m in re.findall(r"\$\{_REPO\}/[a-z0-9-]+:\$\{COMMIT_SHA\}", text)}
     assert deployed and deployed <= built
+
+
+def test_rollouts_only_change_images():
+    """Terraform owns the services' configuration: a build may only point them at new images."""
+    for step in BUILD["steps"]:
+        if step["id"].startswith("deploy-"):
+            text = " ".join(step.get("args", []))
+            assert "services update" in text and "run deploy" not in text, step["id"]
+            for flag in ("--set-env-vars", "--set-secrets", "--service-account", "--allow-unauthenticated"):
+                assert flag not in text, f"{step['id']} sets {flag}: Terraform owns that"
 
 
 def test_copy_sources_exist():
