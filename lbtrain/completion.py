@@ -24,6 +24,15 @@ def read_outputs(outputs_uri: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def read_error(outputs_uri: str) -> str:
+    """The job's own one-line reason (error.json), if it wrote one."""
+    try:
+        data = storage.read_json(storage.join(outputs_uri, "error.json"))
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("message") or "") if isinstance(data, dict) else ""
+
+
 def handle_job_event(deps: Deps, event: JobEvent) -> str:
     index = deps.store.job_index(event.job_id)
     if index is None:
@@ -40,6 +49,11 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
         raise Busy(f"job {event.job_id} is {status.state} at the backend")
     outputs_uri = storage.run_dir(deps.config.artifact_root, run_id, stage, attempt)
     state, error, metrics = status.state, status.error, {}
+    if state in ("FAILED", "PARTIALLY_SUCCEEDED", "EXPIRED"):
+        # Vertex only knows "exited with a non-zero status"; the job said why in error.json.
+        reason = read_error(outputs_uri)
+        if reason and reason not in error:
+            error = f"{reason} ({error})" if error else reason
     if state == "SUCCEEDED":
         outputs = read_outputs(outputs_uri)
         if outputs is None:

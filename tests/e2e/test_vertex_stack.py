@@ -7,6 +7,7 @@ job-events topic, as the log sink does on GCP; artifacts live on a GCS emulator 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,30 +65,35 @@ def vertex_dev(emulator_hosts: dict[str, str], gcs_host: str,
                   SERVING_IMAGE=SERVING_IMAGE, REGION="us-central1",
                   VERTEX_API_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
                   ARTIFACT_ROOT=f"gs://{BUCKET}/lbtrain", STORAGE_EMULATOR_HOST=gcs_host,
-                  JOB_SERVICE_ACCOUNT="lbtrain-jobs@e2e.iam.gserviceaccount.com")
+                  JOB_SERVICE_ACCOUNT="lbtrain-jobs@e2e.iam.gserviceaccount.com",
+                  MODEL_OPTIONS=json.dumps({"image_single_classification": {"training": "automl"}}))
     project = env["GOOGLE_CLOUD_PROJECT"]
     # What the job's container would get from its environment on Vertex, and nothing secret.
     runner = JobRunner(project=project, job_events_topic=f"projects/{project}/topics/dev-job-events",
                        log_dir=root / "vertex-jobs",
                        env={"PUBSUB_EMULATOR_HOST": emulator_hosts["PUBSUB_EMULATOR_HOST"]})
     runner.attach(fake)
+    saved_host = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs_host  # the fake writes batch prediction output to GCS
     try:
         with running_dev(root, port, env, log_name="e2e-vertex-dev.log") as dev:
             yield dev, fake, runner
     finally:
         runner.stop()
         server.shutdown()
+        if saved_host is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved_host
         ARTIFACTS.mkdir(exist_ok=True)
         for log in (root / "vertex-jobs").glob("*.log"):
             (ARTIFACTS / f"e2e-vertex-{log.name}").write_bytes(log.read_bytes())
 
 
 def _objects(gcs_host: str, prefix: str) -> list[str]:
-    import os
-
     from google.cloud import storage as gcs
 
-    os.environ["STORAGE_EMULATOR_HOST"] = gcs_host
+    assert os.environ["STORAGE_EMULATOR_HOST"] == gcs_host
     return [b.name for b in gcs.Client().list_blobs(BUCKET, prefix=prefix)]
 
 
@@ -168,3 +174,56 @@ def test_cancel_reaches_the_vertex_job(vertex_dev):
                for p, path, _ in fake.requests)
     assert fake.jobs[step["job"]["id"]]["state"] == "JOB_STATE_CANCELLED"
     assert [s["state"] for s in run["steps"]] == ["SUCCEEDED", "CANCELLED", "PENDING", "PENDING"]
+
+
+def test_automl_image_training_on_vertex(vertex_dev):
+    """MODEL_OPTIONS makes image_single_classification train with AutoML Image: the train job imports the
+    snapshot into a Vertex dataset and runs the training pipeline, evaluate runs a batch prediction and
+    scores its output, deploy puts the AutoML model on an endpoint (no upload, no serving image)."""
+    from tests.fakes import vertex_automl
+
+    dev, fake, runner = vertex_dev
+    mr = fresh_id("mr")
+    dev.build(mr, "--limit", "200", model_type="image_single_classification")
+    rows = [json.loads(line) for line in (dev.model_run_dir(mr) / "export.ndjson").read_text().splitlines()]
+    test_rows = [r["data_row"]["id"] for r in rows
+                 if r["experiments"][next(iter(r["experiments"]))]["runs"][mr]["split"] == "test"]
+    vertex_automl.configure(fake, wrong=test_rows[:3])  # three test images predicted wrongly
+    started = dev.webhook(mr, delivery_id=fresh_id("delivery"), model_type="image_single_classification")
+    run = dev.api.wait(started["run_id"], timeout=600, interval=0.5)
+    run_id = run["run_id"]
+    assert run["status"] == "SUCCEEDED", json.dumps(run, indent=1)
+
+    pipelines = [p for p in fake.table("automl_pipelines").values() if run_id in p.get("displayName", "")]
+    assert len(pipelines) == 1, pipelines
+    task = pipelines[0]["trainingTaskInputs"]
+    assert int(task["budgetMilliNodeHours"]) == 8000 and task["modelType"] == "CLOUD"
+    assert [b for b in fake.table("automl_batch_jobs").values() if run_id in b.get("displayName", "")]
+    metrics = run["metrics"]
+    assert metrics["test_size"] == len(test_rows)
+    assert metrics["accuracy"] == pytest.approx(1 - 3 / len(test_rows))
+    assert len(list((dev.model_run_dir(mr) / "predictions").glob("*.ndjson"))) == 1
+
+    # The AutoML model itself is deployed: nothing uploaded with our serving image for this run.
+    uploads = [b for m, p, b in fake.requests if m == "POST" and p.endswith("/models:upload")
+               and run_id in json.dumps(b)]
+    assert uploads == []
+    endpoint = next(e for e in fake.table("endpoints").values()
+                    if e["displayName"] == "dev-image_single_classification")
+    deployed = endpoint["deployedModels"]
+    assert len(deployed) == 1 and "automaticResources" in deployed[0]
+    assert run["deployment"]["deployed"] is True
+
+
+def test_a_failing_vertex_job_reports_its_own_reason(vertex_dev):
+    dev, fake, runner = vertex_dev
+    mr = fresh_id("mr")
+    dev.build(mr, "--limit", "9")  # too few examples per class for the splits
+    run_id = dev.webhook(mr, delivery_id=fresh_id("delivery"))["run_id"]
+    run = dev.api.wait(run_id, timeout=300, interval=0.5)
+    assert run["status"] == "FAILED" and run["error"]["stage"] == "etl", run
+    message = run["error"]["message"]
+    assert "exited with a non-zero status of 1" in message  # what Vertex says …
+    assert "example" in message and "split" in message, message  # … and why, from the job's error.json
+    failed = [s for s in dev.statuses(mr) if s["status"] == "FAILED"]
+    assert failed and "example" in failed[-1]["error_message"]

@@ -128,13 +128,12 @@ def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: st
             record["error"] = {"code": 9, "message": error}
         if state == "SUCCEEDED" and "name" not in record.get("modelToUpload", {}):
             parent = record["name"].split("/trainingPipelines/")[0]
-            model_id = fake.new_id()
+            from tests.fakes.vertex_models import add_model
+
             wanted = record.get("modelToUpload") or {}
-            model = {"name": f"{parent}/models/{model_id}", "displayName": wanted.get("displayName", ""),
-                     "labels": wanted.get("labels", {}), "trainingPipeline": record["name"],
-                     "metadataSchemaUri": record.get("trainingTaskDefinition", ""),
-                     "createTime": _now(), "updateTime": _now(), "versionId": "1"}
-            fake.table("models")[model_id] = model
+            model = add_model(fake, parent, {
+                "displayName": wanted.get("displayName", ""), "labels": wanted.get("labels", {}),
+                "trainingPipeline": record["name"], "metadataSchemaUri": record.get("trainingTaskDefinition", "")})
             record["modelToUpload"] = {**wanted, "name": model["name"], "versionId": "1"}
 
 
