@@ -63,3 +63,40 @@ def test_webhook_sign_and_post(stack):
     answer = json.loads(out.stdout.split("-> 200 ", 1)[1])
     assert stack.wait(answer["run_id"])["status"] == "SUCCEEDED"
     assert SECRET not in out.stdout
+
+
+def test_triggers_set_list_get_delete(stack):
+    set_ = lbtrain(stack, "triggers", "set", "proj-cli", "--model-type", "ner", "--model-id", "model-9",
+                   "--min-labels", "25", "--min-interval", "600")
+    assert set_.returncode == 0, set_.stderr
+    assert "proj-cli: ner (model model-9), every 25 new or changed labels, at most every 600s" in set_.stdout
+    listed = json.loads(lbtrain(stack, "triggers", "--json", "list").stdout)
+    assert [(r["project_id"], r["min_labels"], r["pending"]) for r in listed] == [("proj-cli", 25, 0)]
+    assert "0 pending" in lbtrain(stack, "triggers", "get", "proj-cli").stdout
+    bad = lbtrain(stack, "triggers", "set", "proj-cli", "--model-type", "nope", "--model-id", "m")
+    assert bad.returncode == 1 and "nope" in bad.stderr
+    assert lbtrain(stack, "triggers", "get", "proj-cli").stdout.count("ner") == 1  # unchanged by the bad call
+    assert lbtrain(stack, "triggers", "delete", "proj-cli").returncode == 0
+    gone = lbtrain(stack, "triggers", "get", "proj-cli")
+    assert gone.returncode == 1 and "404" in gone.stderr
+
+
+def test_labelbox_register_with_the_file_backend(stack):
+    env_dir = stack.root / "lbx"
+    out = subprocess.run([sys.executable, "-m", "lbtrain.cli", "labelbox", "register", "--project-id", "proj-7",
+                          "--url", "https://lbtrain.example.run.app/"],
+                         env={**os.environ, "LABELBOX_DIR": str(env_dir), "LABELBOX_WEBHOOK_SECRET": SECRET,
+                              "LBTRAIN_STATE_DIR": str(stack.root / "cli-state")},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "url:    https://lbtrain.example.run.app/webhooks/labelbox" in out.stdout
+    assert "URL:    https://lbtrain.example.run.app\n" in out.stdout and SECRET not in out.stdout
+    hooks = json.loads((env_dir / "projects" / "proj-7" / "webhooks.json").read_text())
+    assert [h["url"] for h in hooks] == ["https://lbtrain.example.run.app/webhooks/labelbox"]
+    assert set(hooks[0]["topics"]) == {"LABEL_CREATED", "LABEL_UPDATED", "LABEL_DELETED", "WORKFLOW_ACTION"}
+    assert SECRET not in json.dumps(hooks)
+    bad = subprocess.run([sys.executable, "-m", "lbtrain.cli", "labelbox", "register", "--project-id", "proj-7",
+                          "--url", "https://x", "--topics", "LABEL_CREATED,NOPE"],
+                         env={**os.environ, "LABELBOX_DIR": str(env_dir), "LABELBOX_WEBHOOK_SECRET": SECRET},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "NOPE" in bad.stderr
