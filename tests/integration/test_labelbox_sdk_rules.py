@@ -111,6 +111,17 @@ def test_the_same_name_returns_the_same_model_run_without_a_second_create(fake: 
     assert assigned(fake, other) == assigned(fake, first)
 
 
+def test_the_model_run_is_found_past_the_first_page(fake: FakeLabelbox) -> None:
+    from tests.fakes.labelbox_server import ModelRun
+
+    for i in range(130):  # the SDK pages model runs 100 at a time
+        fake.model_runs[f"mr-old-{i:03d}"] = ModelRun(model_id=MODEL, name=f"dev-old-{i:03d}", created=True)
+    assert adapter(fake).create_model_run(MODEL, PROJECT, "dev-old-117") == "mr-old-117"
+    assert "CreateModelRunPyApi" not in fake.operations()
+    assert fake.operations().count("GetModelModelRunsPyApi") == 2
+    assert fake.label_registrations == [{"model_run_id": "mr-old-117", "project_id": PROJECT}]
+
+
 def test_a_model_run_left_half_done_is_completed(fake: FakeLabelbox) -> None:
     lb = adapter(fake)
     fake.fail("assignDataSplitPyApi", 200, body={"errors": [
