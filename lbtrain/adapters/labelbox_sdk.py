@@ -273,7 +273,6 @@ class SdkLabelbox:
         response.raise_for_status()
         return [json.loads(line) for line in response.text.split("\n") if line.strip()]
 
-
     # -- retraining rules -------------------------------------------------------------
     def create_model_run(self, model_id: str, project_id: str, name: str) -> str:
         """Find or create the model run `name`, then make its labels and splits complete."""
@@ -283,11 +282,9 @@ class SdkLabelbox:
         what = f"model run {name!r} of model {model_id}"
         created: list[Any] = []
 
-        def find() -> Any:
-            return next((r for r in model.model_runs() if r.name == name), None)
-
         def find_or_create() -> Any:
-            found = find()  # also before a retried create: the first one may have gone through
+            # Listed again before a retried create too: the first create may have gone through.
+            found = next((r for r in model.model_runs() if r.name == name), None)
             if found is None:
                 found = model.create_model_run(name)
                 created.append(found)

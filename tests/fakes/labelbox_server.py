@@ -133,11 +133,14 @@ class FakeLabelbox:
     def model_runs_of(self, model_id: str) -> dict[str, ModelRun]:
         return {k: r for k, r in self.model_runs.items() if r.model_id == model_id and r.created}
 
-    def fail(self, operation: str, status: int = 429, *, times: int = 1, body: Any = None) -> None:
-        """Answer the next `times` calls of `operation` (GraphQL name, or `GET /files` etc.) with `status`."""
+    def fail(self, operation: str, status: int = 429, *, times: int = 1, body: Any = None,
+             after: bool = False) -> None:
+        """Answer the next `times` calls of `operation` (GraphQL name, or `GET /files` etc.) with `status`;
+        status 0 drops the connection without an answer. `after`: carry the operation out first (a
+        lost answer)."""
         if body is None:
             body = {"message": "You have exceeded the rate limit"} if status == 429 else {"message": "boom"}
-        self._failures.append([operation, status, times, body])
+        self._failures.append([operation, status, times, body, after])
 
     def operations(self) -> list[str]:
         return [r.operation for r in self.requests]
@@ -152,7 +155,7 @@ class FakeLabelbox:
             for failure in self._failures:
                 if failure[0] == operation and failure[2] > 0:
                     failure[2] -= 1
-                    return failure[1], failure[3]
+                    return failure[1], failure[3], failure[4]
         return None
 
     def handle_post(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
@@ -169,8 +172,8 @@ class FakeLabelbox:
         variables = body.get("variables") or {}
         self.requests.append(Request(path, operation, query, variables, headers, files))
         injected = self._injected(operation)
-        if injected:
-            return injected
+        if injected and not injected[2]:
+            return injected[:2]
         handler = getattr(self, f"_op_{operation}", None)
         if handler is None:
             return 200, {"errors": [{"message": f"fake: unknown operation {operation!r}",
@@ -179,14 +182,16 @@ class FakeLabelbox:
             return 200, {"errors": [{"message": "experimental operation on /graphql",
                                      "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
         if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
-            return 200, {"data": handler(variables, files, query)}
-        return 200, {"data": handler(variables, files)}
+            data = handler(variables, files, query)
+        else:
+            data = handler(variables, files)
+        return injected[:2] if injected else (200, {"data": data})
 
     def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         self.requests.append(Request(path, f"GET {path.split('/')[1]}", "", {}, headers))
         injected = self._injected(f"GET /{path.split('/')[1]}")
         if injected:
-            return injected[0], json.dumps(injected[1]).encode()
+            return injected[0], json.dumps(injected[1]).encode()  # (`after` means nothing for a GET)
         m = FILE.match(path)
         if m:
             task = self._tasks.get(m.group(1))
@@ -437,6 +442,9 @@ def serve(fake: FakeLabelbox, host: str = "127.0.0.1", port: int = 0) -> Threadi
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, answer = fake.handle_post(self.path, headers, raw)
+            if status == 0:  # an injected dropped connection
+                self.close_connection = True
+                return
             data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
             self._send(status, data, "application/json")
 

@@ -176,6 +176,17 @@ def test_a_429_on_create_is_retried_and_creates_one_model_run(fake: FakeLabelbox
     assert ops == ["GetModelModelRunsPyApi", "CreateModelRunPyApi"] * 2  # listed again before the second try
 
 
+def test_a_create_whose_answer_was_lost_is_not_repeated(fake: FakeLabelbox) -> None:
+    fake.fail("CreateModelRunPyApi", 0, after=True)  # created, then the connection dropped
+    mr = adapter(fake).create_model_run(MODEL, PROJECT, "dev-r1")
+    assert list(fake.model_runs_of(MODEL)) == [mr]
+    assert fake.operations().count("CreateModelRunPyApi") == 1
+    assert fake.operations().count("GetModelModelRunsPyApi") == 2  # the retry listed, found it, did not create
+    fake.fail("CreateWebhookPyApi", 0, after=True)
+    hook_id = adapter(fake).register_webhook(PROJECT, URL, SECRET, ["LABEL_CREATED"])
+    assert list(fake.webhooks) == [hook_id] and fake.operations().count("CreateWebhookPyApi") == 1
+
+
 # -- register_webhook ----------------------------------------------------------------------
 
 def test_webhook_is_created_then_updated_by_url(fake: FakeLabelbox) -> None:
