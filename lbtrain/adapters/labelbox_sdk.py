@@ -24,20 +24,31 @@ Rows Labelbox rejects are collected over all batches and raised as `PredictionUp
 (the evaluate step fails visibly, with the count and the first messages) after every batch
 was tried; the accepted rows stay in the model run.
 
-The API key goes only into the SDK client (an Authorization header); it is never logged.
+Retraining rules (`create_model_run`): the model run is found by name among the model's runs
+before anything is created (also before each retried create, so a create whose answer was lost
+is not repeated), filled with the project's labels (`upsert_labels`, an upsert), then the
+model run is exported and only data rows whose split differs from `split_for(data_row_id)` are
+assigned, in batches per split. Every step is idempotent, so calling it again for a model run
+left half-done by a crash completes it.
+
+The API key goes only into the SDK client (an Authorization header); it is never logged. The
+webhook secret has to travel inside the query text (the SDK's `Webhook.create` inlines it), which
+the SDK logs at DEBUG: while registering, those records are redacted, and error messages too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from lbtrain.adapters.labelbox import STATUSES, ModelRunNotFound, PredictionUploadError, clip_error
+from lbtrain.adapters.labelbox import STATUSES, ModelRunNotFound, PredictionUploadError, clip_error, split_for
 
 log = logging.getLogger("lbtrain.labelbox")
 T = TypeVar("T")
@@ -46,6 +57,11 @@ BATCH_ROWS = 5000
 BATCH_BYTES = 16 << 20
 EXPORT_PARAMS = {"model_run_details": True, "media_attributes": True, "predictions": False}
 MAX_SAMPLES = 5
+SPLIT_BATCH_ROWS = 5000
+# Loggers that may see the webhook secret: the SDK's request log (DEBUG, whole query) and ours.
+SECRET_LOGGERS = ("lbox.request_client", "lbtrain.labelbox")
+# Webhook.create/update put the URL and secret between double quotes in the query text.
+_INLINE_SAFE = re.compile(r"[^\"\\\s\x00-\x1f\x7f]+")
 
 
 class LabelboxApiError(RuntimeError):
@@ -84,7 +100,8 @@ class SdkLabelbox:
     def __init__(self, api_key: str, endpoint: str = "", *, attempts: int = 4, backoff_seconds: float = 1.0,
                  export_timeout_seconds: float = 3600.0, import_timeout_seconds: float = 1800.0,
                  import_poll_seconds: float = 5.0, batch_rows: int = BATCH_ROWS, batch_bytes: int = BATCH_BYTES,
-                 http_timeout_seconds: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 http_timeout_seconds: float = 60.0, task_timeout_seconds: float = 3600.0,
+                 split_batch_rows: int = SPLIT_BATCH_ROWS, sleep: Callable[[float], None] = time.sleep):
         if not api_key:
             raise ValueError("LABELBOX_BACKEND=sdk needs a Labelbox API key: set LABELBOX_API_KEY "
                              "(from Secret Manager in the cloud)")
@@ -99,6 +116,8 @@ class SdkLabelbox:
         self.import_poll_seconds = import_poll_seconds
         self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
         self.http_timeout_seconds = http_timeout_seconds
+        self.task_timeout_seconds = task_timeout_seconds  # upsert_labels / split assignment tasks
+        self.split_batch_rows = max(1, split_batch_rows)
         self._sleep = sleep
 
     def __repr__(self) -> str:  # the client holds the key: never show it
@@ -136,9 +155,19 @@ class SdkLabelbox:
             raise ModelRunNotFound(model_run_id) from None
 
     # -- the port --------------------------------------------------------------------
+    def _get(self, kind: str, uid: str, fetch: Callable[[], T], hint: str = "") -> T:
+        from lbox.exceptions import ResourceNotFoundError
+
+        try:
+            return self._call(f"lookup of {kind} {uid}", fetch)
+        except ResourceNotFoundError:
+            raise LabelboxApiError(f"Labelbox {kind} {uid!r} not found{hint}") from None
+
     def export_rows(self, model_run_id: str) -> Iterator[dict[str, Any]]:
         """Export v2 rows, streamed one at a time (the SDK buffers the export files on disk)."""
-        model_run = self._model_run(model_run_id)
+        yield from self._export(self._model_run(model_run_id), model_run_id)
+
+    def _export(self, model_run: Any, model_run_id: str) -> Iterator[dict[str, Any]]:
         what = f"export of model run {model_run_id}"
         task = self._call(what, lambda: model_run.export(f"lbtrain-{model_run_id}", params=dict(EXPORT_PARAMS)))
         deadline = time.monotonic() + self.export_timeout_seconds
@@ -243,6 +272,133 @@ class SdkLabelbox:
         response = requests.get(url, timeout=self.http_timeout_seconds)
         response.raise_for_status()
         return [json.loads(line) for line in response.text.split("\n") if line.strip()]
+
+    # -- retraining rules -------------------------------------------------------------
+    def create_model_run(self, model_id: str, project_id: str, name: str) -> str:
+        """Find or create the model run `name`, then make its labels and splits complete."""
+        model = self._get("model", model_id, lambda: self.client.get_model(model_id),
+                          " (the retraining rule's model_id must be a model this API key can see)")
+        self._get("project", project_id, lambda: self.client.get_project(project_id))
+        what = f"model run {name!r} of model {model_id}"
+        created: list[Any] = []
+
+        def find_or_create() -> Any:
+            # Listed again before a retried create too: the first create may have gone through.
+            found = next((r for r in model.model_runs() if r.name == name), None)
+            if found is None:
+                found = model.create_model_run(name)
+                created.append(found)
+            return found
+
+        model_run = self._call(f"creation of {what}", find_or_create)
+        mr = model_run.uid
+        log.info("%s model run %s (%r) of model %s; adding the labels of project %s", "created" if created
+                 else "found existing", mr, name, model_id, project_id)
+        timeout = max(1, int(self.task_timeout_seconds))
+        self._call(f"adding the labels of project {project_id} to model run {mr} (model {model_id})",
+                   lambda: model_run.upsert_labels(project_id=project_id, timeout_seconds=timeout))
+        todo: dict[str, list[str]] = defaultdict(list)
+        rows = 0
+        for row in self._export(model_run, mr):
+            rows += 1
+            data_row_id = row["data_row"]["id"]
+            split = split_for(data_row_id)
+            if _split_of(row, model_id, mr) != split:
+                todo[split].append(data_row_id)
+        for split, ids in sorted(todo.items()):
+            for start in range(0, len(ids), self.split_batch_rows):
+                batch = ids[start: start + self.split_batch_rows]
+                self._call(f"assigning {len(batch)} data rows to {split} in model run {mr} (model {model_id})",
+                           lambda b=batch, s=split: model_run.assign_data_rows_to_split(
+                               data_row_ids=b, split=s, timeout_seconds=timeout))
+        if rows == 0:
+            log.warning("model run %s (%r) holds no data rows: project %s has no labels", mr, name, project_id)
+        log.info("model run %s: %d data rows from project %s, %d split assignment(s) made", mr, rows, project_id,
+                 sum(len(v) for v in todo.values()))
+        return mr
+
+    def register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
+        """Create the project's webhook for `url`, or update the existing one (Labelbox's update
+        cannot change a secret: to rotate it, delete the webhook in Labelbox and register again)."""
+        from labelbox import Webhook
+
+        known = [t.value for t in Webhook.Topic]
+        unknown = [t for t in topics if t not in known]
+        if not topics or unknown:
+            raise ValueError(f"webhook topics must be some of {', '.join(known)}; got {', '.join(topics) or 'none'}")
+        if not secret:
+            raise ValueError("the webhook secret is empty")
+        if not _INLINE_SAFE.fullmatch(url):
+            raise ValueError(f"webhook URL {url!r} must not contain quotes, backslashes, spaces or control characters")
+        if not _INLINE_SAFE.fullmatch(secret):
+            raise ValueError("the webhook secret must not contain quotes, backslashes, spaces or control characters")
+        with _redacted(secret):
+            try:
+                return self._register_webhook(project_id, url, secret, topics)
+            except LabelboxApiError as exc:
+                raise LabelboxApiError(str(exc).replace(secret, "***")) from None
+
+    def _register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
+        from labelbox import Webhook
+
+        project = self._get("project", project_id, lambda: self.client.get_project(project_id))
+
+        def existing() -> list[Any]:
+            return [w for w in project.webhooks() if w.url == url]
+
+        hooks = self._call(f"listing the webhooks of project {project_id}", existing)
+        if hooks:
+            hook = hooks[0]
+            if len(hooks) > 1:
+                log.warning("project %s has %d webhooks for %s; updating %s only", project_id, len(hooks), url,
+                            hook.uid)
+            status = None if hook.status == "ACTIVE" else "ACTIVE"
+            self._call(f"update of webhook {hook.uid} of project {project_id}",
+                       lambda: hook.update(topics=list(topics), status=status))
+            log.info("updated webhook %s of project %s (%s; topics %s); its secret is unchanged", hook.uid,
+                     project_id, url, ",".join(topics))
+            return hook.uid
+
+        def find_or_create() -> Any:
+            found = existing()
+            return found[0] if found else Webhook.create(self.client, list(topics), url, secret, project)
+
+        hook = self._call(f"creation of the webhook of project {project_id}", find_or_create)
+        log.info("created webhook %s of project %s (%s; topics %s)", hook.uid, project_id, url, ",".join(topics))
+        return hook.uid
+
+
+def _split_of(row: dict[str, Any], model_id: str, model_run_id: str) -> str:
+    """The row's split in this model run, upper case (TRAINING…); "" when unassigned."""
+    run = (((row.get("experiments") or {}).get(model_id) or {}).get("runs") or {}).get(model_run_id) or {}
+    split = str(run.get("split") or "").upper()
+    return "" if split == "UNASSIGNED" else split
+
+
+class _Redact(logging.Filter):
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "***"), ()
+        return True
+
+
+@contextlib.contextmanager
+def _redacted(secret: str) -> Iterator[None]:
+    """Redact `secret` from the records of SECRET_LOGGERS while the block runs."""
+    redact = _Redact(secret)
+    loggers = [logging.getLogger(name) for name in SECRET_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(redact)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(redact)
 
 
 def _row_error(status: dict[str, Any]) -> str:

@@ -3,7 +3,10 @@
 Answers only the GraphQL operations lbtrain's SDK adapter causes (by operation name, on
 `/graphql` and the experimental `/_gql`), serves the export files and the prediction
 import's status/error files at URLs it hands out itself, records every request, and can
-fail the next call of an operation on command (`fail`). The query texts the SDK sends are
+fail the next call of an operation on command (`fail`). For retraining rules it also holds models,
+projects (Export v2 *project* rows, labels under `projects`) and their webhooks: a model run
+created under a model gets the project's labeled rows when `upsert_labels` runs, and its
+export shows each row with the split assigned to it. The query texts the SDK sends are
 recorded per operation, so tests can compare them with the golden copies in
 tests/data/labelbox_sdk/ (see ../shared/wire-testing.md).
 """
@@ -25,6 +28,14 @@ OPERATION = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
 FILE = re.compile(r"^/files/([^/]+)/(RESULT|ERRORS)/(\d+)-(\d+)$")
 IMPORT_FILE = re.compile(r"^/imports/([^/]+)/(errors|statuses|inputs)$")
 USER_ID = "user-fake"
+PAGE = re.compile(r"\(skip: (\d+) first: (\d+)\)")
+# Operations the SDK marks experimental: sent to /_gql, refused on /graphql as the real API would.
+EXPERIMENTAL = {"setPipelineStatusPyApi", "assignDataSplitPyApi", "assignDataRowsToDataSplitTaskStatusPyApi"}
+# Webhook.create / update inline their values in the query text (no GraphQL variables).
+WEBHOOK_CREATE = re.compile(r'createWebhook\(data:\{(?:project:\{id:"(?P<project>[^"]*)"\},)? '
+                            r'topics:\{set:\[(?P<topics>[^\]]*)\]\}, '
+                            r'url:"(?P<url>[^"]*)", secret:"(?P<secret>[^"]*)" \}\)')
+WEBHOOK_UPDATE = re.compile(r'updateWebhook\(where: \{id: "(?P<id>[^"]*)"\} data:\{(?P<data>[^}]*(?:\}[^}]*)?)\}\)')
 
 
 def _now() -> str:
@@ -54,6 +65,36 @@ class ModelRun:
     # Prediction rows rejected by the import, by their 0-based index in each upload, with the message.
     reject_rows: dict[int, str] = field(default_factory=dict)
     import_polls_running: int = 0  # import refreshes answered RUNNING before FINISHED (0: done at once)
+    model_id: str = "model-fake"
+    name: str = ""
+    # Created by the SDK (create_model_run): data rows added by upsert_labels, by id, in project-row
+    # shape; the export is generated from them and the splits assigned so far.
+    created: bool = False
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    project_id: str = ""
+    splits: dict[str, str] = field(default_factory=dict)  # data row id -> TRAINING/VALIDATION/TEST
+    created_at: str = field(default_factory=lambda: _now())
+
+    def export_rows(self, model_run_id: str) -> list[dict[str, Any]]:
+        if not self.created:
+            return self.rows
+        out = []
+        for data_row_id, row in self.members.items():
+            labels = ((row.get("projects") or {}).get(self.project_id) or {}).get("labels") or []
+            run: dict[str, Any] = {"name": self.name, "labels": labels, "predictions": []}
+            if data_row_id in self.splits:
+                run["split"] = self.splits[data_row_id].lower()
+            exported = {k: v for k, v in row.items() if k != "projects"}
+            exported["experiments"] = {self.model_id: {"name": self.model_id, "runs": {model_run_id: run}}}
+            out.append(exported)
+        return out
+
+
+@dataclass
+class Project:
+    """A Labelbox project: Export v2 project rows (`projects.<id>.labels`), the labeled ones count."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    name: str = "fake project"
 
 
 @dataclass
@@ -63,6 +104,13 @@ class FakeLabelbox:
     statuses: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, status, metadata, errorMessage}
     uploads: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, name, rows, file_name}
     exports: list[dict[str, Any]] = field(default_factory=list)  # the export mutation's input
+    models: dict[str, str] = field(default_factory=dict)  # model id -> name
+    projects: dict[str, Project] = field(default_factory=dict)
+    webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {project_id, url, topics, secret, status}
+    created_model_runs: list[dict[str, Any]] = field(default_factory=list)  # CreateModelRun inputs
+    label_registrations: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, project_id}
+    split_assignments: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, split, data_row_ids}
+    label_task_status: str = "COMPLETE"  # what upsert_labels' task reports (COMPLETE or FAILED)
     chunk_lines: int = 3  # lines per export file the stream fetches
     base_url: str = ""
     _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -75,11 +123,24 @@ class FakeLabelbox:
         self.model_runs[model_run_id] = ModelRun(rows=list(rows), **kwargs)
         return self.model_runs[model_run_id]
 
-    def fail(self, operation: str, status: int = 429, *, times: int = 1, body: Any = None) -> None:
-        """Answer the next `times` calls of `operation` (GraphQL name, or `GET /files` etc.) with `status`."""
+    def add_model(self, model_id: str, name: str = "fake model") -> None:
+        self.models[model_id] = name
+
+    def add_project(self, project_id: str, rows: list[dict[str, Any]], name: str = "fake project") -> Project:
+        self.projects[project_id] = Project(rows=list(rows), name=name)
+        return self.projects[project_id]
+
+    def model_runs_of(self, model_id: str) -> dict[str, ModelRun]:
+        return {k: r for k, r in self.model_runs.items() if r.model_id == model_id and r.created}
+
+    def fail(self, operation: str, status: int = 429, *, times: int = 1, body: Any = None,
+             after: bool = False) -> None:
+        """Answer the next `times` calls of `operation` (GraphQL name, or `GET /files` etc.) with `status`;
+        status 0 drops the connection without an answer. `after`: carry the operation out first (a
+        lost answer)."""
         if body is None:
             body = {"message": "You have exceeded the rate limit"} if status == 429 else {"message": "boom"}
-        self._failures.append([operation, status, times, body])
+        self._failures.append([operation, status, times, body, after])
 
     def operations(self) -> list[str]:
         return [r.operation for r in self.requests]
@@ -94,7 +155,7 @@ class FakeLabelbox:
             for failure in self._failures:
                 if failure[0] == operation and failure[2] > 0:
                     failure[2] -= 1
-                    return failure[1], failure[3]
+                    return failure[1], failure[3], failure[4]
         return None
 
     def handle_post(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
@@ -111,22 +172,26 @@ class FakeLabelbox:
         variables = body.get("variables") or {}
         self.requests.append(Request(path, operation, query, variables, headers, files))
         injected = self._injected(operation)
-        if injected:
-            return injected
+        if injected and not injected[2]:
+            return injected[:2]
         handler = getattr(self, f"_op_{operation}", None)
         if handler is None:
             return 200, {"errors": [{"message": f"fake: unknown operation {operation!r}",
                                      "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
-        if operation == "setPipelineStatusPyApi" and path != "/_gql":
+        if operation in EXPERIMENTAL and path != "/_gql":
             return 200, {"errors": [{"message": "experimental operation on /graphql",
                                      "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
-        return 200, {"data": handler(variables, files)}
+        if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
+            data = handler(variables, files, query)
+        else:
+            data = handler(variables, files)
+        return injected[:2] if injected else (200, {"data": data})
 
     def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         self.requests.append(Request(path, f"GET {path.split('/')[1]}", "", {}, headers))
         injected = self._injected(f"GET /{path.split('/')[1]}")
         if injected:
-            return injected[0], json.dumps(injected[1]).encode()
+            return injected[0], json.dumps(injected[1]).encode()  # (`after` means nothing for a GET)
         m = FILE.match(path)
         if m:
             task = self._tasks.get(m.group(1))
@@ -140,13 +205,112 @@ class FakeLabelbox:
         return 404, b"not found"
 
     # -- operations ------------------------------------------------------------------
+    def _model_run_json(self, run_id: str) -> dict[str, Any]:
+        run = self.model_runs[run_id]
+        return {"id": run_id, "name": run.name or f"run {run_id}", "modelId": run.model_id,
+                "createdAt": run.created_at, "updatedAt": _now(), "createdBy": USER_ID, "modelAppId": None,
+                "trainingMetadata": None}
+
     def _op_GetModelRunPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
         run_id = v["param_0"]
-        if run_id not in self.model_runs:
-            return {"modelRun": None}
-        return {"modelRun": {"id": run_id, "name": f"run {run_id}", "modelId": "model-fake", "createdAt": _now(),
-                             "updatedAt": _now(), "createdBy": USER_ID, "modelAppId": None,
-                             "trainingMetadata": None}}
+        return {"modelRun": self._model_run_json(run_id) if run_id in self.model_runs else None}
+
+    # -- models, projects, model runs made from projects ---------------------------------
+    def _op_GetModelPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        model_id = v["param_0"]
+        if model_id not in self.models:
+            return {"model": None}
+        return {"model": {"id": model_id, "name": self.models[model_id], "ontologyId": "ontology-fake"}}
+
+    def _op_GetProjectPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        project = self.projects.get(v["param_0"])
+        if project is None:
+            return {"project": None}
+        return {"project": {
+            "id": v["param_0"], "name": project.name, "description": "", "createdAt": _now(), "updatedAt": _now(),
+            "setupComplete": _now(), "lastActivityTime": _now(), "autoAuditNumberOfLabels": 1,
+            "autoAuditPercentage": 1.0, "allowedMediaType": "TEXT", "editorTaskType": None,
+            "dataRowCount": len(project.rows), "modelSetupComplete": False, "uploadType": None,
+            "isBenchmarkEnabled": False, "isConsensusEnabled": False}}
+
+    def _page(self, items: list[Any], query: str) -> list[Any]:
+        skip, first = (int(x) for x in PAGE.search(query).groups())
+        return items[skip: skip + first]
+
+    def _op_GetModelModelRunsPyApi(self, v: dict[str, Any], _: Any, query: str) -> dict[str, Any]:  # noqa: N802
+        if v["param_0"] not in self.models:
+            return {"model": None}
+        runs = [self._model_run_json(r) for r in self.model_runs_of(v["param_0"])]
+        return {"model": {"modelRuns": self._page(runs, query)}}
+
+    def _op_CreateModelRunPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        self.created_model_runs.append(dict(v))
+        run_id = f"mr-{uuid.uuid4().hex[:12]}"
+        self.model_runs[run_id] = ModelRun(model_id=v["modelId"], name=v["name"], created=True)
+        return {"createModelRun": self._model_run_json(run_id)}
+
+    def _op_createMEAModelRunProjectLabelRegistrationTaskPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        run, project = self.model_runs[v["modelRunId"]], self.projects[v["projectId"]]
+        self.label_registrations.append({"model_run_id": v["modelRunId"], "project_id": v["projectId"]})
+        run.project_id = v["projectId"]
+        for row in project.rows:  # upsert: labeled data rows join (again), nothing leaves
+            if ((row.get("projects") or {}).get(v["projectId"]) or {}).get("labels"):
+                run.members[row["data_row"]["id"]] = row
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        return {"createMEAModelRunProjectLabelRegistrationTask": task_id}
+
+    def _op_MEALabelRegistrationTaskStatusPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        message = "labels could not be registered" if self.label_task_status == "FAILED" else None
+        return {"MEALabelRegistrationTaskStatus": {"status": self.label_task_status, "errorMessage": message}}
+
+    def _op_assignDataSplitPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        run = self.model_runs[v["modelRunId"]]
+        for assignment in v["data"]["assignments"]:
+            ids = assignment.get("dataRowIds") or []
+            self.split_assignments.append({"model_run_id": v["modelRunId"], "split": assignment["split"],
+                                           "data_row_ids": list(ids)})
+            for data_row_id in ids:
+                if data_row_id in run.members:
+                    run.splits[data_row_id] = assignment["split"]
+        return {"createAssignDataRowsToDataSplitTask": f"task-{uuid.uuid4().hex[:12]}"}
+
+    def _op_assignDataRowsToDataSplitTaskStatusPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        return {"assignDataRowsToDataSplitTaskStatus": {"status": "COMPLETE", "errorMessage": None}}
+
+    # -- webhooks ----------------------------------------------------------------------
+    def _webhook_json(self, hook_id: str) -> dict[str, Any]:
+        hook = self.webhooks[hook_id]
+        return {"id": hook_id, "url": hook["url"], "topics": list(hook["topics"]), "status": hook["status"],
+                "createdAt": hook["createdAt"], "updatedAt": hook["updatedAt"]}
+
+    def _op_GetProjectWebhooksPyApi(self, v: dict[str, Any], _: Any, query: str) -> dict[str, Any]:  # noqa: N802
+        if v["param_0"] not in self.projects:
+            return {"project": None}
+        hooks = [self._webhook_json(k) for k, h in self.webhooks.items() if h["project_id"] == v["param_0"]]
+        return {"project": {"webhooks": self._page(hooks, query)}}
+
+    def _op_CreateWebhookPyApi(self, v: dict[str, Any], _: Any, query: str) -> dict[str, Any]:  # noqa: N802
+        m = WEBHOOK_CREATE.search(query)
+        hook_id = f"wh-{uuid.uuid4().hex[:12]}"
+        self.webhooks[hook_id] = {"project_id": m.group("project"), "url": m.group("url"),
+                                  "topics": m.group("topics").split(), "secret": m.group("secret"),
+                                  "status": "ACTIVE", "createdAt": _now(), "updatedAt": _now()}
+        return {"createWebhook": self._webhook_json(hook_id)}
+
+    def _op_UpdateWebhookPyApi(self, v: dict[str, Any], _: Any, query: str) -> dict[str, Any]:  # noqa: N802
+        m = WEBHOOK_UPDATE.search(query)
+        hook, data = self.webhooks[m.group("id")], m.group("data")
+        topics = re.search(r"topics: \{set: \[([^\]]*)\]\}", data)
+        url = re.search(r'url: "([^"]*)"', data)
+        status = re.search(r"status: (\w+)", data)
+        if topics:
+            hook["topics"] = topics.group(1).split()
+        if url:
+            hook["url"] = url.group(1)
+        if status:
+            hook["status"] = status.group(1)
+        hook["updatedAt"] = _now()
+        return {"updateWebhook": self._webhook_json(m.group("id"))}
 
     def _op_setPipelineStatusPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
         data = v["data"]
@@ -163,9 +327,10 @@ class FakeLabelbox:
         inp = v["input"]
         self.exports.append(inp)
         run = self.model_runs[inp["filters"]["modelRunId"]]
+        rows = run.export_rows(inp["filters"]["modelRunId"])
         task_id = f"task-{uuid.uuid4().hex[:12]}"
-        self._tasks[task_id] = {"run": run, "polls": run.export_polls_in_progress, "RESULT": _ndjson(run.rows),
-                                "ERRORS": _ndjson(run.export_errors), "RESULT_lines": len(run.rows),
+        self._tasks[task_id] = {"run": run, "polls": run.export_polls_in_progress, "RESULT": _ndjson(rows),
+                                "ERRORS": _ndjson(run.export_errors), "RESULT_lines": len(rows),
                                 "ERRORS_lines": len(run.export_errors)}
         return {"exportDataRowsInModelRun": {"taskId": task_id, "isStreamable": True}}
 
@@ -277,6 +442,9 @@ def serve(fake: FakeLabelbox, host: str = "127.0.0.1", port: int = 0) -> Threadi
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, answer = fake.handle_post(self.path, headers, raw)
+            if status == 0:  # an injected dropped connection
+                self.close_connection = True
+                return
             data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
             self._send(status, data, "application/json")
 

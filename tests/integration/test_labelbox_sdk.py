@@ -224,7 +224,7 @@ def test_the_sdk_sends_the_recorded_queries(fake: FakeLabelbox) -> None:
     lb.upload_predictions(MR, "up", [prediction(1)])
     seen = fake.queries()
     golden = {p.stem: p.read_text(encoding="utf-8") for p in GOLDEN_QUERIES.glob("*.graphql")}
-    assert sorted(seen) == sorted(golden)
+    assert len(seen) == 9 and set(seen) <= set(golden)  # the rest: test_labelbox_sdk_rules.py
     for operation, query in seen.items():
         assert query == golden[operation], f"{operation}: the SDK's query text changed"
 
