@@ -17,6 +17,7 @@ from lbtrain.config import Config
 from lbtrain.devstack import DevStack
 from lbtrain.emulators import free_port
 from tests.conftest import fresh_id
+from tests.fakes.vertex import FakeVertex, serve
 
 TOKEN = "integration-api-token-0123456789"
 SECRET = "integration-webhook-secret-0123456789"
@@ -92,6 +93,15 @@ def stack_factory(emulator_hosts: dict[str, str], tmp_path: Path) -> Iterator[Ca
     yield start
     for dev in stacks:
         dev.stop()
+
+
+@pytest.fixture
+def vertex() -> Iterator[tuple[FakeVertex, str]]:
+    """A fake of Vertex AI's REST API on a free port: (fake, its endpoint for VERTEX_API_ENDPOINT)."""
+    fake = FakeVertex()
+    server = serve(fake)
+    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 @pytest.fixture

@@ -20,20 +20,12 @@ from jobs.tasks.base import Dataset, JobError, write_dataset
 from lbtrain import storage
 from lbtrain.config import Config
 from tests.fakes import vertex_automl
-from tests.fakes.vertex import FakeVertex, serve
+from tests.fakes.vertex import FakeVertex
 
 SINGLE, MULTI, BOX = "image_single_classification", "image_multi_classification", "bounding_box"
 RUN = "run0123456789"
 MODEL_RUN = "mr-automl"
 BUDGET = {SINGLE: 8000, MULTI: 9000, BOX: 20000}
-
-
-@pytest.fixture
-def vertex():
-    fake = FakeVertex()
-    server = serve(fake)
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def png(width: int, height: int) -> bytes:

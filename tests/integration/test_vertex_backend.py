@@ -9,15 +9,6 @@ from lbtrain.adapters.backend import JobSpec
 from lbtrain.adapters.vertex_backend import Machine, VertexBackend, label_value, machine_for
 from lbtrain.config import Config
 from lbtrain.domain import job_name
-from tests.fakes.vertex import FakeVertex, serve
-
-
-@pytest.fixture
-def vertex():
-    fake = FakeVertex()
-    server = serve(fake)
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def make_backend(endpoint: str, **overrides) -> VertexBackend:

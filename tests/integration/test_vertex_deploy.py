@@ -13,20 +13,12 @@ from jobs.tasks.base import JobError
 from lbtrain import pipelines, storage
 from lbtrain.config import Config
 from tests.fakes import vertex_models
-from tests.fakes.vertex import FakeVertex, serve
+from tests.fakes.vertex import FakeVertex
 
 PROJECT, REGION = "proj-1", "europe-west4"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
 IMAGE = "europe-docker.pkg.dev/proj-1/lbtrain/serving:abc"
 TEXT = "text_single_classification"
-
-
-@pytest.fixture
-def vertex():
-    fake = FakeVertex()
-    server = serve(fake)
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 @pytest.fixture
