@@ -1,0 +1,189 @@
+"""The dashboard against a live local stack: runs appear and advance without a reload, a failed
+run shows its error and stage, retry and cancel need the token, the model page charts the runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from lbtrain import storage
+from tests.browser.helpers import (
+    assert_accessible_basics,
+    assert_no_horizontal_scroll,
+    assert_not_reloaded,
+    mark_no_reload,
+    watch,
+)
+from tests.integration.conftest import TOKEN, Stack
+
+pytestmark = pytest.mark.browser
+MODEL_TYPE = "text_single_classification"
+
+
+def start(stack: Stack, **noop: Any) -> str:
+    return stack.api.start_run(MODEL_TYPE, stack.model_run(), params={"noop": noop})["run_id"]
+
+
+def row_status(page: Any, run_id: str) -> str | None:
+    row = page.locator(f'#runs-table tr[data-run-id="{run_id}"]')
+    return row.get_attribute("data-status") if row.count() else None
+
+
+def test_a_run_appears_and_advances_on_the_list_without_reload(live_stack: Stack, page: Any, artifacts: Path):
+    page.goto(live_stack.dev.url + "/dashboard/")
+    mark_no_reload(page)
+    run_id = start(live_stack, sleep={"train": 3})
+
+    seen = watch(page, lambda: row_status(page, run_id), lambda s: s == "SUCCEEDED", 60, "the run to succeed")
+
+    assert_not_reloaded(page)
+    assert seen[0] is None  # not there when the page loaded: it appeared live
+    assert "RUNNING" in seen, seen  # and moved through its stages while we watched
+    assert seen.index("RUNNING") < seen.index("SUCCEEDED")
+    row = page.locator(f'#runs-table tr[data-run-id="{run_id}"]')
+    assert MODEL_TYPE in row.inner_text() and "macro_f1 1.0000" in row.inner_text()
+    assert page.locator("#runs-table tbody tr").first.get_attribute("data-run-id") == run_id  # newest first
+    assert page.problems == []  # type: ignore[attr-defined]
+    page.screenshot(path=str(artifacts / "dashboard-runs-list.png"), full_page=True)
+
+
+def test_run_page_stage_timeline_updates_live(live_stack: Stack, page: Any, artifacts: Path):
+    run_id = start(live_stack, sleep={"etl": 1, "train": 3})
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{run_id}")
+    mark_no_reload(page)
+
+    def train_state() -> str | None:
+        return page.locator('#stages tr[data-stage="train"]').get_attribute("data-state")
+
+    seen = watch(page, train_state, lambda s: s == "SUCCEEDED", 60, "train to succeed")
+    assert "RUNNING" in seen and seen.index("RUNNING") < seen.index("SUCCEEDED"), seen
+    page.wait_for_selector("#run-status:text('SUCCEEDED')", timeout=60_000)
+    assert_not_reloaded(page)
+
+    states = {r.get_attribute("data-stage"): r.get_attribute("data-state")
+              for r in page.locator("#stages tbody tr[data-stage]").all()}
+    assert states == {"etl": "SUCCEEDED", "train": "SUCCEEDED", "evaluate": "SUCCEEDED", "deploy": "SUCCEEDED"}
+    train = page.locator('#stages tr[data-stage="train"] td')
+    running = train.nth(3).inner_text()  # queued, running: the no-op job slept 3 s in train
+    assert running.endswith(" s") and int(running.split()[0]) >= 3, running
+    assert page.locator("table.metrics").inner_text().count("1.0000") == 2  # accuracy, macro_f1
+    assert "API call" in page.locator("#h-trigger + dl").inner_text() or "REST API" in page.content()
+    history = page.locator("#labelbox-history").inner_text()
+    for status in ("EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL", "COMPLETE"):
+        assert status in history
+    # The local job's log is linked and served.
+    log = page.request.get(f"{live_stack.dev.url}/dashboard/runs/{run_id}/steps/train/log")
+    assert log.status == 200 and log.headers["content-type"].startswith("text/plain")
+    assert_accessible_basics(page)
+    assert page.problems == []  # type: ignore[attr-defined]
+    page.screenshot(path=str(artifacts / "dashboard-run-page.png"), full_page=True)
+
+
+def test_failed_run_shows_error_and_stage_then_retry_needs_the_token(live_stack: Stack, page: Any,
+                                                                     artifacts: Path):
+    run_id = start(live_stack, fail={"train": [1]})
+    assert live_stack.wait(run_id)["status"] == "FAILED"
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{run_id}")
+    mark_no_reload(page)
+
+    assert page.locator("#run-status").inner_text() == "FAILED"
+    assert page.locator("#run-error .stage").inner_text() == "train"
+    assert "injected failure in train attempt 1" in page.locator("#run-error .message").inner_text()
+    assert page.locator('#stages tr[data-stage="train"]').get_attribute("data-state") == "FAILED"
+    assert page.locator('#stages tr[data-stage="evaluate"]').get_attribute("data-state") == "PENDING"
+    assert "FAILED" in page.locator("#labelbox-history").inner_text()
+    page.screenshot(path=str(artifacts / "dashboard-run-failed.png"), full_page=True)
+
+    result = page.locator("#action-result")
+    page.get_by_role("button", name="Retry run").click()
+    expect(result).to_contain_text("Enter the API token")
+
+    page.get_by_label("API token").fill("not-the-token")
+    page.get_by_role("button", name="Retry run").click()
+    expect(result).to_have_text(re.compile(r"^Refused \(401\)"))
+    assert "invalid API token" in result.inner_text()
+    assert live_stack.api.get_run(run_id)["status"] == "FAILED"  # refused means nothing happened
+
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_label("Remember for this tab").check()
+    page.get_by_role("button", name="Retry run").click()
+    expect(result).to_have_text(re.compile(r"^Retry accepted"))
+    page.wait_for_selector("#run-status:text('SUCCEEDED')", timeout=60_000)
+    assert_not_reloaded(page)
+    assert page.locator("#run-error").count() == 0
+    assert page.locator('#stages tr[data-stage="train"] td').nth(1).inner_text() == "2"  # attempt
+    assert "train attempt 1" in page.locator("ul.attempts").inner_text()
+
+    # The token lives in this tab's sessionStorage only: never in what the server sends.
+    assert page.evaluate("sessionStorage.getItem('lbtrain.apiToken')") == TOKEN
+    page.reload()
+    assert page.get_by_label("API token").input_value() == TOKEN
+    for path in (f"/dashboard/runs/{run_id}", f"/dashboard/api/runs/{run_id}", "/dashboard/",
+                 "/dashboard/static/dashboard.js"):
+        assert TOKEN not in page.request.get(live_stack.dev.url + path).text()
+    # The browser logs the refused request itself; nothing else went wrong.
+    assert [p for p in page.problems if "status of 401" not in p] == []  # type: ignore[attr-defined]
+
+
+def test_cancel_with_the_token_ends_the_run(live_stack: Stack, page: Any):
+    run_id = start(live_stack, sleep={"train": 60})
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{run_id}")
+    page.wait_for_selector('#stages tr[data-stage="train"][data-state="RUNNING"]', timeout=30_000)
+    result = page.locator("#action-result")
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_role("button", name="Cancel run").click()
+    expect(result).to_have_text(re.compile(r"^Cancel accepted"))
+    page.wait_for_selector("#run-status:text('CANCELLED')", timeout=30_000)
+    assert page.locator('#stages tr[data-stage="train"]').get_attribute("data-state") == "CANCELLED"
+    # A second cancel is refused with the server's reason, shown in the page.
+    page.get_by_role("button", name="Cancel run").click()
+    expect(result).to_have_text(re.compile(r"^Refused \(409\)"))
+    assert "already CANCELLED" in page.locator("#action-result").inner_text()
+
+
+def test_model_page_shows_champion_and_metric_over_time(live_stack: Stack, page: Any, artifacts: Path):
+    done = [r for r in live_stack.api.list_runs(model_type=MODEL_TYPE, limit=100)["runs"]
+            if (r.get("metrics") or {}).get("macro_f1") is not None]
+    assert len(done) >= 2, "the earlier tests of this module leave evaluated runs"
+    champion = done[0]["run_id"]
+    storage.write_json(storage.join(live_stack.dev.config.artifact_root, "models", MODEL_TYPE, "champion.json"),
+                       {"run_id": champion, "metric": "macro_f1", "value": 1.0, "endpoint": "http://127.0.0.1:9/predict",
+                        "model_run_id": done[0]["model_run_id"], "deployed_at": "2026-01-02T03:04:05Z"})
+    page.goto(f"{live_stack.dev.url}/dashboard/models/{MODEL_TYPE}")
+    assert champion in page.locator("#champion").inner_text()
+    points = page.locator("svg.series circle.point")
+    assert points.count() == len(done)
+    assert page.locator(f'svg.series circle[data-run="{champion}"]').get_attribute("r") == "6"
+    assert page.locator("#history tbody tr").count() == len(done)
+    assert_accessible_basics(page)
+    page.screenshot(path=str(artifacts / "dashboard-model-page.png"), full_page=True)
+
+
+def test_phone_viewport_has_no_horizontal_scroll(live_stack: Stack, browser: Any, artifacts: Path):
+    run_id = live_stack.api.list_runs(limit=1)["runs"][0]["run_id"]
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    try:
+        phone = context.new_page()
+        for path, shot in (("/dashboard/", "dashboard-runs-list-phone.png"),
+                           (f"/dashboard/runs/{run_id}", "dashboard-run-page-phone.png"),
+                           (f"/dashboard/models/{MODEL_TYPE}", None)):
+            phone.goto(live_stack.dev.url + path)
+            phone.wait_for_timeout(300)
+            assert_no_horizontal_scroll(phone)
+            if shot:
+                phone.screenshot(path=str(artifacts / shot), full_page=True)
+    finally:
+        context.close()
+
+
+def test_unknown_run_is_a_404_page(live_stack: Stack, page: Any):
+    resp = page.goto(f"{live_stack.dev.url}/dashboard/runs/does-not-exist")
+    assert resp.status == 404
+    assert "not found" in page.get_by_role("alert").inner_text()
+    assert json.loads(page.request.get(f"{live_stack.dev.url}/dashboard/api/runs/does-not-exist").text())["error"]
