@@ -28,6 +28,9 @@ def browser() -> Iterator[Any]:
         pytest.fail("tests/browser need the playwright package (pip install -e '.[dev]')")
     if not CHROMIUM.exists():
         pytest.fail(f"tests/browser need Debian's Chromium at {CHROMIUM}: apt-get install -y chromium")
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)  # 2 shared cores: a poll or an action may take a few seconds
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:

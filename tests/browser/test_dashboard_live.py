@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from lbtrain import storage
+from lbtrain.api.dashview import fmt_duration, seconds_between
 from tests.browser.helpers import (
     assert_accessible_basics,
     assert_no_horizontal_scroll,
@@ -37,12 +38,13 @@ def row_status(page: Any, run_id: str) -> str | None:
 def test_a_run_appears_and_advances_on_the_list_without_reload(live_stack: Stack, page: Any, artifacts: Path):
     page.goto(live_stack.dev.url + "/dashboard/")
     mark_no_reload(page)
-    run_id = start(live_stack, sleep={"train": 3})
+    rows_before = page.locator("#runs-table tbody tr[data-run-id]").count()
+    run_id = start(live_stack, sleep={"train": 3})  # created after the page loaded
 
     seen = watch(page, lambda: row_status(page, run_id), lambda s: s == "SUCCEEDED", 60, "the run to succeed")
 
-    assert_not_reloaded(page)
-    assert seen[0] is None  # not there when the page loaded: it appeared live
+    assert_not_reloaded(page)  # it appeared live
+    assert page.locator("#runs-table tbody tr[data-run-id]").count() == rows_before + 1
     assert "RUNNING" in seen, seen  # and moved through its stages while we watched
     assert seen.index("RUNNING") < seen.index("SUCCEEDED")
     row = page.locator(f'#runs-table tr[data-run-id="{run_id}"]')
@@ -68,13 +70,19 @@ def test_run_page_stage_timeline_updates_live(live_stack: Stack, page: Any, arti
     states = {r.get_attribute("data-stage"): r.get_attribute("data-state")
               for r in page.locator("#stages tbody tr[data-stage]").all()}
     assert states == {"etl": "SUCCEEDED", "train": "SUCCEEDED", "evaluate": "SUCCEEDED", "deploy": "SUCCEEDED"}
-    train = page.locator('#stages tr[data-stage="train"] td')
-    running = train.nth(3).inner_text()  # queued, running: the no-op job slept 3 s in train
-    assert running.endswith(" s") and int(running.split()[0]) >= 3, running
+    # The timeline shows the durations the step documents record (the job slept 3 s in train).
+    steps = {s["stage"]: s for s in live_stack.api.get_run(run_id)["steps"]}
+    for stage in ("etl", "train"):
+        cells = page.locator(f'#stages tr[data-stage="{stage}"] td')
+        expected = fmt_duration(seconds_between(steps[stage]["started_at"], steps[stage]["ended_at"]))
+        assert cells.nth(3).inner_text() == expected
+    assert seconds_between(steps["train"]["started_at"], steps["train"]["ended_at"]) >= 1
     assert page.locator("table.metrics").inner_text().count("1.0000") == 2  # accuracy, macro_f1
     assert "API call" in page.locator("#h-trigger + dl").inner_text() or "REST API" in page.content()
+    # Reported to Labelbox just after the run ends: it shows up live too.
+    expect(page.locator("#labelbox-history")).to_contain_text("COMPLETE", timeout=15_000)
     history = page.locator("#labelbox-history").inner_text()
-    for status in ("EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL", "COMPLETE"):
+    for status in ("EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL"):
         assert status in history
     # The local job's log is linked and served.
     log = page.request.get(f"{live_stack.dev.url}/dashboard/runs/{run_id}/steps/train/log")
