@@ -209,7 +209,7 @@ def run_json(run_id: str):  # noqa: ANN201
     html = render_template("dashboard/_run_live.html", **ctx)
     run = ctx["run"]
     return jsonify({"html": html, "version": _version(html), "status": run.get("status"), "stage": run.get("stage"),
-                    "steps": {r.stage: r.state for r in ctx["rows"]}})
+                    "active": ctx["active"], "steps": {r.stage: r.state for r in ctx["rows"]}})
 
 
 @bp.get("/runs/<run_id>/steps/<stage>/log")

@@ -64,3 +64,14 @@ def test_every_list_query_has_its_composite_index():
         for combo in itertools.combinations(filters, n):
             need = tuple((f, "ASCENDING") for f in combo) + (("created_at", "DESCENDING"),)
             assert need in declared, need
+
+
+def test_package_data_ships_every_template_and_static_file():
+    """A non-editable install (the Dockerfile's `pip install .`) must carry the dashboard's files."""
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lbtrain.api"]
+    base = ROOT / "lbtrain/api"
+    shipped = {p for pattern in patterns for p in base.glob(pattern)}
+    files = {p for sub in ("templates", "static") for p in (base / sub).rglob("*") if p.is_file()}
+    assert files and files <= shipped, sorted(str(p.relative_to(base)) for p in files - shipped)

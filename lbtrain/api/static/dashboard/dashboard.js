@@ -12,7 +12,8 @@
 
   function startPolling(live) {
     var url = live.getAttribute("data-poll");
-    var every = parseInt(live.getAttribute("data-poll-ms") || "2000", 10);
+    var fast = parseInt(live.getAttribute("data-poll-ms") || "2000", 10);
+    var every = fast;
     var version = live.getAttribute("data-version");
     var timer = null;
     var busy = false;
@@ -31,6 +32,9 @@
             version = data.version;
             live.setAttribute("data-version", version);
           }
+          // A finished run changes only when someone acts on it: poll it 5 times less often.
+          var next = data.active === false ? fast * 5 : fast;
+          if (next !== every) { every = next; schedule(); }
           stamp("Live: updated " + new Date().toLocaleTimeString() + ".");
         })
         .catch(function (err) { stamp("Live updates paused (" + err.message + "); retrying."); })
