@@ -195,3 +195,25 @@ def test_unknown_run_is_a_404_page(live_stack: Stack, page: Any):
     assert resp.status == 404
     assert "not found" in page.get_by_role("alert").inner_text()
     assert json.loads(page.request.get(f"{live_stack.dev.url}/dashboard/api/runs/does-not-exist").text())["error"]
+
+
+def test_webhook_run_shows_its_delivery_and_per_class_bars(live_stack: Stack, page: Any):
+    status, answer = live_stack.webhook(live_stack.model_run(), delivery_id="delivery-for-the-dashboard")
+    assert status == 200
+    run_id = answer["run_id"]
+    assert live_stack.wait(run_id)["status"] == "SUCCEEDED"
+    per_class = {"cat": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 4},
+                 "dog": {"precision": 0.5, "recall": 1.0, "f1": 0.25, "support": 2},
+                 "<script>alert(1)</script>": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}}
+    live_stack.deps.store.db.collection("runs").document(run_id).update({"metrics.per_class": per_class})
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{run_id}")
+
+    trigger = page.locator("#h-trigger + dl").inner_text()
+    assert "Labelbox webhook" in trigger and "delivery-for-the-dashboard" in trigger
+    bars = page.locator("svg.bars rect.bar")
+    assert bars.count() == 3
+    widths = [float(b.get_attribute("width")) for b in bars.all()]
+    assert widths[0] > widths[1] > widths[2] == 0.0  # f1 0.667 > 0.25 > 0
+    assert page.locator("table.per-class tbody tr").count() == 3
+    assert "<script>alert(1)</script>" in page.locator("table.per-class").inner_text()  # shown as text, escaped
+    assert page.problems == []  # type: ignore[attr-defined]
