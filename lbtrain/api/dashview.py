@@ -143,9 +143,10 @@ def scalar_metrics(metrics: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def per_class(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    """Columns and rows of the per-class table: the numeric fields every class shares."""
+    """Columns and rows of the per-class table: the numeric fields every class shares, classes by
+    name (Firestore does not keep a map's insertion order)."""
     table = (metrics or {}).get("per_class") or {}
-    rows = [(str(name), row) for name, row in table.items() if isinstance(row, dict)]
+    rows = sorted(((str(name), row) for name, row in table.items() if isinstance(row, dict)), key=lambda r: r[0])
     if not rows:
         return [], []
     preferred = ["precision", "recall", "f1", "ap50", "support"]
