@@ -20,6 +20,7 @@ import sys
 ENTRY_POINTS = {
     "ingress": "services.ingress.main",
     "launcher": "services.launcher.main",
+    "dashboard": "services.dashboard.main",
     "job_events": "functions.job_events.main",
     "reconciler": "functions.reconciler.main",
     "serving": "jobs.serving",

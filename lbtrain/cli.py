@@ -84,6 +84,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"lbtrain dev ready at {stack.url} (healthz 200)\n"
               f"  webhooks:  {stack.url}/models, {stack.url}/model_run\n"
               f"  REST API:  {stack.url}/runs (token: {token_source})\n"
+              f"  dashboard: {stack.dashboard_url}\n"
               f"  Pub/Sub emulator {c.pubsub_emulator_host}, Firestore emulator {c.firestore_emulator_host}, "
               f"project {c.project}, topics {c.deployment_name}-*\n"
               f"  Labelbox dir {c.labelbox_dir}, artifacts {c.artifact_root}\n"

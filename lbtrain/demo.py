@@ -126,6 +126,7 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
     try:
         api = Client(f"http://127.0.0.1:{port}", retries=0, timeout=5)
         _wait_ready(api, proc, log_path)
+        print(f"lbtrain demo: watch the runs live at http://127.0.0.1:{port}/dashboard/", flush=True)
         local = read_local_secrets(str(state_dir))
         api = Client(f"http://127.0.0.1:{port}", token=base.api_token or local["api_token"])
         secret = base.labelbox_webhook_secret or local["labelbox_webhook_secret"]
@@ -153,8 +154,9 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
             print(f"  {run['model_type']:<28} {run['status']:<10} {shown}")
         ok = all(run["status"] == "SUCCEEDED" for run in final.values())
         print(f"lbtrain demo: {'all runs SUCCEEDED' if ok else 'some runs did not succeed'} in "
-              f"{time.monotonic() - start:.0f}s. API was at {api.base_url}/runs (stopped now; `lbtrain dev` keeps "
-              f"a stack up). Labelbox statuses and predictions: {labelbox_dir}/model_runs/<id>/")
+              f"{time.monotonic() - start:.0f}s. API was at {api.base_url}/runs, dashboard at "
+              f"{api.base_url}/dashboard/ (stopped now; `lbtrain dev` keeps a stack up). "
+              f"Labelbox statuses and predictions: {labelbox_dir}/model_runs/<id>/")
         return 0 if ok else 1
     except KeyboardInterrupt:
         interrupted = True

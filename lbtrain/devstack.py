@@ -68,6 +68,10 @@ class DevStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.url}/dashboard/"
+
     def start(self) -> DevStack:
         from lbtrain.adapters.pubsub_bus import ensure_topology
         from lbtrain.api.apps import dev_app

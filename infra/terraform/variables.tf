@@ -153,9 +153,9 @@ variable "ingress_min_instances" {
 }
 
 variable "deploy_dashboard" {
-  description = "Deploy the dashboard service; needs a dashboard image built by cloudbuild.yaml."
+  description = "Deploy the dashboard service (services/dashboard, built by cloudbuild.yaml)."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "dashboard_invokers" {

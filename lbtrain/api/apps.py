@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, redirect
 
-from lbtrain.api import common, ingress, push
+from lbtrain.api import common, dashboard, ingress, push
 from lbtrain.deps import Deps
 
 
@@ -26,6 +26,15 @@ def launcher_app(deps: Deps) -> Flask:
     return app
 
 
+def dashboard_app(deps: Deps) -> Flask:
+    """The Firestore state dashboard at `/dashboard` (services/dashboard); `/` leads there."""
+    app = Flask("lbtrain-dashboard")
+    common.install(app, deps)
+    app.register_blueprint(dashboard.bp)
+    app.add_url_rule("/", "root", lambda: redirect("/dashboard/"))
+    return app
+
+
 def dev_app(deps: Deps) -> Flask:
     """Everything on one port (DESIGN §10). The pieces still talk only through Pub/Sub,
     Firestore and storage: this is hosting, not coupling."""
@@ -33,4 +42,5 @@ def dev_app(deps: Deps) -> Flask:
     common.install(app, deps)
     app.register_blueprint(ingress.bp)
     app.register_blueprint(push.blueprint())
+    app.register_blueprint(dashboard.bp)
     return app

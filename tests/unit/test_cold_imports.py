@@ -11,7 +11,7 @@ import pytest
 HEAVY = ["torch", "sklearn", "numpy", "pandas", "google.cloud.aiplatform", "google.cloud.firestore", "spacy"]
 
 
-@pytest.mark.parametrize("module", ["services.ingress.main", "services.launcher.main",
+@pytest.mark.parametrize("module", ["services.ingress.main", "services.launcher.main", "services.dashboard.main",
                                     "functions.job_events.main", "functions.reconciler.main"])
 def test_entry_point_imports_no_heavy_library(module: str):
     code = f"import sys, json; import {module}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"

@@ -1,0 +1,236 @@
+"""Pure view helpers of the dashboard: durations, timelines, metric tables and inline SVG charts.
+
+No Flask, no I/O: the templates get plain values from here, so the rules (what "queued" means,
+how a bar is scaled) are unit-tested without a browser. SVG is built with escaping and returned
+as `Markup`; charts use presentation attributes only, so the page's CSP needs no inline styles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from lbtrain import domain as d
+
+# Status → CSS class of its badge (colours chosen for ≥ 4.5:1 contrast in dashboard.css).
+BADGE = {
+    d.QUEUED: "queued", d.PENDING: "queued", d.LAUNCHING: "running", d.RUNNING: "running",
+    d.SUCCEEDED: "ok", d.FAILED: "bad", d.CANCELLING: "warn", d.CANCELLED: "muted", d.SKIPPED: "muted",
+}
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """Firestore timestamps arrive as datetimes; JSON round trips leave ISO strings."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    a, b = as_datetime(start), as_datetime(end)
+    if a is None or b is None:
+        return None
+    return max(0.0, (b - a).total_seconds())
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """`—`, `850 ms`, `42 s`, `3 m 05 s`, `2 h 04 m`, `3 d 4 h`: readable at a glance."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{round(seconds * 1000)} ms"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m} m {s:02d} s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h} h {m:02d} m"
+    days, h = divmod(h, 24)
+    return f"{days} d {h} h"
+
+
+def fmt_time(value: Any) -> str:
+    t = as_datetime(value)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "—"
+
+
+def iso(value: Any) -> str:
+    t = as_datetime(value)
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else ""
+
+
+def fmt_number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    state: str
+    attempt: int
+    queued: str
+    running: str
+    started: Any
+    ended: Any
+    job: dict[str, Any]
+    error: str
+    outputs_uri: str
+    attempts: list[dict[str, Any]]
+    current: bool
+
+
+def stage_rows(run: dict[str, Any], steps: list[dict[str, Any]], now: datetime) -> list[StageRow]:
+    """The stage timeline.
+
+    queued: from the moment the stage could start to the moment its job was running. A stage can
+    start when the previous one ended (the run's creation for the first); a retried attempt when it
+    was claimed again (its `launched_at`), since the retry request time is not recorded.
+    running: from the job running to its end (or to now while it runs).
+    """
+    rows = []
+    steps = sorted(steps, key=lambda s: s.get("index", 0))
+    prev_end: Any = run.get("created_at")
+    prev_ok = True
+    for step in steps:
+        state = step.get("state", "")
+        attempt = int(step.get("attempt") or 1)
+        ready = prev_end if attempt == 1 and prev_ok else step.get("launched_at")
+        if step.get("started_at"):
+            queued = seconds_between(ready, step["started_at"])
+        elif state in (d.PENDING, d.LAUNCHING) and prev_ok and ready and run.get("status") in d.ACTIVE_RUN_STATUSES:
+            queued = seconds_between(ready, now)
+        else:
+            queued = None
+        if step.get("started_at"):
+            running = seconds_between(step["started_at"], step.get("ended_at") or (
+                now if state == d.RUNNING else None))
+        else:
+            running = None
+        rows.append(StageRow(
+            stage=step.get("stage", "?"), state=state, attempt=attempt, queued=fmt_duration(queued),
+            running=fmt_duration(running), started=step.get("started_at"), ended=step.get("ended_at"),
+            job=step.get("job") or {}, error=step.get("error") or "", outputs_uri=step.get("outputs_uri") or "",
+            attempts=list(step.get("attempts") or []), current=step.get("stage") == run.get("stage"),
+        ))
+        prev_end = step.get("ended_at")
+        prev_ok = state in (d.SUCCEEDED, d.SKIPPED)
+    return rows
+
+
+def run_duration(run: dict[str, Any], now: datetime) -> str:
+    end = run.get("finished_at") or (now if run.get("status") in d.ACTIVE_RUN_STATUSES else run.get("updated_at"))
+    return fmt_duration(seconds_between(run.get("created_at"), end))
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, fmt_number(v)) for k, v in sorted(d.headline(metrics or {}).items())]
+
+
+def per_class(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """Columns and rows of the per-class table: the numeric fields every class shares, classes by
+    name (Firestore does not keep a map's insertion order)."""
+    table = (metrics or {}).get("per_class") or {}
+    rows = sorted(((str(name), row) for name, row in table.items() if isinstance(row, dict)), key=lambda r: r[0])
+    if not rows:
+        return [], []
+    preferred = ["precision", "recall", "f1", "ap50", "support"]
+    keys = [k for k in preferred if all(isinstance(r.get(k), int | float) for _, r in rows)]
+    return keys, rows
+
+
+def bar_metric(columns: list[str]) -> str | None:
+    for key in ("f1", "ap50", "recall", "precision"):
+        if key in columns:
+            return key
+    return None
+
+
+def svg_bars(items: list[tuple[str, float | None]], *, title: str, maximum: float = 1.0,
+             width: int = 360, bar_height: int = 18, label_width: int = 120) -> Markup:
+    """Horizontal bars for values in [0, maximum], labelled; a missing value draws no bar."""
+    gap = 6
+    height = max(1, len(items)) * (bar_height + gap) + gap
+    plot = width - label_width - 56
+    parts = [f'<svg class="bars" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
+             f'width="100%" preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
+             f"<title>{escape(title)}</title>"]
+    for i, (label, value) in enumerate(items):
+        y = gap + i * (bar_height + gap)
+        short = label if len(label) <= 18 else label[:17] + "…"
+        parts.append(f'<text x="{label_width - 6}" y="{y + bar_height * 0.72:.1f}" text-anchor="end" '
+                     f'font-size="12" fill="#1d2939">{escape(short)}</text>')
+        parts.append(f'<rect x="{label_width}" y="{y}" width="{plot}" height="{bar_height}" fill="#eaecf0"/>')
+        if isinstance(value, int | float):
+            frac = min(1.0, max(0.0, float(value) / maximum)) if maximum > 0 else 0.0
+            parts.append(f'<rect class="bar" x="{label_width}" y="{y}" width="{frac * plot:.1f}" '
+                         f'height="{bar_height}" fill="#175cd3" data-value="{float(value):.4f}"/>')
+            text = f"{float(value):.3f}"
+        else:
+            text = "n/a"
+        parts.append(f'<text x="{label_width + plot + 6}" y="{y + bar_height * 0.72:.1f}" font-size="12" '
+                     f'fill="#1d2939">{text}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champion_run: str = "",
+               width: int = 640, height: int = 220) -> Markup:
+    """A metric over time: one dot per run (time on x, value on y, y from 0 to max(1, values)),
+    joined by a line; the champion's dot is ringed. Points are (time, value, run_id)."""
+    pad_l, pad_r, pad_t, pad_b = 44, 12, 12, 28
+    pts = sorted(points, key=lambda p: p[0])
+    parts = [f'<svg class="series" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
+             f'width="100%" preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
+             f"<title>{escape(title)}</title>"]
+    x0, x1, y0, y1 = pad_l, width - pad_r, height - pad_b, pad_t
+    top = max([1.0, *(p[1] for p in pts)])
+    for frac in (0.0, 0.5, 1.0):
+        y = y0 - frac * (y0 - y1)
+        parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#d0d5dd" stroke-width="1"/>')
+        parts.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+                     f'fill="#344054">{frac * top:.2f}</text>')
+    if pts:
+        t0 = pts[0][0].timestamp()
+        span = max(pts[-1][0].timestamp() - t0, 1e-9)
+
+        def xy(p: tuple[datetime, float, str]) -> tuple[float, float]:
+            x = x0 + (x1 - x0) * ((p[0].timestamp() - t0) / span if len(pts) > 1 else 0.5)
+            return x, y0 - (y0 - y1) * (p[1] / top)
+
+        coords = [xy(p) for p in pts]
+        if len(coords) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="#175cd3" stroke-width="2"/>')
+        for (x, y), (t, v, run_id) in zip(coords, pts, strict=True):
+            champ = run_id == champion_run
+            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{6 if champ else 4}" '
+                         f'fill="{"#1a7f37" if champ else "#175cd3"}" stroke="#ffffff" stroke-width="1.5" '
+                         f'data-run="{escape(run_id)}"><title>{escape(run_id)}: {v:.4f} at '
+                         f'{fmt_time(t)}{" (champion)" if champ else ""}</title></circle>')
+        parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">'
+                     f'{escape(fmt_time(pts[0][0])[:10])}</text>')
+        parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
+                     f'{escape(fmt_time(pts[-1][0])[:10])}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def headline_value(run: dict[str, Any], metric: str) -> float | None:
+    value = (run.get("metrics") or {}).get(metric)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
