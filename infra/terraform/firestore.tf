@@ -58,3 +58,15 @@ resource "google_firestore_field" "deliveries_ttl" {
   index_config {} # never queried: no single-field indexes on a monotonically growing timestamp
   depends_on = [google_firestore_database.default]
 }
+
+# Large run fields nobody filters on: no single-field indexes (cheaper writes, no 40k-entry limit).
+# Mirrors infra/firestore.indexes.json's fieldOverrides.
+resource "google_firestore_field" "runs_unindexed" {
+  for_each   = toset(["labelbox_statuses", "params", "metrics"])
+  project    = var.project
+  database   = "(default)"
+  collection = "runs"
+  field      = each.value
+  index_config {}
+  depends_on = [google_firestore_database.default]
+}

@@ -623,11 +623,14 @@ def test_private_services_are_called_only_by_the_invoker_with_their_audience():
         audience = render(oidc["audience"], Ctx(tf, base.vars, each_key=topic, each_value=route))
         assert audience in render(svcs[route["service"]].body["custom_audiences"], svcs[route["service"]].ctx)
     for key, svc in svcs.items():
-        public = key == "ingress"
-        assert svc.body["ingress"] == ("INGRESS_TRAFFIC_ALL" if public else "INGRESS_TRAFFIC_INTERNAL_ONLY"), key
+        # The ingress (Labelbox calls it) and the dashboard (people's browsers; IAM decides who) are
+        # reachable from the internet; everything else only from Google's own callers.
+        reachable = key in ("ingress", "dashboard")
+        assert svc.body["ingress"] == ("INGRESS_TRAFFIC_ALL" if reachable else "INGRESS_TRAFFIC_INTERNAL_ONLY"), key
         assert one(svc.body["template"], "template")["service_account"] == "${google_service_account.runtime.email}"
     members = tf.of_type("google_cloud_run_v2_service_iam_member")
     assert members["ingress_public"]["member"] == "allUsers"
+    assert [k for k, m in members.items() if m["member"] == "allUsers"] == ["ingress_public"]  # dashboard: IAM
     granted = {m["name"]: m for m in members.values() if m["member"] == "${google_service_account.invoker.member}"}
     assert set(granted) == {"${each.value.name}", "${google_cloud_run_v2_service.job_events.name}",
                             "${google_cloud_run_v2_service.reconciler.name}"}
@@ -689,3 +692,22 @@ def test_terraform_fmt():
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
 
+
+
+def test_firebase_index_file_declares_what_terraform_does():
+    """infra/firestore.indexes.json (Firebase CLI / emulator format) and Terraform must not drift apart."""
+    tf = load()
+    spec = json.loads((ROOT / "infra" / "firestore.indexes.json").read_text())
+    from_json = set()
+    for idx in spec["indexes"]:
+        fields = [(f["fieldPath"], f["order"]) for f in idx["fields"]]
+        assert fields[-1] == ("created_at", "DESCENDING"), idx
+        assert all(order == "ASCENDING" for _, order in fields[:-1]), idx
+        from_json.add((idx["collectionGroup"], frozenset(name for name, _ in fields[:-1])))
+    index = tf.resource("google_firestore_index", "runs_list")
+    from_tf = {(index["collection"], frozenset(eq)) for eq in tf.locals["runs_list_indexes"].values()}
+    assert from_json == from_tf
+    overrides = {(o["collectionGroup"], o["fieldPath"]) for o in spec.get("fieldOverrides", []) if o["indexes"] == []}
+    unindexed = tf.resource("google_firestore_field", "runs_unindexed")
+    assert overrides == {(unindexed["collection"], f) for f in ("labelbox_statuses", "params", "metrics")}
+    assert "${toset(" in unindexed["for_each"] and all(f in unindexed["for_each"] for _, f in overrides)
