@@ -173,6 +173,27 @@ class VertexBackend:
             error = (job.gca_resource.error.message or f"Vertex AI job {state.lower()}").strip()
         return JobStatus(state if state in TERMINAL else "RUNNING" if state == "RUNNING" else "PENDING", error)
 
+    def job_step(self, job_id: str) -> dict[str, Any] | None:
+        """The step a job of this deployment runs, from its labels; None for unknown or foreign jobs.
+
+        A fast job can end before its launcher has recorded it (the jobs/ index is written after
+        submit returns): its log-sink entry then still finds its step this way.
+        """
+        aiplatform = self._aip()
+        from google.api_core import exceptions as gexc
+
+        try:
+            job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
+                                           location=self.config.region)
+        except gexc.NotFound:
+            return None
+        labels = dict(job.labels or {})
+        if labels.get("deployment") != label_value(self.config.deployment_name):
+            return None
+        if not labels.get("run_id") or not labels.get("stage") or not str(labels.get("attempt", "")).isdigit():
+            return None
+        return {"run_id": labels["run_id"], "stage": labels["stage"], "attempt": int(labels["attempt"])}
+
     def find_by_name(self, name: str) -> JobRef | None:
         aiplatform = self._aip()
         jobs = aiplatform.CustomJob.list(filter=f'display_name="{name}"', project=self.config.project,

@@ -157,6 +157,13 @@ def test_cancel_reaches_the_vertex_job(vertex_dev):
     mr = fresh_id("mr")
     dev.build(mr, "--limit", "300")
     runner.hold_stages.add("train")  # the train job stays RUNNING until cancelled
+    try:
+        _cancel_while_training(dev, fake, mr)
+    finally:
+        runner.hold_stages.discard("train")
+
+
+def _cancel_while_training(dev: Dev, fake: FakeVertex, mr: str) -> None:
     run_id = dev.webhook(mr, delivery_id=fresh_id("delivery"))["run_id"]
 
     def train_running() -> dict[str, Any] | None:

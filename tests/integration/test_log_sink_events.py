@@ -87,3 +87,46 @@ def test_entries_for_jobs_that_are_not_ours_are_acked(vertex_stack):
     stack.deps.bus.publish("job-events", entry("ml_job_succeeded", "42424242"))
     time.sleep(1.0)
     assert stack.deps.store.writes == before
+
+
+def test_a_job_that_ends_before_its_launch_is_recorded_is_not_lost(vertex_stack):
+    """The sink entry arrives while the step is still LAUNCHING (no jobs/ index yet): the job's labels
+    name its step, the handler answers 503 until the launcher records the job, then the step moves."""
+    from lbtrain.adapters.firestore_store import JOBS, _job_doc_id
+
+    stack, fake = vertex_stack
+    mr = stack.model_run()
+    run_id = stack.api.start_run("text_single_classification", mr)["run_id"]
+    stack.wait_for(lambda: stack.api.get_run(run_id)["steps"][0]["state"] == "RUNNING", what="etl submitted")
+    job_id = stack.api.get_run(run_id)["steps"][0]["job"]["id"]
+    # Rewind Firestore to "submitted but not recorded": step LAUNCHING, no job, no index entry.
+    db = stack.deps.store.db
+    step_ref = db.collection("runs").document(run_id).collection("steps").document("etl")
+    step_ref.update({"state": "LAUNCHING", "job": None})
+    db.collection(JOBS).document(_job_doc_id(job_id)).delete()
+    assert stack.deps.backend.job_step(job_id) == {"run_id": run_id, "stage": "etl", "attempt": 1}
+
+    out = storage.run_dir(stack.dev.config.artifact_root, run_id, "etl", 1)
+    storage.write_json(storage.join(out, "outputs.json"), {"metrics": {}, "uris": {}})
+    fake.set_state(job_id, "SUCCEEDED")
+    from lbtrain.completion import handle_job_event
+    from lbtrain.errors import Busy
+    from lbtrain.messages import parse_job_event
+
+    with pytest.raises(Busy):  # the push handler answers 503: Pub/Sub delivers it again later
+        handle_job_event(stack.deps, parse_job_event(entry("ml_job_succeeded", job_id)))
+    assert step_ref.get().get("state") == "LAUNCHING"
+
+    # The launcher records the job; the redelivered entry then completes the step.
+    from lbtrain.domain import JobRef
+
+    stack.deps.store.record_launch(run_id, "etl", 1, JobRef(backend="vertex", id=job_id, name=f"x-{job_id}"))
+    result = handle_job_event(stack.deps, parse_job_event(entry("ml_job_succeeded", job_id)))
+    assert "moved" in result and "next train" in result
+    # A job of another deployment (labels say so) is not ours.
+    other = backend_for_deployment(stack, fake, "someone-else")
+    assert other.job_step(job_id) is None
+
+
+def backend_for_deployment(stack, fake, deployment: str) -> VertexBackend:
+    return VertexBackend(stack.deps.backend.config.with_overrides(deployment_name=deployment))
