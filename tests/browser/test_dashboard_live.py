@@ -219,3 +219,26 @@ def test_webhook_run_shows_its_delivery_and_per_class_bars(live_stack: Stack, pa
     assert page.locator("table.per-class tbody tr").count() == 3
     assert "<script>alert(1)</script>" in page.locator("table.per-class").inner_text()  # shown as text, escaped
     assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_a_rules_queued_follow_up_shows_why_it_waits(live_stack: Stack, page: Any):
+    """Labels arriving during a rule's run make a held follow-up run: the list and the run page say
+    what it waits for and which project's labels started it; it starts on its own when the first ends."""
+    from tests.integration.test_triggers import label, project, rule
+
+    pid = project(live_stack)
+    rule(live_stack, pid, min_labels=1, params={"noop": {"sleep": {"train": 4}}})
+    first = label(live_stack, pid)["run_id"]
+    follow_up = label(live_stack, pid)["run_id"]
+    assert follow_up != first
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{follow_up}")
+    mark_no_reload(page)
+    expect(page.locator("#run-waiting")).to_contain_text(f"queued behind run {first}")
+    trigger = page.locator("#h-trigger + dl").inner_text()
+    assert "retraining rule" in trigger and pid in trigger
+    assert "not created yet" in page.locator("#h-summary + dl").inner_text()
+    watch(page, lambda: page.locator("#run-status").inner_text(), lambda s: s == "SUCCEEDED", 90,
+          "the follow-up run to start and succeed")
+    assert page.locator("#run-waiting").count() == 0
+    assert_not_reloaded(page)
+    assert page.problems == []  # type: ignore[attr-defined]
