@@ -123,25 +123,36 @@ def handle_label_delivery(deps: Deps, topic: str, body: Any, delivery_id: str) -
         answer["min_labels"] = rule["min_labels"]
     if result.run_id:
         answer["run_id"] = result.run_id
-        started = release(deps, event.project_id)
-        answer["waiting"] = "" if started == result.run_id else deps.store.get_run(result.run_id).get("waiting") or ""
+        release(deps, event.project_id)
+        answer["waiting"] = deps.store.get_run(result.run_id).get("waiting") or ""
     log.info("label %s for project %s: %s (%d pending)", event.key, event.project_id, result.outcome, result.pending,
              extra={"fields": {"delivery_id": delivery_id, "run_id": result.run_id}})
     return answer
 
 
+RELEASE = "release"  # `kind` attribute of a runs-topic message that starts a released rule run
+
+
 def release(deps: Deps, project_id: str) -> str | None:
-    """Start the rule's held run if nothing blocks it; the run id started, else None."""
+    """Release the rule's held run if nothing blocks it; its id, else None.
+
+    Creating the Labelbox model run (labels, export, splits) can take minutes for a big project, so
+    it is not done inside the webhook request: a message on the runs topic carries it to
+    `start_released` (at-least-once; that function is idempotent).
+    """
     run_id = deps.triggers.claim_release(project_id)
     if run_id is None:
         return None
-    return start_released(deps, run_id)
+    deps.bus.publish("runs", {"release_run_id": run_id}, {"kind": RELEASE, "run_id": run_id})
+    return run_id
 
 
 def start_released(deps: Deps, run_id: str) -> str | None:
     """Create the Labelbox model run (idempotent by name) and start the pipeline. A Labelbox error
     leaves the run waiting with the reason; the reconciler tries again."""
     run = deps.store.get_run(run_id)
+    if run.get("model_run_id") or run["status"] != d.QUEUED:
+        return None  # a redelivered release: already started, or cancelled meanwhile
     rule_project = (run.get("trigger") or {}).get("project_id", "")
     name = f"{deps.config.deployment_name}-{run_id}"
     try:
@@ -177,6 +188,7 @@ def sweep(deps: Deps, stale_after: timedelta, at: datetime | None = None) -> lis
     for run in deps.triggers.stalled_releases(stale_after, at):
         if start_released(deps, run["run_id"]):
             actions.append(f"{run['run_id']}: started after a stalled release")
+    # (held runs released here are started by the runs-topic message `release` publishes)
     for rule in deps.triggers.list_rules():
         if rule.get("queued_run_id") and not rule.get("active_run_id"):
             started = release(deps, rule["project_id"])

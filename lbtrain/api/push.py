@@ -29,6 +29,14 @@ def all_stages() -> list[str]:
 @push_handler
 def process_run_request(deps: Deps, envelope: Any) -> str:
     msg = decode_push(envelope)
+    if msg.attributes.get("kind") == "release":  # a retraining rule's run: create its model run, start it
+        from lbtrain import triggers
+
+        run_id = str((msg.data or {}).get("release_run_id") or "") if isinstance(msg.data, dict) else ""
+        if not run_id:
+            raise BadMessage("release message without release_run_id")
+        started = triggers.start_released(deps, run_id)
+        return f"release of run {run_id}: " + ("started" if started else "not started (see its waiting reason)")
     req = RunRequest.from_dict(msg.data)
     key = req.idempotency_key or f"pubsub:{msg.message_id}"
     result = start_run(deps, req, trigger={"source": req.source or "pubsub", "delivery_id": key},

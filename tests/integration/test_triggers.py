@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def test_n_distinct_labels_start_one_run_on_a_new_model_run(stack: Stack):
     assert stack.api.list_runs()["runs"] == []
 
     third = label(stack, pid, "lab-c")
-    assert third["outcome"] == "held" and third["pending"] == 3 and third["waiting"] == ""
+    # Released at once: the Labelbox model run is created off the webhook request (runs topic).
+    assert third["outcome"] == "held" and third["pending"] == 3
+    assert third["waiting"] in ("creating the Labelbox model run", "")  # "" once the release message ran
     run = stack.wait(third["run_id"])
     assert run["status"] == d.SUCCEEDED, run
     assert run["trigger"]["source"] == "label_webhook" and run["trigger"]["project_id"] == pid
@@ -112,6 +115,16 @@ def test_n_distinct_labels_start_one_run_on_a_new_model_run(stack: Stack):
     assert [r["data_row"]["id"] for r in rows] == ["dr0", "dr1", "dr2"]
     assert all(r["experiments"]["model-1"]["runs"][mr]["split"] in ("TRAINING", "VALIDATION", "TEST") for r in rows)
     assert stack.statuses(mr)[0] == "EXPORTING_DATA" and stack.statuses(mr)[-1] == "COMPLETE"
+
+    # A redelivered release message changes nothing: no second model run, no second start.
+    from lbtrain import triggers
+
+    model_runs_before = sorted(p.name for p in (stack.labelbox_dir / "model_runs").iterdir())
+    stack.deps.bus.publish("runs", {"release_run_id": run["run_id"]}, {"kind": triggers.RELEASE})
+    assert triggers.start_released(stack.deps, run["run_id"]) is None
+    time.sleep(1.0)
+    assert sorted(p.name for p in (stack.labelbox_dir / "model_runs").iterdir()) == model_runs_before
+    assert stack.api.get_run(run["run_id"])["status"] == d.SUCCEEDED
 
     after = stack.api.get_trigger(pid)
     assert after["active_run_id"] is None and after["last_run_id"] == run["run_id"]
@@ -208,8 +221,9 @@ def test_labelbox_failure_keeps_the_run_waiting_until_the_reconciler_succeeds(st
     pid = fresh_id("proj")  # no project export yet: creating the model run fails
     rule(stack, pid, min_labels=1)
     run_id = label(stack, pid)["run_id"]
-    waiting = stack.api.get_run(run_id)
-    assert waiting["status"] == d.QUEUED and "creating the Labelbox model run failed" in waiting["waiting"]
+    waiting = stack.wait_for(lambda: (r := stack.api.get_run(run_id)).get("waiting", "").startswith(
+        "creating the Labelbox model run failed") and r, what="the failed model-run creation to show")
+    assert waiting["status"] == d.QUEUED
     assert pid in waiting["waiting"]
     d_ = stack.labelbox_dir / "projects" / pid
     d_.mkdir(parents=True)
