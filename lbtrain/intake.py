@@ -49,10 +49,12 @@ def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_
         model_id=req.model_id, params=req.params, trigger=trigger, stages=model_type.stages,
         delivery_key=delivery_key)
     if result.created:
+        # Told before the first step is offered: a fast etl job reports PREPARING_DATA, and Labelbox
+        # shows the last status it was given.
+        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id)
         publish_step(deps, result.run_id, model_type.stages[0], 1)
         log.info("run %s started for model run %s (%s)", result.run_id, req.model_run_id, req.model_type,
                  extra={"fields": {"run_id": result.run_id, "source": trigger.get("source")}})
-        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id)
     else:
         log.info("no new run: %s (run %s)", result.reason, result.run_id,
                  extra={"fields": {"run_id": result.run_id}})

@@ -165,9 +165,9 @@ def start_released(deps: Deps, run_id: str) -> str | None:
         return None
     if not deps.triggers.attach_model_run(run_id, model_run_id):
         return None
-    publish_step(deps, run_id, run["stage"], 1)
     report_status(deps, model_run_id, "EXPORTING_DATA", run_id=run_id,
                   metadata={"trigger": f"labels in project {rule_project}"})
+    publish_step(deps, run_id, run["stage"], 1)
     log.info("run %s started for project %s as model run %s", run_id, rule_project, model_run_id,
              extra={"fields": {"run_id": run_id}})
     return run_id

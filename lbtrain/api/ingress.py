@@ -180,11 +180,12 @@ def retry_run(run_id: str):  # noqa: ANN201
         raise ApiError(404, f"run {run_id!r} not found") from None
     except Conflict as exc:
         raise ApiError(409, str(exc)) from None
-    publish_step(deps, run_id, stage, attempt)
-    run = _run_view(run_id)
-    report_status(deps, run["model_run_id"], "EXPORTING_DATA" if stage == "etl" else "TRAINING_MODEL",
+    # Labelbox hears of the retry before the job can report a later status.
+    report_status(deps, deps.store.get_run(run_id)["model_run_id"],
+                  "EXPORTING_DATA" if stage == "etl" else "TRAINING_MODEL",
                   run_id=run_id, metadata={"retry_from": stage, "attempt": str(attempt)})
-    return jsonify(run)
+    publish_step(deps, run_id, stage, attempt)
+    return jsonify(_run_view(run_id))
 
 
 # -- retraining rules ---------------------------------------------------------------------------
