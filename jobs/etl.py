@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from jobs.context import StageContext, StageResult
 from jobs.tasks.base import write_dataset
+from jobs.tasks.exportv2 import SpooledRows
 
 
 def run(ctx: StageContext) -> StageResult:
     ctx.progress(f"exporting model run {ctx.model_run_id}", model_run_id=ctx.model_run_id)
-    rows = list(ctx.labelbox().export_rows(ctx.model_run_id))
-    ctx.progress(f"exported {len(rows)} rows", rows=len(rows))
-    dataset = ctx.task.convert(rows, ctx.model_run_id, ctx.params, ctx.outputs_uri, ctx.progress)
+    # Streamed to a local file as Labelbox sends it, then read back a row at a time by the task.
+    with SpooledRows(ctx.labelbox().export_rows(ctx.model_run_id), ctx.progress) as rows:
+        ctx.progress(f"exported {len(rows)} rows", rows=len(rows))
+        dataset = ctx.task.convert(rows, ctx.model_run_id, ctx.params, ctx.outputs_uri, ctx.progress)
     uris = write_dataset(ctx.outputs_uri, dataset)
     ctx.task.validate(dataset, ctx.config.min_examples)
     return StageResult(uris=uris, metrics=ctx.task.etl_summary(dataset))

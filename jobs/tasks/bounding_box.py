@@ -372,7 +372,7 @@ class BoundingBox(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         exportv2.require_rows_in_run(rows, model_run_id)
         skipped = exportv2.SkipLog()
         notes = exportv2.SkipLog()

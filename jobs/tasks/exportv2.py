@@ -6,10 +6,13 @@ fetching text that `row_data` points to. Stdlib only.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,7 @@ _SPLIT_ALIASES = {
 }
 
 URL_SCHEMES = ("http://", "https://", "file://")
+SPOOL_PROGRESS_EVERY = 10_000
 MAX_NAMED_IDS = 20
 
 
@@ -62,7 +66,7 @@ def find_run(row: Mapping[str, Any], model_run_id: str) -> Mapping[str, Any] | N
     return None
 
 
-def require_rows_in_run(rows: Sequence[Mapping[str, Any]], model_run_id: str) -> None:
+def require_rows_in_run(rows: Rows, model_run_id: str) -> None:
     """Every converter's first check: the export has rows, and some belong to this model run."""
     if not rows:
         raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
@@ -91,7 +95,7 @@ def classifications(label: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [c for c in items if isinstance(c, Mapping)]
 
 
-def first_radio_question(rows: Sequence[Mapping[str, Any]], model_run_id: str) -> str | None:
+def first_radio_question(rows: Rows, model_run_id: str) -> str | None:
     """Name of the first radio question answered in the model run (export order)."""
     for row in rows:
         for label in run_labels(find_run(row, model_run_id)):
@@ -195,3 +199,59 @@ class SkipLog:
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return {k: self.reasons[k] for k in sorted(self.reasons)}
+
+
+class SpooledRows:
+    """The export, as a file of rows read back one at a time: tasks may walk it several times
+    (find the question, then convert) without the whole export ever being in memory.
+
+    Rows from the Labelbox stream are written to a local temporary NDJSON file as they arrive;
+    each iteration reads the file line by line. `close()` (or the context manager) removes it.
+    """
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]], progress: Callable[..., None] | None = None,
+                 directory: str | None = None):
+        fd, self.path = tempfile.mkstemp(prefix="lbtrain-export-", suffix=".ndjson", dir=directory)
+        self.count = 0
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                for row in rows:
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    self.count += 1
+                    if progress is not None and self.count % SPOOL_PROGRESS_EVERY == 0:
+                        progress(f"exported {self.count} rows so far", rows=self.count)
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, encoding="utf-8", newline="\n") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> SpooledRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# What a task's convert walks: export rows it may iterate more than once and count.
+Rows = Sequence[Mapping[str, Any]] | SpooledRows
+
+
+def reiterable(rows: Iterable[Mapping[str, Any]]) -> Rows:
+    """Rows that can be walked more than once and counted: a list or SpooledRows as they are,
+    anything else (a one-shot iterator) collected into a list."""
+    if isinstance(rows, SpooledRows | list | tuple):
+        return rows
+    return list(rows)

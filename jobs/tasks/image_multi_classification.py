@@ -161,7 +161,7 @@ class ImageMultiClassification(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         exportv2.require_rows_in_run(rows, model_run_id)
         mode, questions = _questions(rows, model_run_id, params)
         workers = fetch_workers(params)

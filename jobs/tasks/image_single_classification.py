@@ -199,7 +199,7 @@ class ImageSingleClassification(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         exportv2.require_rows_in_run(rows, model_run_id)
         question = params.get("question") or exportv2.first_radio_question(rows, model_run_id)
         if not question:

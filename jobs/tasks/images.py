@@ -363,7 +363,7 @@ TargetFn = Callable[[exportv2.RowRef], tuple[dict[str, Any], str | None]]
 
 
 def convert_rows(
-    rows: Sequence[Mapping[str, Any]],
+    rows: exportv2.Rows,
     model_run_id: str,
     out_uri: str,
     target_of: TargetFn,

@@ -406,7 +406,7 @@ class NamedEntityRecognition(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         skipped = exportv2.SkipLog()
         notes = exportv2.SkipLog()
         usable, n_urls = text_rows.text_rows(rows, model_run_id, skipped, progress)

@@ -192,7 +192,7 @@ class TextMultiClassification(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         unanswered = params.get("unanswered", "empty")
         if unanswered not in ("empty", "skip"):
             raise ParamError(f'param unanswered must be "empty" or "skip", not {unanswered!r}')

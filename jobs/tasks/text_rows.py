@@ -31,7 +31,7 @@ class TextRow:
 
 
 def text_rows(
-    rows: Sequence[Mapping[str, Any]], model_run_id: str, skipped: exportv2.SkipLog, progress: Progress
+    rows: exportv2.Rows, model_run_id: str, skipped: exportv2.SkipLog, progress: Progress
 ) -> tuple[list[TextRow], int]:
     """Usable text rows of the model run (export order) and how many texts were fetched by URL."""
     exportv2.require_rows_in_run(rows, model_run_id)

@@ -150,7 +150,7 @@ class TextSingleClassification(Task):
         out_uri: str,
         progress: Progress,
     ) -> Dataset:
-        rows = list(rows)
+        rows = exportv2.reiterable(rows)
         skipped = exportv2.SkipLog()
         conflicts = exportv2.SkipLog()
         usable, n_urls = text_rows.text_rows(rows, model_run_id, skipped, progress)
