@@ -78,12 +78,14 @@ def test_copy_sources_exist():
 
 
 def test_service_images_carry_no_ml_or_aiplatform():
-    for dockerfile in ("services/ingress/Dockerfile", "services/launcher/Dockerfile",
+    for dockerfile in ("services/ingress/Dockerfile", "services/launcher/Dockerfile", "services/dashboard/Dockerfile",
                        "functions/job_events/Dockerfile", "functions/reconciler/Dockerfile"):
         text = (ROOT / dockerfile).read_text()
         assert "[jobs]" not in text and "torch" not in text and "aiplatform" not in text, dockerfile
 
 
-def test_ingress_image_has_no_vertex_sdk():
-    text = (ROOT / "services/ingress/Dockerfile").read_text()
-    assert "vertex" not in text and "[services]" in text
+def test_ingress_and_dashboard_images_have_no_vertex_sdk():
+    for dockerfile in ("services/ingress/Dockerfile", "services/dashboard/Dockerfile"):
+        text = (ROOT / dockerfile).read_text()
+        extras = {e.strip() for group in re.findall(r"\.\[([^\]]*)\]", text) for e in group.split(",")}
+        assert "services" in extras and not extras & {"vertex", "jobs", "dev"}, (dockerfile, extras)
