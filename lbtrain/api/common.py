@@ -82,14 +82,22 @@ def deps_of(app: Flask) -> Deps:
     return app.extensions["lbtrain"]
 
 
+API_TOKEN_HEADER = "X-API-Token"
+
+
 def require_token(config: Config) -> None:
-    """REST API and dashboard actions: `Authorization: Bearer $API_TOKEN`, constant time."""
+    """REST API and dashboard actions: `Authorization: Bearer $API_TOKEN` or `X-API-Token: $API_TOKEN`,
+    compared in constant time. The second form is for callers whose Authorization header belongs to
+    Google (the dashboard behind IAP or Cloud Run IAM)."""
     if not config.api_token:
         raise ApiError(401, "the REST API is disabled: API_TOKEN is not configured on the server")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "missing 'Authorization: Bearer <API_TOKEN>' header")
+    token = request.headers.get(API_TOKEN_HEADER, "")
+    if not token:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = ""
+    if not token:
+        raise ApiError(401, f"missing 'Authorization: Bearer <API_TOKEN>' or '{API_TOKEN_HEADER}' header")
     if not hmac.compare_digest(token.strip().encode(), config.api_token.encode()):
         raise ApiError(401, "invalid API token")
 

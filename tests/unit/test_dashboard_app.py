@@ -25,7 +25,8 @@ def client(tmp_path: Path):
 
 
 def test_actions_need_the_token_before_anything_happens(client):
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-API-Token": "wrong"},
+                    {"X-API-Token": "wrong", "Authorization": f"Bearer {TOKEN}"}):
         resp = client.post("/dashboard/api/runs/r1/retry", headers=headers)
         assert resp.status_code == 401 and resp.json["error"]
     assert client.post("/dashboard/api/runs/r1/delete", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404

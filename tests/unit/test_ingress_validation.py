@@ -281,10 +281,14 @@ def test_models_unsigned_is_401(client: FlaskClient, fakes: dict[str, Recorder])
                                          ("POST", "/runs/0123456789abcdef/cancel"),
                                          ("POST", "/runs/0123456789abcdef/retry")])
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Bearer ", "Basic " + TOKEN, TOKEN,
-                                  "Bearer " + TOKEN + "x"])
+                                  "Bearer " + TOKEN + "x", "X-API-Token: wrong", "X-API-Token: " + TOKEN + "x",
+                                  "X-API-Token: "])
 def test_rest_api_without_the_right_token_is_401(client: FlaskClient, fakes: dict[str, Recorder], method: str,
                                                  path: str, auth: str | None) -> None:
-    headers = {"Authorization": auth} if auth is not None else {}
+    if auth is not None and auth.startswith("X-API-Token: "):
+        headers = {"X-API-Token": auth.removeprefix("X-API-Token: ")}
+    else:
+        headers = {"Authorization": auth} if auth is not None else {}
     body = {"model_type": MODEL_TYPE, "model_run_id": "mr1"}
     resp = client.open(path, method=method, json=body, headers=headers)
     assert resp.status_code == 401
@@ -307,6 +311,9 @@ def test_rest_api_with_the_token(client: FlaskClient, fakes: dict[str, Recorder]
     assert resp.status_code == 200 and resp.get_json()["run_id"] == "0123456789abcdef"
     (call,) = [c for c in fakes["store"].calls if c[0] == "create_run"]
     assert call[2]["delivery_key"] == "api:k-1" and call[2]["trigger"]["source"] == "api"
+    # Behind IAP / Cloud Run IAM the Authorization header is Google's: the token may come as X-API-Token.
+    resp = client.get("/runs", headers={"X-API-Token": TOKEN, "Authorization": "Bearer a-google-identity-token"})
+    assert resp.status_code == 200
 
 
 @pytest.mark.parametrize("body,needle", [

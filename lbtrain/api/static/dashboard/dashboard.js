@@ -1,6 +1,7 @@
 // lbtrain dashboard: live updates by short polling and the token-guarded actions. No framework.
 // The API token is read from the input (or this tab's sessionStorage if the user asked) and sent
-// only as an Authorization header on cancel/retry; the server never renders it.
+// only as an X-API-Token header on cancel/retry (behind IAP the Authorization header is Google's);
+// the server never renders it.
 (function () {
   "use strict";
   var TOKEN_KEY = "lbtrain.apiToken";
@@ -82,7 +83,7 @@
       buttons.forEach(function (b) { b.disabled = true; });
       show(true, action === "cancel" ? "Cancelling…" : "Retrying…");
       var url = form.getAttribute("data-action-url").replace("ACTION", action);
-      fetch(url, { method: "POST", headers: { "Authorization": "Bearer " + token, "Accept": "application/json" },
+      fetch(url, { method: "POST", headers: { "X-API-Token": token, "Accept": "application/json" },
                    cache: "no-store" })
         .then(function (resp) {
           return resp.json().catch(function () { return {}; }).then(function (body) { return [resp, body]; });
