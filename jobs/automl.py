@@ -384,7 +384,8 @@ def read_prediction_files(directory: str) -> list[str]:
 
 @dataclass
 class BatchPredictions:
-    """Answers like a task's Predictor (predict / detect), from batch-prediction output keyed by data row."""
+    """A Predictor for evaluate (predict / detect) from batch-prediction output keyed by data row. Not a
+    ServingPredictor: an AutoML model is served by Vertex AI itself, never by jobs.serving."""
 
     by_row: dict[str, dict[str, Any]]
     meta: dict[str, Any]
@@ -396,9 +397,6 @@ class BatchPredictions:
 
     def detect(self, rows: Sequence[Mapping[str, Any]], min_score: float) -> list[list[dict[str, Any]]]:
         return [[d for d in self.by_row[r["data_row_id"]]["detections"] if d["score"] >= min_score] for r in rows]
-
-    def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
-        raise NotImplementedError("an AutoML model is served by Vertex AI, not by jobs.serving")
 
 
 def _questions(model_type: str, label_map: Mapping[str, Any]) -> list[str]:

@@ -80,12 +80,16 @@ class Evaluation:
 
 
 class Predictor(Protocol):
-    """A loaded model. Used by evaluate (on dataset rows) and by the serving process."""
+    """Predictions for dataset rows: what evaluate needs (a loaded model, or AutoML's batch output)."""
 
     meta: dict[str, Any]
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Predict dataset-shaped rows (e.g. {"text": ...}); one JSON-able dict per row."""
+
+
+class ServingPredictor(Predictor, Protocol):
+    """A loaded model the serving process answers Vertex prediction requests with."""
 
     def parse_instances(self, instances: Sequence[Any]) -> list[dict[str, Any]]:
         """Vertex `instances` → dataset-shaped rows; raises ValueError on a bad instance."""
@@ -120,7 +124,7 @@ class Task(ABC):
         train metrics (validation scores, sizes, seconds)."""
 
     @abstractmethod
-    def load_predictor(self, model_dir: str) -> Predictor:
+    def load_predictor(self, model_dir: str) -> ServingPredictor:
         """Load what `train` wrote, offline."""
 
     @abstractmethod
@@ -179,6 +183,28 @@ def read_dataset(etl_uri: str) -> Dataset:
         stats=storage.read_json(stats) if storage.exists(stats) else {},
         predict_only=loads_jsonl(storage.read_text(predict_only)) if storage.exists(predict_only) else [],
     )
+
+
+def save_joblib(model_dir: str, obj: Any, file: str) -> None:
+    """The fitted model as one joblib file in the model dir (local or gs://)."""
+    import joblib
+
+    with storage.staged(storage.join(model_dir, file)) as tmp:
+        joblib.dump(obj, tmp, compress=3)
+
+
+def load_joblib(model_dir: str, model_type: str, default_file: str) -> tuple[Any, dict[str, Any]]:
+    """(fitted model, model.json) of a joblib model dir written for `model_type`; ModelError otherwise."""
+    import joblib
+
+    meta = read_model_meta(model_dir)
+    if meta["model_type"] != model_type:
+        raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {model_type}")
+    path = storage.join(model_dir, meta.get("file", default_file))
+    if not storage.exists(path):
+        raise ModelError(f"no trained model file at {path}")
+    with storage.localized(path) as local:
+        return joblib.load(local), meta
 
 
 def read_model_meta(model_dir: str) -> dict[str, Any]:

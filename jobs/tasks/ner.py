@@ -29,11 +29,11 @@ from jobs.tasks.base import (
     Dataset,
     DatasetError,
     Evaluation,
-    ModelError,
     ParamError,
     Progress,
     Task,
-    read_model_meta,
+    load_joblib,
+    save_joblib,
 )
 from jobs.tasks.classification import CONFUSION_METRIC_NAME, row_uuid
 from lbtrain import storage
@@ -488,7 +488,6 @@ class NamedEntityRecognition(Task):
     def train(
         self, dataset: Dataset, model_dir: str, params: Mapping[str, Any], progress: Progress
     ) -> dict[str, Any]:
-        import joblib
 
         cfg = _train_params(params)
         started = time.monotonic()
@@ -526,8 +525,7 @@ class NamedEntityRecognition(Task):
             x_all, y_all = _xy(train + val)
             crf = _crf(c1, c2, cfg["max_iterations"]).fit(x_all, y_all)
             fitted_on = ["train", "validation"]
-        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
-            joblib.dump(crf, tmp, compress=3)
+        save_joblib(model_dir, crf, MODEL_FILE)
         seconds = round(time.monotonic() - started, 2)
         meta = {
             "model_type": MODEL_TYPE,
@@ -554,16 +552,7 @@ class NamedEntityRecognition(Task):
         }
 
     def load_predictor(self, model_dir: str) -> EntityTagger:
-        import joblib
-
-        meta = read_model_meta(model_dir)
-        if meta["model_type"] != MODEL_TYPE:
-            raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {MODEL_TYPE}")
-        path = storage.join(model_dir, meta.get("file", MODEL_FILE))
-        if not storage.exists(path):
-            raise ModelError(f"no trained model file at {path}")
-        with storage.localized(path) as local:
-            return EntityTagger(joblib.load(local), meta)
+        return EntityTagger(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE))
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         types = list(dataset.label_map["entity_types"])

@@ -27,11 +27,11 @@ from jobs.tasks.base import (
     Dataset,
     DatasetError,
     Evaluation,
-    ModelError,
     ParamError,
     Progress,
     Task,
-    read_model_meta,
+    load_joblib,
+    save_joblib,
 )
 from lbtrain import storage
 
@@ -225,7 +225,6 @@ class TextSingleClassification(Task):
     def train(
         self, dataset: Dataset, model_dir: str, params: Mapping[str, Any], progress: Progress
     ) -> dict[str, Any]:
-        import joblib
         import sklearn
         from sklearn.pipeline import Pipeline
 
@@ -274,8 +273,7 @@ class TextSingleClassification(Task):
             pipeline = Pipeline([("features", features), ("clf", best[2])])
             fitted_on = ["train"]
 
-        with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
-            joblib.dump(pipeline, tmp, compress=3)
+        save_joblib(model_dir, pipeline, MODEL_FILE)
         seconds = round(time.monotonic() - started, 2)
         meta = {
             "model_type": MODEL_TYPE,
@@ -303,16 +301,7 @@ class TextSingleClassification(Task):
         }
 
     def load_predictor(self, model_dir: str) -> TextClassifier:
-        import joblib
-
-        meta = read_model_meta(model_dir)
-        if meta["model_type"] != MODEL_TYPE:
-            raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {MODEL_TYPE}")
-        path = storage.join(model_dir, meta.get("file", MODEL_FILE))
-        if not storage.exists(path):
-            raise ModelError(f"no trained model file at {path}")
-        with storage.localized(path) as local:
-            return TextClassifier(joblib.load(local), meta)
+        return TextClassifier(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE))
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         return classification.evaluate_single_label(dataset, predictor, progress)
