@@ -363,20 +363,12 @@ def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str
 
 
 def read_prediction_files(directory: str) -> list[str]:
-    """Lines of every `predictions*.jsonl` under a gs:// directory (google-cloud-storage directly:
-    lbtrain.storage has no listing)."""
-    from google.cloud import storage as gcs  # type: ignore[attr-defined]
-
-    bucket, _, prefix = directory.removeprefix("gs://").partition("/")
-    client = gcs.Client()
-    lines: list[str] = []
-    names = sorted(b.name for b in client.list_blobs(bucket, prefix=prefix.rstrip("/") + "/", timeout=TIMEOUT))
-    files = [n for n in names if n.rsplit("/", 1)[-1].startswith("prediction") and n.endswith(".jsonl")]
+    """Lines of every `predictions*.jsonl` under the batch job's gs:// output directory."""
+    files = [u for u in storage.list_prefix(directory)
+             if u.rsplit("/", 1)[-1].startswith("prediction") and u.endswith(".jsonl")]
     if not files:
         raise JobError(f"batch prediction output {directory} holds no predictions*.jsonl file")
-    for n in files:
-        lines.extend(client.bucket(bucket).blob(n).download_as_text(timeout=TIMEOUT).splitlines())
-    return lines
+    return [line for uri in files for line in storage.read_text(uri).splitlines()]
 
 
 # --- evaluate: predictions in the shape the tasks' evaluate expects ---------------------------

@@ -113,14 +113,12 @@ def handle_label_delivery(deps: Deps, topic: str, body: Any, delivery_id: str) -
     if event is None:
         log.info("label webhook topic %r ignored", topic, extra={"fields": {"delivery_id": delivery_id}})
         return {"outcome": "ignored", "reason": f"topic {topic or '(none)'} does not count towards retraining"}
-    rule = deps.triggers.get_rule(event.project_id)
-    stages = pipelines.get(rule["model_type"]).stages if rule else ("etl",)
     trigger = {"source": "label_webhook", "delivery_id": delivery_id, "event": topic}
     result = deps.triggers.record_label_event(event.project_id, event.key, f"label:{delivery_id}", trigger,
-                                              d.new_run_id(), stages)
+                                              d.new_run_id())
     answer: dict[str, Any] = {"outcome": result.outcome, "project_id": event.project_id, "pending": result.pending}
-    if rule:
-        answer["min_labels"] = rule["min_labels"]
+    if result.min_labels is not None:
+        answer["min_labels"] = result.min_labels
     if result.run_id:
         answer["run_id"] = result.run_id
         release(deps, event.project_id)

@@ -22,6 +22,7 @@ from typing import Any
 from google.cloud import firestore
 
 from lbtrain import domain as d
+from lbtrain import pipelines
 from lbtrain.adapters.firestore_store import DELIVERIES, DELIVERY_TTL, MODEL_RUNS, FirestoreStore, delivery_doc_id
 from lbtrain.errors import NotFound
 
@@ -37,6 +38,7 @@ class LabelEventResult:
     pending: int = 0
     run_id: str = ""  # the rule's held run, when there is one
     waiting: str = ""
+    min_labels: int | None = None  # the rule's threshold (None: no rule)
 
 
 def label_doc_id(key: str) -> str:
@@ -118,7 +120,7 @@ class TriggerStore:
         return sum(int(s.get("count") or 0) for s in shards.stream(transaction=transaction))
 
     def record_label_event(self, project_id: str, label_key: str, delivery_key: str, trigger: dict[str, Any],
-                           new_run_id: str, stages: tuple[str, ...]) -> LabelEventResult:
+                           new_run_id: str) -> LabelEventResult:
         """Count a label once per epoch, then hold a follow-up run if the threshold is reached.
 
         The counting transaction reads the rule (shared with other deliveries) and writes only
@@ -136,15 +138,15 @@ class TriggerStore:
         def count(t: firestore.Transaction) -> tuple[str, dict[str, Any] | None, str]:
             at = d.now()
             seen = delivery_ref.get(transaction=t)
-            if seen.exists:
-                return "duplicate", None, seen.get("run_id") or ""
             snap = ref.get(transaction=t)
+            rule = snap.to_dict() if snap.exists else None
+            if seen.exists:
+                return "duplicate", rule, seen.get("run_id") or ""
             marker = marker_ref.get(transaction=t)
             delivery = {"run_id": None, "at": at, "expire_at": at + DELIVERY_TTL, "kind": "label"}
             t.set(delivery_ref, delivery)
-            if not snap.exists:
+            if rule is None:
                 return "no rule", None, ""
-            rule = snap.to_dict()
             if not rule.get("enabled", True):
                 return "disabled", rule, ""
             if marker.exists and marker.get("epoch") == rule["epoch"]:
@@ -155,17 +157,18 @@ class TriggerStore:
             return "counted", rule, ""
 
         outcome, rule, run_id = self.store._run(count)
-        if rule is None:
-            return LabelEventResult(outcome, run_id=run_id)
+        threshold = int(rule["min_labels"]) if rule else None
+        if rule is None or outcome == "duplicate":
+            return LabelEventResult(outcome, run_id=run_id, min_labels=threshold)
         pending = self.pending(project_id, rule["epoch"])
-        result = LabelEventResult(outcome, pending, rule.get("queued_run_id") or "")
+        result = LabelEventResult(outcome, pending, rule.get("queued_run_id") or "", min_labels=threshold)
         if pending < int(rule["min_labels"]) or rule.get("queued_run_id") or not rule.get("enabled", True):
             return result
-        held = self._hold(project_id, rule["epoch"], pending, trigger, new_run_id, stages)
-        return LabelEventResult("held", pending, held[0], held[1]) if held else result
+        held = self._hold(project_id, rule["epoch"], pending, trigger, new_run_id)
+        return LabelEventResult("held", pending, held[0], held[1], threshold) if held else result
 
-    def _hold(self, project_id: str, epoch: int, pending: int, trigger: dict[str, Any], run_id: str,
-              stages: tuple[str, ...]) -> tuple[str, str] | None:
+    def _hold(self, project_id: str, epoch: int, pending: int, trigger: dict[str, Any],
+              run_id: str) -> tuple[str, str] | None:
         """Create the rule's held run unless one exists or the epoch moved on: (run id, waiting)."""
         ref = self._ref(project_id)
 
@@ -179,6 +182,7 @@ class TriggerStore:
             if rule["epoch"] != epoch or rule.get("queued_run_id"):
                 return None
             waiting = waiting_reason(rule, at)
+            stages = pipelines.get(rule["model_type"]).stages
             run = d.initial_run(run_id, rule["model_type"], "", rule.get("model_id") or "",
                                 dict(rule.get("params") or {}),
                                 {**trigger, "project_id": project_id, "labels": pending}, stages[0], at)

@@ -109,15 +109,28 @@ class VertexBackend:
 
         return vertex_client.aiplatform(self.config)
 
+    def _get(self, job_id: str) -> Any:
+        """The CustomJob (every state read re-fetches it); google.api_core NotFound if there is none."""
+        return self._aip().CustomJob.get(resource_name=job_id, project=self.config.project,
+                                         location=self.config.region)
+
+    def _find(self, job_id: str) -> Any | None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            return self._get(job_id)
+        except gexc.NotFound:
+            return None
+
     def _ref(self, job: Any) -> JobRef:
         job_id = job_id_of(job.resource_name)
         url = (f"https://console.cloud.google.com/vertex-ai/locations/{self.config.region}/training/"
                f"{job_id}/cpu?project={self.config.project}")
         return JobRef(backend=self.name, id=job_id, name=job.display_name, url=url)
 
-    def job_spec(self, spec: JobSpec) -> dict[str, Any]:
+    def job_spec(self, spec: JobSpec, machine: Machine | None = None) -> dict[str, Any]:
         """The worker pool of a stage's CustomJob (pure, so tests can check it without the API)."""
-        machine = machine_for(self.config, spec.model_type, spec.stage)
+        machine = machine or machine_for(self.config, spec.model_type, spec.stage)
         image = (self.config.job_image_gpu if machine.gpu and self.config.job_image_gpu else self.config.job_image)
         if not image:
             raise ValueError("JOB_IMAGE is not configured: the Vertex backend needs the jobs image URI")
@@ -144,28 +157,23 @@ class VertexBackend:
         if existing is not None:  # a redelivery after a crash: never a second job
             return existing
         aiplatform = self._aip()
+        machine = machine_for(self.config, spec.model_type, spec.stage)
         job = aiplatform.CustomJob(
             display_name=spec.name,
-            worker_pool_specs=[self.job_spec(spec)],
+            worker_pool_specs=[self.job_spec(spec, machine)],
             base_output_dir=storage.join(spec.outputs_uri, "vertex"),
             labels={k: label_value(v) for k, v in spec.labels.items()},
             project=self.config.project,
             location=self.config.region,
             staging_bucket=self.config.artifact_root,  # required by the SDK; base_output_dir decides
         )
-        machine = machine_for(self.config, spec.model_type, spec.stage)
         job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60,
                    timeout=int(machine.max_hours * 3600))
         return self._ref(job)
 
     def get_status(self, job_id: str) -> JobStatus:
-        aiplatform = self._aip()
-        from google.api_core import exceptions as gexc
-
-        try:
-            job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
-                                           location=self.config.region)
-        except gexc.NotFound:
+        job = self._find(job_id)
+        if job is None:
             return JobStatus("FAILED", f"Vertex AI job {job_id} does not exist")
         state = job.state.name.removeprefix("JOB_STATE_")
         error = ""
@@ -179,13 +187,8 @@ class VertexBackend:
         A fast job can end before its launcher has recorded it (the jobs/ index is written after
         submit returns): its log-sink entry then still finds its step this way.
         """
-        aiplatform = self._aip()
-        from google.api_core import exceptions as gexc
-
-        try:
-            job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
-                                           location=self.config.region)
-        except gexc.NotFound:
+        job = self._find(job_id)
+        if job is None:
             return None
         labels = dict(job.labels or {})
         if labels.get("deployment") != label_value(self.config.deployment_name):
@@ -202,8 +205,6 @@ class VertexBackend:
         return self._ref(live[0]) if live else None
 
     def cancel(self, job_id: str) -> None:
-        aiplatform = self._aip()
-        job = aiplatform.CustomJob.get(resource_name=job_id, project=self.config.project,
-                                       location=self.config.region)
+        job = self._get(job_id)
         if job.state.name.removeprefix("JOB_STATE_") not in TERMINAL:
             job.cancel()
