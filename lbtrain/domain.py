@@ -97,6 +97,11 @@ def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, 
     }
 
 
+def is_held(run: dict[str, Any]) -> bool:
+    """A retraining rule's run that waits to be released (no Labelbox model run yet): nothing may launch it."""
+    return bool(run.get("waiting")) or not run.get("model_run_id")
+
+
 def initial_step(stage: str, index: int, at: datetime) -> dict[str, Any]:
     return {
         "stage": stage,

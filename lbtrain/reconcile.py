@@ -24,7 +24,7 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
     actions: list[str] = []
     for run in deps.store.active_runs():
         run_id = run["run_id"]
-        if run.get("waiting") or not run.get("model_run_id"):
+        if d.is_held(run):
             continue  # a rule's held run: released by triggers.sweep below, not re-driven
         try:
             step = deps.store.get_step(run_id, run["stage"])

@@ -184,7 +184,7 @@ class FirestoreStore:
             run, step = run_snap.to_dict(), step_snap.to_dict()
             if run["status"] not in (d.QUEUED, d.RUNNING):
                 return Claim("noop", run, step, f"run is {run['status']}")
-            if run.get("waiting") or not run.get("model_run_id"):
+            if d.is_held(run):
                 return Claim("noop", run, step, f"run is waiting: {run.get('waiting') or 'no model run yet'}")
             if step["attempt"] != attempt:
                 return Claim("noop", run, step, f"stale attempt {attempt} (step is at {step['attempt']})")
