@@ -193,16 +193,22 @@ def save_joblib(model_dir: str, obj: Any, file: str) -> None:
         joblib.dump(obj, tmp, compress=3)
 
 
-def load_joblib(model_dir: str, model_type: str, default_file: str) -> tuple[Any, dict[str, Any]]:
-    """(fitted model, model.json) of a joblib model dir written for `model_type`; ModelError otherwise."""
-    import joblib
-
+def model_file(model_dir: str, model_type: str, default_file: str) -> tuple[dict[str, Any], str]:
+    """(model.json, URI of the weights file) of a model dir written for `model_type`; ModelError otherwise."""
     meta = read_model_meta(model_dir)
     if meta["model_type"] != model_type:
         raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {model_type}")
     path = storage.join(model_dir, meta.get("file", default_file))
     if not storage.exists(path):
         raise ModelError(f"no trained model file at {path}")
+    return meta, path
+
+
+def load_joblib(model_dir: str, model_type: str, default_file: str) -> tuple[Any, dict[str, Any]]:
+    """(fitted model, model.json) of a joblib model dir written for `model_type`; ModelError otherwise."""
+    import joblib
+
+    meta, path = model_file(model_dir, model_type, default_file)
     with storage.localized(path) as local:
         return joblib.load(local), meta
 

@@ -40,11 +40,10 @@ from jobs.tasks.base import (
     Dataset,
     DatasetError,
     Evaluation,
-    ModelError,
     ParamError,
     Progress,
     Task,
-    read_model_meta,
+    model_file,
 )
 from lbtrain import storage
 
@@ -647,12 +646,7 @@ class BoundingBox(Task):
 
         from jobs.tasks import detector
 
-        meta = read_model_meta(model_dir)
-        if meta["model_type"] != MODEL_TYPE:
-            raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {MODEL_TYPE}")
-        path = storage.join(model_dir, meta.get("file", MODEL_FILE))
-        if not storage.exists(path):
-            raise ModelError(f"no trained model file at {path}")
+        meta, path = model_file(model_dir, MODEL_TYPE, MODEL_FILE)
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
         model = detector.CenterNet(len(meta["classes"]), int(meta.get("channels", 1)), int(meta.get("width", 32)))
         with storage.localized(path) as local:

@@ -31,11 +31,10 @@ from jobs.tasks.base import (
     Dataset,
     DatasetError,
     Evaluation,
-    ModelError,
     ParamError,
     Progress,
     Task,
-    read_model_meta,
+    model_file,
 )
 from lbtrain import storage
 
@@ -136,12 +135,7 @@ def write_model(model_dir: str, model: Any, meta: dict[str, Any]) -> None:
 
 
 def check_meta(model_dir: str, model_type: str) -> dict[str, Any]:
-    meta = read_model_meta(model_dir)
-    if meta["model_type"] != model_type:
-        raise ModelError(f"the model at {model_dir} is a {meta['model_type']} model, not {model_type}")
-    if not storage.exists(storage.join(model_dir, meta.get("file", cnn.WEIGHTS_FILE))):
-        raise ModelError(f"no trained model file at {storage.join(model_dir, meta.get('file', cnn.WEIGHTS_FILE))}")
-    return meta
+    return model_file(model_dir, model_type, cnn.WEIGHTS_FILE)[0]
 
 
 # --- predictor -----------------------------------------------------------------------------------
