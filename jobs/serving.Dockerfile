@@ -9,6 +9,9 @@ COPY lbtrain ./lbtrain
 COPY services ./services
 COPY functions ./functions
 COPY jobs ./jobs
-RUN pip install '.[jobs]' && useradd --uid 10001 app
+# torch's CPU build (endpoints serve on CPU machines), then the tasks' libraries and storage for a gs://
+# AIP_STORAGE_URI.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install '.[jobs,gcs]' && useradd --uid 10001 app
 USER app
 CMD ["python", "-m", "jobs.serving"]

@@ -75,6 +75,14 @@ resource "google_storage_bucket_iam_member" "jobs_artifacts" {
   member = google_service_account.jobs.member
 }
 
+# Data rows whose media lives in the customer's own buckets (var.media_buckets): read-only, jobs only.
+resource "google_storage_bucket_iam_member" "jobs_media" {
+  for_each = toset(var.media_buckets)
+  bucket   = each.value
+  role     = "roles/storage.objectViewer"
+  member   = google_service_account.jobs.member
+}
+
 resource "google_pubsub_topic_iam_member" "jobs_publish_events" {
   project = var.project
   topic   = google_pubsub_topic.topic["job-events"].name

@@ -163,3 +163,13 @@ variable "dashboard_invokers" {
   type        = list(string)
   default     = []
 }
+
+variable "media_buckets" {
+  description = "Buckets outside lbtrain's own whose gs:// data rows the jobs read (Labelbox data rows hosted in your GCS). The jobs' account gets read-only access to each; nothing else does."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for b in var.media_buckets : can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", b))])
+    error_message = "media_buckets: bucket names only (no gs:// prefix, no path)."
+  }
+}

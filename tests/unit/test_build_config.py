@@ -89,3 +89,73 @@ def test_ingress_and_dashboard_images_have_no_vertex_sdk():
         text = (ROOT / dockerfile).read_text()
         extras = {e.strip() for group in re.findall(r"\.\[([^\]]*)\]", text) for e in group.split(",")}
         assert "services" in extras and not extras & {"vertex", "jobs", "dev"}, (dockerfile, extras)
+
+
+# -- what each image installs (tests/integration/test_image_envs.py runs each environment) ------------
+
+def _spec(dockerfile: str):  # noqa: ANN202
+    from tests import image_env
+
+    return image_env.parse(dockerfile)
+
+
+def test_torch_is_pinned_once_and_every_image_uses_that_pin():
+    from tests import image_env
+
+    pin = [d for d in image_env.project_dependencies("jobs") if d.startswith("torch")]
+    assert len(pin) == 1 and pin[0].startswith("torch=="), pin
+    for dockerfile in sorted(dockerfiles()):
+        for req in _spec(dockerfile).requirements():
+            if req.startswith("torch"):
+                assert req == pin[0], f"{dockerfile} installs {req}, pyproject pins {pin[0]}"
+
+
+def test_gpu_image_installs_what_the_cpu_image_does():
+    """Same extras and packages; only torch's source differs (the CPU build's index vs PyPI's CUDA build)."""
+    cpu, gpu = _spec("jobs/Dockerfile"), _spec("jobs/Dockerfile.gpu")
+    assert gpu.base == cpu.base and gpu.command() == cpu.command()
+    assert cpu.extras() == gpu.extras()
+    torch_only = {r for r in cpu.requirements() if r.startswith("torch")}
+    assert cpu.requirements() - torch_only == gpu.requirements()
+    assert "--index-url" in cpu.pip_installs[0] and not any("--index-url" in a for a in gpu.pip_installs)
+
+
+def test_images_that_touch_google_cloud_install_its_clients():
+    """Storage wherever gs:// artifacts are read; aiplatform where Vertex is called; Secret Manager in jobs."""
+    need = {"jobs/Dockerfile": {"vertex", "secrets", "jobs"}, "jobs/Dockerfile.gpu": {"vertex", "secrets", "jobs"},
+            "jobs/serving.Dockerfile": {"jobs", "gcs"}, "services/dashboard/Dockerfile": {"services", "gcs"},
+            "services/launcher/Dockerfile": {"services", "vertex"},
+            "functions/job_events/Dockerfile": {"services", "vertex"},
+            "functions/reconciler/Dockerfile": {"services", "vertex"},
+            "services/ingress/Dockerfile": {"services"}}
+    assert set(need) == dockerfiles()
+    for dockerfile, extras in need.items():
+        assert _spec(dockerfile).extras() == extras, dockerfile
+    from tests import image_env
+
+    assert any(d.startswith("google-cloud-storage") for d in image_env.project_dependencies("gcs"))
+    assert any(d.startswith("google-cloud-storage") for d in image_env.project_dependencies("vertex"))
+    assert any(d.startswith("google-cloud-secret-manager") for d in image_env.project_dependencies("secrets"))
+
+
+def test_dockerfile_parser_reads_copies_installs_and_commands():
+    spec = _spec("services/ingress/Dockerfile")
+    assert spec.workdir == "/app" and (["lbtrain"], "./lbtrain") in spec.copies
+    assert spec.pip_installs == [[".[services]"]]
+    assert spec.command()[:2] == ["sh", "-c"] and "services.ingress.main:app" in spec.command()[2]
+    jobs = _spec("jobs/Dockerfile")
+    assert jobs.command() == ["python", "-m", "jobs.main"]
+    from tests import image_env
+
+    assert image_env.pip_args(jobs.pip_installs[0]) == ["torch==2.13.0"]
+
+
+def test_dashboard_rollout_only_when_the_dashboard_is_deployed():
+    """Terraform's deploy_dashboard=false creates no dashboard service: `services update` would fail the build."""
+    assert BUILD["substitutions"]["_DEPLOY_DASHBOARD"] == "true"
+    step = next(s for s in BUILD["steps"] if s["id"] == "deploy-dashboard")
+    script = step["args"][-1]
+    guard, update = script.index('if [ "${_DEPLOY_DASHBOARD}" != "true" ]'), script.index("services update")
+    assert guard < script.index("exit 0") < update
+    variables = (ROOT / "infra" / "terraform" / "variables.tf").read_text()
+    assert 'variable "deploy_dashboard"' in variables

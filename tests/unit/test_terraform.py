@@ -711,3 +711,16 @@ def test_firebase_index_file_declares_what_terraform_does():
     unindexed = tf.resource("google_firestore_field", "runs_unindexed")
     assert overrides == {(unindexed["collection"], f) for f in ("labelbox_statuses", "params", "metrics")}
     assert "${toset(" in unindexed["for_each"] and all(f in unindexed["for_each"] for _, f in overrides)
+
+
+def test_media_buckets_are_readable_by_the_jobs_only():
+    """gs:// data rows in the customer's buckets: the jobs (etl, evaluate) read them; nothing may write."""
+    tf = load()
+    assert tf.variables["media_buckets"]["default"] == []
+    media = tf.resource("google_storage_bucket_iam_member", "jobs_media")
+    assert media["for_each"] == "${toset(var.media_buckets)}" and media["bucket"] == "${each.value}"
+    assert media["role"] == "roles/storage.objectViewer"
+    assert media["member"] == "${google_service_account.jobs.member}"
+    others = [n for n, r in tf.of_type("google_storage_bucket_iam_member").items()
+              if "var.media_buckets" in str(r.get("for_each", "")) and n != "jobs_media"]
+    assert others == []
