@@ -1,6 +1,6 @@
 """AutoML Image as the trainer of an image model type (`MODEL_OPTIONS` `training: automl`).
 
-The train and evaluate stages still run as small jobs with the usual contract (DESIGN §4); this
+The train and evaluate stages still run as small jobs with the usual contract (docs/architecture.md §4); this
 module lets them drive Vertex AI instead of training locally:
   train     write the Vertex import file (from the ETL snapshot: split → ml_use), create the image
             dataset, run an AutoML Image training pipeline with the configured budget, wait for it

@@ -1,4 +1,4 @@
-"""deploy: champion/challenger gate, then serve the model and undeploy the one it replaces (DESIGN §4).
+"""deploy: champion/challenger gate, then serve the model and undeploy the one it replaces (docs/architecture.md §4).
 
 The champion of a model type is `{ARTIFACT_ROOT}/models/{model_type}/champion.json`. A new model
 is deployed when its headline metric is at least the champion's or there is no champion. A better

@@ -1,4 +1,4 @@
-"""etl: export the model run from Labelbox and write the dataset snapshot (DESIGN §4).
+"""etl: export the model run from Labelbox and write the dataset snapshot (docs/architecture.md §4).
 
 The snapshot is written before validation so that a failed step still leaves stats.json
 explaining which rows were skipped and why.

@@ -1,4 +1,4 @@
-"""evaluate: predict every data row, score the test split, upload predictions (DESIGN §4).
+"""evaluate: predict every data row, score the test split, upload predictions (docs/architecture.md §4).
 
 The upload name is derived from run id and attempt, so a re-run replaces its own upload
 in the file-backed Labelbox instead of adding a second one. A model trained with AutoML

@@ -1,4 +1,4 @@
-"""train: read the etl snapshot, fit, write model/ and train_metrics.json (DESIGN §4).
+"""train: read the etl snapshot, fit, write model/ and train_metrics.json (docs/architecture.md §4).
 
 A model type configured for AutoML (MODEL_OPTIONS) trains on Vertex AI instead (jobs/automl.py).
 """

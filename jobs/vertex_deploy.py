@@ -1,5 +1,5 @@
 """Deploy on Vertex AI: Model Registry upload with the project's serving image, one endpoint per
-model type, deploy with all traffic, undeploy what it supersedes (DESIGN §4, deploy).
+model type, deploy with all traffic, undeploy what it supersedes (docs/architecture.md §4, deploy).
 
 Every step finds what an earlier execution already did (the model uploaded for this run, the
 endpoint of this model type, the model already deployed), so a re-run repeats nothing. A

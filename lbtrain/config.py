@@ -1,4 +1,4 @@
-"""Every environment variable lbtrain reads is read here, once (DESIGN §8).
+"""Every environment variable lbtrain reads is read here, once (docs/architecture.md §8).
 
 Everything else receives a `Config` (or plain values) as an argument, so tests can build
 one directly and nothing depends on process-wide state.

@@ -1,4 +1,4 @@
-"""`lbtrain dev`: the whole system on one machine (DESIGN §10).
+"""`lbtrain dev`: the whole system on one machine (docs/architecture.md §10).
 
 Starts (or reuses) the emulators, creates the deployment's topics and push subscriptions
 pointing at this process, serves every piece on one port and runs the reconciler loop.

@@ -1,4 +1,4 @@
-"""Runs, steps and their state machine (DESIGN §6–§7): pure values and rules, no I/O."""
+"""Runs, steps and their state machine (docs/architecture.md §6–§7): pure values and rules, no I/O."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ _LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
 
 
 def job_name(deployment: str, run_id: str, stage: str, attempt: int) -> str:
-    """Deterministic job name `{dep}-{run_id}-{stage}-a{attempt}`, lowercase, ≤ 63 chars (DESIGN §7)."""
+    """Deterministic job name `{dep}-{run_id}-{stage}-a{attempt}`, lowercase, ≤ 63 chars (docs/architecture.md §7)."""
     name = _LABEL_BAD.sub("-", f"{deployment}-{run_id}-{stage}-a{attempt}".lower())
     if len(name) > 63:
         # Keep the distinguishing tail (run id, stage, attempt); trim the deployment prefix.

@@ -1,4 +1,4 @@
-"""Pub/Sub message bodies (DESIGN §5) and the push-envelope decoding every handler shares."""
+"""Pub/Sub message bodies (docs/architecture.md §5) and the push-envelope decoding every handler shares."""
 
 from __future__ import annotations
 

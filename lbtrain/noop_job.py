@@ -1,4 +1,4 @@
-"""A job that keeps the job contract (DESIGN §4) and does no work.
+"""A job that keeps the job contract (docs/architecture.md §4) and does no work.
 
 For the hand-off benchmark and the orchestration tests, where what matters is the chaining,
 not the model. Behaviour comes from the run's params:

@@ -1,4 +1,4 @@
-"""The model types lbtrain trains, and the stages each goes through (DESIGN §3–§4).
+"""The model types lbtrain trains, and the stages each goes through (docs/architecture.md §3–§4).
 
 This module must stay import-light: the ingress imports it to answer `GET /models`.
 ML code lives in the task module named here and is imported only inside jobs.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 DEFAULT_STAGES: tuple[str, ...] = ("etl", "train", "evaluate", "deploy")
 
-# Labelbox status reported when a stage's job is launched (labelbox-formats.md).
+# Labelbox status reported when a stage's job is launched (docs/architecture.md §11).
 STAGE_LABELBOX_STATUS = {"etl": "PREPARING_DATA", "train": "TRAINING_MODEL"}
 
 

@@ -1,4 +1,4 @@
-"""The safety net: re-drives steps whose message or completion event was lost (DESIGN §1).
+"""The safety net: re-drives steps whose message or completion event was lost (docs/architecture.md §1).
 
 Runs every few minutes (Cloud Scheduler → functions/reconciler; a loop in `lbtrain dev`).
 Everything it does is something a handler would have done, so running it twice is harmless.

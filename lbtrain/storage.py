@@ -93,7 +93,7 @@ def join(uri: str, *parts: str) -> str:
 
 
 def run_dir(artifact_root: str, run_id: str, stage: str, attempt: int) -> str:
-    """Where a step attempt's job writes (DESIGN §4)."""
+    """Where a step attempt's job writes (docs/architecture.md §4)."""
     return join(artifact_root, "runs", run_id, stage, f"a{attempt}")
 
 

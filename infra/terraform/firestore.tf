@@ -1,4 +1,4 @@
-# Pipeline state (DESIGN §6) in the project's (default) database, native mode.
+# Pipeline state (docs/architecture.md §6) in the project's (default) database, native mode.
 resource "google_firestore_database" "default" {
   count                   = var.create_firestore_database ? 1 : 0
   project                 = var.project

@@ -1,4 +1,4 @@
-# The safety net runs every few minutes (DESIGN §1); running it twice is harmless.
+# The safety net runs every few minutes (docs/architecture.md §1); running it twice is harmless.
 resource "google_cloud_scheduler_job" "reconcile" {
   project          = var.project
   region           = var.region

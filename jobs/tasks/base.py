@@ -2,7 +2,7 @@
 
 The stage modules (`jobs/etl.py` … `jobs/deploy.py`) know nothing about text, images or
 sklearn: they call a `Task` and move its artifacts around. A new model type is one module
-under `jobs/tasks/` exposing `TASK`, named by `lbtrain.pipelines` (DESIGN §3).
+under `jobs/tasks/` exposing `TASK`, named by `lbtrain.pipelines` (docs/architecture.md §3).
 Only the standard library is imported here so `jobs.serving` and `jobs.main` start fast.
 """
 
@@ -18,7 +18,7 @@ from lbtrain import storage
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
-# Snapshot file names (DESIGN §4). `predict_only.jsonl` holds the data rows that are not
+# Snapshot file names (docs/architecture.md §4). `predict_only.jsonl` holds the data rows that are not
 # training/evaluation examples (no split, no usable label) but still get a prediction.
 DATASET_FILE = "dataset.jsonl"
 PREDICT_ONLY_FILE = "predict_only.jsonl"

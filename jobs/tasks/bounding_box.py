@@ -1,5 +1,5 @@
 """Images with rectangles (Export v2 `ImageBoundingBox` objects): a CenterNet-style detector
-(jobs/tasks/detector.py), scored with mAP@0.5 (jobs/tasks/box_metrics.py). DESIGN §3–§4.
+(jobs/tasks/detector.py), scored with mAP@0.5 (jobs/tasks/box_metrics.py). docs/architecture.md §3–§4.
 
 ETL decisions (also written to stats.json so nothing is dropped silently):
   - the boxes of a data row are the rectangles of its first label in the model run (later labels

@@ -4,7 +4,7 @@ random affine augmentation, validation-based early stopping (best weights kept),
 `weights.pt` (state_dict) next to model.json.
 
 torch is imported inside functions only: the task modules import this module, and the services
-must never load torch (DESIGN §2).
+must never load torch (docs/architecture.md §2).
 
     arch = default_arch(side, channels, outputs, pool="avg")     # JSON-able, stored in model.json
     model = build(arch)

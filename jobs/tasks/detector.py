@@ -2,8 +2,8 @@
 torch): a 4-level conv encoder with a top-down path back to stride 4, and three heads — a class
 heatmap of object centres (penalty-reduced focal loss on Gaussian targets), box size and sub-pixel
 centre offset (L1 at the centres). ~0.5 M parameters, most of them at stride 16 where they cost
-little compute, so it trains on two CPU cores in minutes (datasets.md: Faster R-CNN from scratch
-did not converge on CPU in that time).
+little compute, so it trains on two CPU cores in minutes (docs/architecture.md §12: Faster R-CNN
+from scratch did not converge on CPU in that time).
 
 Coordinates inside this module are in *input* pixels (the image resized to `input_size`²);
 the task converts to and from the original image's pixels.

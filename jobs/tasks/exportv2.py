@@ -1,4 +1,4 @@
-"""Reading Labelbox Export v2 rows (labelbox-formats.md): the parts every task shares.
+"""Reading Labelbox Export v2 rows (docs/architecture.md §11): the parts every task shares.
 
 Pure functions over dicts: where the model run sits in a row, its split, its labels, and
 fetching text that `row_data` points to. Stdlib only.

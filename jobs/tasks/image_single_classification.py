@@ -1,6 +1,6 @@
 """Image, one radio answer per data row: a small BatchNorm CNN in plain torch (jobs/tasks/cnn.py),
 trained from scratch on the CPU with light affine augmentation and early stopping on the
-validation split (DESIGN §3). Media are fetched by jobs/tasks/images.py during ETL.
+validation split (docs/architecture.md §3). Media are fetched by jobs/tasks/images.py during ETL.
 
 torch/numpy/PIL are imported inside functions: importing this module is cheap.
 

@@ -41,7 +41,7 @@ def radio_questions(rows: Sequence[Mapping[str, Any]], model_run_id: str) -> lis
 
 def label_targets(label: Mapping[str, Any], mode: str, questions: Sequence[str]) -> tuple[set[str], bool]:
     """(target set, whether the label answers any of `questions`) for one label. Top-level
-    classifications only: nested ones under answers are ignored (labelbox-formats.md)."""
+    classifications only: nested ones under answers are ignored (docs/architecture.md §11)."""
     targets: set[str] = set()
     answered = False
     for c in exportv2.classifications(label):

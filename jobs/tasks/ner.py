@@ -1,5 +1,5 @@
 """Named entities in text: a linear-chain CRF (sklearn-crfsuite) over BIO token tags with lexical,
-shape, affix, Twitter and ±2 neighbour features; c1/c2 picked on the validation split (DESIGN §3).
+shape, affix, Twitter and ±2 neighbour features; c1/c2 picked on the validation split (docs/architecture.md §3).
 
 Spans are character offsets with an **inclusive** end (`text[start:end+1] == token`, Labelbox
 TextEntity). Tokens keep their character offsets, so predicted tag runs map back to exact spans.

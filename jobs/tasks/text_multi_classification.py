@@ -1,6 +1,6 @@
 """Text, a set of classes per data row (a checklist, or several radio questions as `question/answer`
 targets): TF-IDF (word 1–2-grams + case-kept char_wb 2–5-grams) + one-vs-rest logistic regression,
-C and per-class decision thresholds picked on the validation split (DESIGN §3).
+C and per-class decision thresholds picked on the validation split (docs/architecture.md §3).
 
 A label that answers none of the questions means "no class applies" (Labelbox exports nothing for
 an unticked checklist) and is an example with an empty target set; `unanswered: "skip"` makes such

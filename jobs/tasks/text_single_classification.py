@@ -1,5 +1,5 @@
 """Text, one radio answer per data row: TF-IDF (word 1–2-grams + char_wb 2–5-grams) + logistic
-regression, C picked on the validation split (DESIGN §3).
+regression, C picked on the validation split (docs/architecture.md §3).
 
 sklearn/joblib are imported inside the functions that need them: importing this module is
 cheap, so `jobs.main` can fail fast on bad inputs and `jobs.serving` stays light until loading.

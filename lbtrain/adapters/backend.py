@@ -22,7 +22,7 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
     def args(self) -> list[str]:
-        """The job arguments of DESIGN §4."""
+        """The job arguments of docs/architecture.md §4."""
         return ["--run-id", self.run_id, "--stage", self.stage, "--attempt", str(self.attempt),
                 "--inputs", self.inputs_uri, "--outputs", self.outputs_uri]
 

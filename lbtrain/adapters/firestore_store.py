@@ -1,4 +1,4 @@
-"""Pipeline state in Firestore (DESIGN §6). Every transition is one transaction: one writer wins
+"""Pipeline state in Firestore (docs/architecture.md §6). Every transition is one transaction: one writer wins
 and a duplicate becomes a no-op. One document per run and one per step keeps contention low.
 """
 
@@ -167,7 +167,7 @@ class FirestoreStore:
         return self._run(txn)
 
     def claim_step(self, run_id: str, stage: str, attempt: int) -> Claim:
-        """PENDING → LAUNCHING before the backend is called (DESIGN §7.2).
+        """PENDING → LAUNCHING before the backend is called (docs/architecture.md §7.2).
 
         A step already LAUNCHING whose lease expired is handed back as "reclaim": the previous
         launcher may have crashed after submitting, so the caller looks the job up by name first.

@@ -1,4 +1,4 @@
-"""The Labelbox port: what the pipeline needs from Labelbox, and the file-backed adapter (DESIGN §9).
+"""The Labelbox port: what the pipeline needs from Labelbox, and the file-backed adapter (docs/architecture.md §9).
 
 The domain only sees the `Labelbox` protocol; `LABELBOX_BACKEND=sdk` (labelbox_sdk.py)
 implements the same methods with the labelbox SDK, imported only when that backend is chosen.

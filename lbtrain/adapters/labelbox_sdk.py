@@ -1,4 +1,4 @@
-"""The `Labelbox` port on the real labelbox SDK 7.x (`LABELBOX_BACKEND=sdk`, labelbox-formats.md).
+"""The `Labelbox` port on the real labelbox SDK 7.x (`LABELBOX_BACKEND=sdk`, docs/architecture.md §11).
 
 Current APIs only: `model_run.export(...)` + `get_buffered_stream()`, `update_status`,
 `add_predictions` (never `export_labels`/`LBV1Converter`/`NDJsonConverter.deserialize`).

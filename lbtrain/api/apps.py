@@ -36,7 +36,7 @@ def dashboard_app(deps: Deps) -> Flask:
 
 
 def dev_app(deps: Deps) -> Flask:
-    """Everything on one port (DESIGN §10). The pieces still talk only through Pub/Sub,
+    """Everything on one port (docs/architecture.md §10). The pieces still talk only through Pub/Sub,
     Firestore and storage: this is hosting, not coupling."""
     app = Flask("lbtrain-dev")
     common.install(app, deps)

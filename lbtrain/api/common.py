@@ -127,7 +127,7 @@ def verify_push(config: Config) -> None:
 
 
 def push_handler(fn: Callable[[Deps, Any], str]) -> Callable[[Deps, Any], tuple[str, int]]:
-    """Map a push handler's outcome to Pub/Sub's ack semantics (DESIGN §5):
+    """Map a push handler's outcome to Pub/Sub's ack semantics (docs/architecture.md §5):
     204 done or duplicate; 400 never succeeds (→ dead letter); 503 transient (redelivered)."""
     def wrapped(deps: Deps, envelope: Any) -> tuple[str, int]:
         try:

@@ -1,4 +1,4 @@
-"""The Firestore state dashboard (DESIGN §1, §6): runs, stages, timings, metrics, errors, actions.
+"""The Firestore state dashboard (docs/architecture.md §1, §6): runs, stages, timings, metrics, errors, actions.
 
 Server-rendered Jinja pages that work without JavaScript; a small script polls the JSON
 endpoints under `/dashboard/api/` every few seconds and swaps in the re-rendered live part, so a

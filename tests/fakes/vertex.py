@@ -4,7 +4,7 @@ Keeps resources in memory, records every request, and moves jobs through their s
 (`set_state`). Only what lbtrain calls is answered. This module: CustomJobs (create, get, list with
 `display_name=` and `labels.k=` filters joined by AND, cancel) and long-running operations; further
 resource families are route functions in sibling modules (`ROUTES`), each answering
-`(fake, method, path, query, body) -> (status, body) | None`. See ../shared/wire-testing.md.
+`(fake, method, path, query, body) -> (status, body) | None`. See docs/architecture.md §13.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Behaviour a test steers with `configure(fake, ...)`:
     the pipeline's `modelToUpload`; RUNNING keeps it running (`set_pipeline_state` moves it on command);
   - a batch prediction job is PENDING when created and SUCCEEDED on its first GET, when the fake writes
     `predictions_00001.jsonl` under `outputInfo.gcsOutputDirectory` (GCS emulator) in the format of
-    ../shared/fixtures/vertex/automl-batch-prediction-*.txt: the ground truth of the imported dataset,
+    tests/data/vertex/automl-batch-prediction-*.txt: the ground truth of the imported dataset,
     except for the images whose URI contains one of `wrong` (single: the next label; multi: the first true
     label replaced by the next one not true; boxes: the first box moved off its object). Every box image
     also gets one low-confidence (0.02) stray box, as real detectors do.

@@ -204,7 +204,7 @@ def test_single_label_evaluation(vertex, gcs_bucket, tmp_path):
     assert instances[0] == {"content": stage.dataset.examples[0]["image"], "mimeType": "image/png"}
     assert len(instances) == 9  # every data row, the unlabeled one too
     assert job["displayName"] == f"prod-{RUN}-automl-predict-a1".lower() and job["labels"]["stage"] == "evaluate"
-    # The fake answers in the shape of ../shared/fixtures/vertex/automl-batch-prediction-image-single.txt.
+    # The fake answers in the shape of tests/data/vertex/automl-batch-prediction-image-single.txt.
     (directory,) = [j["outputInfo"]["gcsOutputDirectory"] for j in fake.table("automl_batch_jobs").values()]
     first = _lines(f"{directory}/predictions_00001.jsonl")[0]
     assert first["instance"] == instances[0]
@@ -367,12 +367,9 @@ def test_waiting_reports_changes_and_heartbeats_and_stops_at_the_limit():
                      "pipeline p: RUNNING after 160.0 min"]
 
 
-_ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = next((d / "shared" / "fixtures" / "vertex" for d in (_ROOT.parent, _ROOT.parent.parent)
-                 if (d / "shared" / "fixtures" / "vertex").is_dir()), None)
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "vertex"  # real AutoML batch-prediction outputs
 
 
-@pytest.mark.skipif(FIXTURES is None, reason="../shared/fixtures/vertex not present")
 @pytest.mark.parametrize(("model_type", "name"), [(SINGLE, "image-single"), (MULTI, "image-multi"),
                                                    (BOX, "bbox-test")])
 def test_real_batch_prediction_output_becomes_task_predictions(model_type, name):

@@ -1,4 +1,4 @@
-"""Parsing real AutoML Image batch-prediction outputs (../shared/fixtures/vertex) into Labelbox rows."""
+"""Parsing real AutoML Image batch-prediction outputs (tests/data/vertex) into Labelbox rows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobs.automl_predictions import (
     split_display_name,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "data"
 VERTEX = FIXTURES / "vertex"
 
 

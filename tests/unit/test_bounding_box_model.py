@@ -1,5 +1,5 @@
 """bounding_box train → load → evaluate in process on a few canvases (fast, not accurate), the
-Labelbox rows against the shapes in ../shared/fixtures/labelbox/, serving instances, and the
+Labelbox rows against the shapes in tests/data/labelbox/, serving instances, and the
 reference dataset builder (tight boxes, held-out digits)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jobs.tasks.base import Dataset, Evaluation
 from lbtrain.adapters.labelbox import FileLabelbox
 from lbtrain.datasets import mnist_boxes
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "labelbox"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 TINY = {"epochs": 1, "width": 8, "input_size": 64, "threads": 1}
 
 

@@ -1,4 +1,4 @@
-"""The file-backed Labelbox adapter (DESIGN §9, lbtrain/adapters/labelbox.py)."""
+"""The file-backed Labelbox adapter (docs/architecture.md §9, lbtrain/adapters/labelbox.py)."""
 
 from __future__ import annotations
 

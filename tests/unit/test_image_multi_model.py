@@ -16,7 +16,7 @@ from jobs.tasks.base import Dataset, ParamError
 from jobs.tasks.image_multi_classification import TASK
 from tests.unit import image_fixtures
 
-FIXTURES = Path("/work/shared/fixtures/labelbox")
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 PARAMS = {"epochs": 8, "batch_size": 16, "threads": 1}
 
 

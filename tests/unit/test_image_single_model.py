@@ -16,7 +16,7 @@ from jobs.tasks.base import Dataset, ModelError, ParamError
 from jobs.tasks.image_single_classification import TASK, train_params
 from tests.unit import image_fixtures
 
-FIXTURES = Path("/work/shared/fixtures/labelbox")
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 PARAMS = {"epochs": 6, "batch_size": 16, "threads": 1}
 
 

@@ -13,7 +13,7 @@ import pytest
 from jobs.tasks.base import Dataset, ParamError
 from jobs.tasks.ner import TASK, _train_params, score_spans
 
-FIXTURES = Path("/work/shared/fixtures/labelbox")
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 PERSONS = ["Alice Smith", "Bob", "Carlos Díaz", "Dana", "Emma Stone", "Frank", "Grace Hopper", "Hugo"]
 CITIES = ["Paris", "London", "New York", "Tokyo", "Berlin", "Zürich", "Oslo", "Lima"]
 TEMPLATES = [

@@ -1,4 +1,4 @@
-"""Push endpoints' answers to Pub/Sub (DESIGN §5), with recording fakes instead of the emulators."""
+"""Push endpoints' answers to Pub/Sub (docs/architecture.md §5), with recording fakes instead of the emulators."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from jobs.tasks import multilabel
 from jobs.tasks.base import Dataset, ModelError, ParamError
 from jobs.tasks.text_multi_classification import TASK, _train_params, decide
 
-FIXTURES = Path("/work/shared/fixtures/labelbox")
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 VOCAB = {
     "sports": "goal match striker referee league stadium keeper penalty".split(),
     "food": "recipe oven garlic simmer butter flour bake sauce".split(),

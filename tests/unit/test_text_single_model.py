@@ -13,7 +13,7 @@ from jobs.tasks import classification
 from jobs.tasks.base import Dataset, DatasetError, ModelError, ParamError
 from jobs.tasks.text_single_classification import TASK, _train_params
 
-FIXTURES = Path("/work/shared/fixtures/labelbox")
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
 VOCAB = {
     "sports": "goal match striker referee league stadium keeper penalty coach season tackle fans".split(),
     "cooking": "recipe oven garlic simmer butter flour bake sauce spoon onion roast dough".split(),
