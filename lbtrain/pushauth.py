@@ -53,7 +53,16 @@ class PushAuthError(Exception):
 
 
 def verify(config: Config, headers: Mapping[str, str]) -> dict[str, Any]:
-    """The claims of an accepted push request (empty under PUSH_AUTH=none); PushAuthError otherwise."""
+    """The claims of an accepted push request (empty under PUSH_AUTH=none); PushAuthError otherwise,
+    logged: a refused push is retried and then dead-lettered, and this says why."""
+    try:
+        return _verify(config, headers)
+    except PushAuthError as exc:
+        log.warning("push refused (%d, PUSH_AUTH=%s): %s", exc.status, config.push_auth, exc.message)
+        raise
+
+
+def _verify(config: Config, headers: Mapping[str, str]) -> dict[str, Any]:
     mode = config.push_auth
     if mode == "none":
         return {}
@@ -63,8 +72,8 @@ def verify(config: Config, headers: Mapping[str, str]) -> dict[str, Any]:
         raise PushAuthError(500, f"PUSH_AUTH={mode} without PUSH_SERVICE_ACCOUNT/PUSH_AUDIENCE refuses every push")
     # Only behind Cloud Run IAM is X-Serverless-Authorization the checked one; on the public
     # ingress nothing checked either header, so only the conventional one counts.
-    header = headers.get(SERVERLESS_HEADER) if mode == "cloudrun-iam" else None
-    scheme, _, token = (header or headers.get("Authorization") or "").partition(" ")
+    name = SERVERLESS_HEADER if mode == "cloudrun-iam" and SERVERLESS_HEADER in headers else "Authorization"
+    scheme, _, token = (headers.get(name) or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise PushAuthError(401, "push request without an OIDC token")
@@ -91,7 +100,7 @@ def _forwarded_claims(token: str) -> dict[str, Any]:
 def _decode_segment(segment: str) -> dict[str, Any]:
     try:
         value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise PushAuthError(401, "malformed OIDC token (a segment is not base64url JSON)") from None
     if not isinstance(value, dict):
         raise PushAuthError(401, "malformed OIDC token (a segment is not a JSON object)")
@@ -109,8 +118,15 @@ def _verified_claims(token: str, config: Config) -> dict[str, Any]:
                                           clock_skew_in_seconds=CLOCK_SKEW_SECONDS))
     except gauth_exc.TransportError as exc:
         raise PushAuthError(503, f"cannot fetch the token certificates: {exc}") from None
-    except (ValueError, gauth_exc.GoogleAuthError) as exc:
-        raise PushAuthError(401, f"invalid OIDC token: {exc}") from None
+    except (ValueError, RecursionError, gauth_exc.GoogleAuthError) as exc:
+        raise PushAuthError(401, f"invalid OIDC token: {_without_token(str(exc), token)}") from None
+
+
+def _without_token(message: str, token: str) -> str:
+    """google-auth quotes token segments in some errors; none goes to a log or a response."""
+    if any(len(part) >= 4 and part[:16] in message for part in token.split(".")):
+        return "malformed token"
+    return message
 
 
 def _check_identity(claims: Mapping[str, Any], config: Config, *, signed: bool) -> None:
@@ -126,9 +142,7 @@ def _check_identity(claims: Mapping[str, Any], config: Config, *, signed: bool) 
             raise PushAuthError(401, "OIDC token has expired")
         if config.push_audience and not _audience_matches(claims.get("aud"), config.push_audience):
             raise PushAuthError(401, "OIDC token is for another audience")
-    email = claims.get("email")
-    if email != config.push_service_account:
-        log.warning("push refused: token of %r, not the push service account", email)
+    if claims.get("email") != config.push_service_account:
         raise PushAuthError(401, "OIDC token is not the push service account's")
     if claims.get("email_verified") is not True:
         raise PushAuthError(401, "OIDC token email is not verified")

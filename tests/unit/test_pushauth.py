@@ -6,6 +6,8 @@ tests/integration/test_push_auth.py does the same against the emulators."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +163,38 @@ def test_oidc_without_audience_or_service_account_refuses_everything(issuer: Iss
         assert_untouched(deps)
 
 
+def test_refusals_are_logged_without_the_token(issuer: Issuer, caplog: pytest.LogCaptureFixture):
+    """Algorithm confusion (none, HS256 with the key id), segments that are not JSON objects, wrong
+    claims: each refused, and the log says why without quoting the token."""
+    ing, _ = ingress(issuer)
+    iam, _ = launcher()
+    header, payload, signature = issuer.signed(issuer.claims(INGRESS_AUD)).split(".")
+    stripped = issuer.stripped(issuer.claims(LAUNCHER_AUD, email=OTHER_SA))
+    tokens = [(ing, f"{b64json({'alg': 'none'})}.{payload}."),
+              (ing, f"{b64json({'alg': 'HS256', 'kid': issuer.kid})}.{payload}.{signature}"),
+              (ing, f"{b64json(['not', 'an', 'object'])}.{payload}.{signature}"),
+              (ing, f"{header}.{b64json(['not', 'an', 'object'])}.{signature}"),
+              (ing, issuer.signed(issuer.claims(INGRESS_AUD, email=OTHER_SA))),
+              (iam, stripped), (iam, f"{header}.{b64json(['x'])}.{pushauth.STRIPPED_SIGNATURE}")]
+    caplog.set_level("WARNING", logger="lbtrain.pushauth")
+    for client, token in tokens:
+        path = "/push/dead-letter" if client is ing else "/push/step/etl"
+        resp = client.post(path, json=DEAD_LETTER if client is ing else MISROUTED_STEP, headers=bearer(token))
+        assert resp.status_code == 401, (token, resp.data)
+        segments = [part for part in token.split(".") if len(part) >= 8 and part != pushauth.STRIPPED_SIGNATURE]
+        assert not any(part[:16] in resp.get_data(as_text=True) for part in segments), resp.data
+    refusals = [r.getMessage() for r in caplog.records if r.name == "lbtrain.pushauth"]
+    assert len(refusals) == len(tokens) and all("push refused (401" in m for m in refusals), refusals
+    logged = "\n".join(refusals)
+    for _, token in tokens:
+        assert not any(part[:16] in logged for part in token.split(".")
+                       if len(part) >= 8 and part != pushauth.STRIPPED_SIGNATURE), logged
+
+
+def b64json(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
 # -- private services behind Cloud Run IAM: PUSH_AUTH=cloudrun-iam ---------------------------------
 
 def test_launcher_accepts_the_token_cloud_run_forwards(issuer: Issuer):
@@ -225,9 +259,10 @@ def test_launcher_reads_the_header_cloud_run_checked(issuer: Issuer):
     resp = client.post("/push/step/etl", json=MISROUTED_STEP,
                        headers={pushauth.SERVERLESS_HEADER: f"Bearer {mine}", **bearer(forged({}))})
     assert resp.status_code == 204, resp.data
-    resp = client.post("/push/step/etl", json=MISROUTED_STEP,
-                       headers={pushauth.SERVERLESS_HEADER: f"Bearer {theirs}", **bearer(mine)})
-    assert resp.status_code == 401
+    for checked in (f"Bearer {theirs}", ""):
+        resp = client.post("/push/step/etl", json=MISROUTED_STEP,
+                           headers={pushauth.SERVERLESS_HEADER: checked, **bearer(mine)})
+        assert resp.status_code == 401, checked
     assert_untouched(deps)
 
 
