@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
+PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,16 @@ class Config:
     labelbox_endpoint: str = ""
     labelbox_webhook_secret: str = field(default="", repr=False)
     api_token: str = field(default="", repr=False)
+    # Who may deliver Pub/Sub push and Scheduler requests (lbtrain/pushauth.py): none (local stack: the
+    # emulator sends no token), oidc (a public service verifies Google's signature itself) or cloudrun-iam
+    # (a private service: Cloud Run IAM verified the token; the app checks its forwarded claims).
     push_auth: str = "none"
+    # The audience the push tokens carry (the service's Cloud Run custom audience).
     push_audience: str = ""
+    # The only identity allowed to push: the invoker service account Pub/Sub and Scheduler sign as.
+    push_service_account: str = ""
+    # Where PUSH_AUTH=oidc fetches the signing certificates; empty = Google's (tests serve their own).
+    push_certs_url: str = ""
     pubsub_emulator_host: str = ""
     firestore_emulator_host: str = ""
     storage_emulator_host: str = ""
@@ -117,9 +126,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         from lbtrain import model_options
 
         model_options.parse(str(values["model_options"]))
-    if values.get("push_auth", "none") not in ("none", "oidc"):
-        raise ValueError(f"PUSH_AUTH must be oidc or none, not {values['push_auth']!r}")
+    _check_push_auth(values)
     return Config(**values)  # type: ignore[arg-type]
+
+
+def _check_push_auth(values: Mapping[str, object]) -> None:
+    """A service that checks push identities refuses to start without the identity to check:
+    an empty PUSH_SERVICE_ACCOUNT (or, under oidc, PUSH_AUDIENCE) would accept anyone's token."""
+    mode = values.get("push_auth", "none")
+    if mode not in PUSH_AUTH_MODES:
+        raise ValueError(f"PUSH_AUTH must be one of {', '.join(PUSH_AUTH_MODES)}, not {mode!r}")
+    required = {"oidc": ("push_service_account", "push_audience"),
+                "cloudrun-iam": ("push_service_account",)}.get(str(mode), ())
+    missing = [name.upper() for name in required if not values.get(name)]
+    if missing:
+        raise ValueError(f"PUSH_AUTH={mode} needs {' and '.join(missing)}")
 
 
 def to_env(config: Config) -> dict[str, str]:

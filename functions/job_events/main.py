@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import flask
 import functions_framework
 
+from lbtrain import pushauth
 from lbtrain.api.push import process_job_event
 from lbtrain.service import bootstrap
 
@@ -18,6 +20,10 @@ class TransientError(RuntimeError):
 
 @functions_framework.cloud_event
 def on_job_event(cloud_event: Any) -> None:
+    try:  # who pushed (PUSH_AUTH=cloudrun-iam in the cloud): the CloudEvent has no headers, the request does
+        pushauth.verify(_deps.config, flask.request.headers)
+    except pushauth.PushAuthError as exc:
+        flask.abort(exc.status, exc.message)
     body, status = process_job_event(_deps, cloud_event.data)
     if status >= 500:
         raise TransientError(body)

@@ -132,7 +132,9 @@ resource "google_cloud_run_v2_service_iam_member" "reconciler_invoker" {
 }
 
 # Labelbox calls the ingress without a Google identity; it authenticates with the webhook signature
-# (LABELBOX_WEBHOOK_SECRET), the REST API with API_TOKEN, push requests with OIDC (PUSH_AUTH).
+# (LABELBOX_WEBHOOK_SECRET), the REST API with API_TOKEN, push requests with the invoker's OIDC
+# token, whose signature the app verifies itself (PUSH_AUTH=oidc: nothing else checked it). The
+# grants above make Cloud Run IAM check it on the private services (PUSH_AUTH=cloudrun-iam).
 resource "google_cloud_run_v2_service_iam_member" "ingress_public" {
   project  = var.project
   location = var.region

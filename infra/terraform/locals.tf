@@ -47,7 +47,8 @@ locals {
   }
 
   # OIDC audience of each service (a Cloud Run custom audience, so it is known before the URL is):
-  # "${local.audience_prefix}/<service key>". Apps that verify push tokens get it as PUSH_AUDIENCE.
+  # "${local.audience_prefix}/<service key>". Every service that takes pushes gets it as PUSH_AUDIENCE
+  # (run.tf) and checks it: Cloud Run checks it too on the private ones.
   audience_prefix = "${var.project}/${var.deployment_name}"
 
   # Environment of every service and function (names are lbtrain.config fields, read by from_env).

@@ -1,5 +1,7 @@
 # Topics and push subscriptions: the same topology lbtrain.adapters.pubsub_bus.ensure_topology
 # creates for the local stack (local.push_routes), with OIDC push auth and a dead-letter policy.
+# Every push is signed as the invoker with the target's audience: the services' PUSH_SERVICE_ACCOUNT
+# and PUSH_AUDIENCE (run.tf), checked by Cloud Run IAM and/or the app (PUSH_AUTH).
 resource "google_pubsub_topic" "topic" {
   for_each   = local.push_routes
   project    = var.project

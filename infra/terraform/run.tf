@@ -3,6 +3,12 @@
 
 # Ingress: Labelbox (GET /models, POST /model_run), REST API (/runs…), push endpoints of the
 # runs and dead-letter topics. Public: Labelbox signs its requests, push requests carry OIDC.
+#
+# Push authentication (lbtrain/pushauth.py): Pub/Sub and Cloud Scheduler sign as the invoker
+# (PUSH_SERVICE_ACCOUNT) with the receiving service's custom audience (PUSH_AUDIENCE). Private
+# services run PUSH_AUTH=cloudrun-iam: Cloud Run IAM has verified the token and forwards it with the
+# signature replaced by SIGNATURE_REMOVED_BY_GOOGLE, so re-verifying it would refuse every push;
+# the app checks the claims instead. The public ingress runs PUSH_AUTH=oidc and verifies signatures.
 resource "google_cloud_run_v2_service" "ingress" {
   project             = var.project
   name                = "${var.deployment_name}-ingress"
@@ -32,6 +38,8 @@ resource "google_cloud_run_v2_service" "ingress" {
           value = env.value
         }
       }
+      # Public (allUsers may invoke it), so nothing has checked a push token before the app: it
+      # verifies Google's signature itself, then the audience and the invoker's identity.
       env {
         name  = "PUSH_AUTH"
         value = "oidc"
@@ -39,6 +47,10 @@ resource "google_cloud_run_v2_service" "ingress" {
       env {
         name  = "PUSH_AUDIENCE"
         value = "${local.audience_prefix}/ingress"
+      }
+      env {
+        name  = "PUSH_SERVICE_ACCOUNT"
+        value = google_service_account.invoker.email
       }
       dynamic "env" {
         for_each = toset(local.service_secrets.ingress)
@@ -106,13 +118,19 @@ resource "google_cloud_run_v2_service" "launcher" {
           value = env.value
         }
       }
+      # Private: Cloud Run IAM verifies the push token (run.invoker, iam.tf) and forwards it with its
+      # signature removed; the app checks the forwarded claims (invoker, audience, expiry).
       env {
         name  = "PUSH_AUTH"
-        value = "oidc"
+        value = "cloudrun-iam"
       }
       env {
         name  = "PUSH_AUDIENCE"
         value = "${local.audience_prefix}/launcher-${each.key}"
+      }
+      env {
+        name  = "PUSH_SERVICE_ACCOUNT"
+        value = google_service_account.invoker.email
       }
       dynamic "env" {
         for_each = toset(local.service_secrets.launcher)
@@ -169,6 +187,20 @@ resource "google_cloud_run_v2_service" "job_events" {
           value = env.value
         }
       }
+      # Private: Cloud Run IAM verifies the push token (run.invoker, iam.tf) and forwards it with its
+      # signature removed; the app checks the forwarded claims (invoker, audience, expiry).
+      env {
+        name  = "PUSH_AUTH"
+        value = "cloudrun-iam"
+      }
+      env {
+        name  = "PUSH_AUDIENCE"
+        value = "${local.audience_prefix}/job-events"
+      }
+      env {
+        name  = "PUSH_SERVICE_ACCOUNT"
+        value = google_service_account.invoker.email
+      }
       dynamic "env" {
         for_each = toset(local.service_secrets.job_events)
         content {
@@ -217,6 +249,20 @@ resource "google_cloud_run_v2_service" "reconciler" {
           name  = env.key
           value = env.value
         }
+      }
+      # Private: Cloud Run IAM verifies the push token (run.invoker, iam.tf) and forwards it with its
+      # signature removed; the app checks the forwarded claims (invoker, audience, expiry).
+      env {
+        name  = "PUSH_AUTH"
+        value = "cloudrun-iam"
+      }
+      env {
+        name  = "PUSH_AUDIENCE"
+        value = "${local.audience_prefix}/reconciler"
+      }
+      env {
+        name  = "PUSH_SERVICE_ACCOUNT"
+        value = google_service_account.invoker.email
       }
       dynamic "env" {
         for_each = toset(local.service_secrets.reconciler)

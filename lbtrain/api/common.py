@@ -12,6 +12,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lbtrain import log as logmod
+from lbtrain import pushauth
 from lbtrain.config import Config
 from lbtrain.deps import Deps
 from lbtrain.errors import Busy, NotFound
@@ -102,28 +103,13 @@ def require_token(config: Config) -> None:
         raise ApiError(401, "invalid API token")
 
 
-def verify_push(config: Config) -> None:
-    """Pub/Sub push requests carry an OIDC token in the cloud; the emulator sends none."""
-    if config.push_auth == "none":
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "push request without an OIDC token")
-    if token.count(".") != 2:
-        raise ApiError(401, "malformed OIDC token (not a JWT)")
-    from google.auth import exceptions as gauth_exc
-    from google.auth.transport import requests as grequests
-    from google.oauth2 import id_token
-
+def verify_push(config: Config) -> dict[str, Any]:
+    """Refuse a push request whose caller is not the push service account (lbtrain/pushauth.py:
+    PUSH_AUTH=none locally, cloudrun-iam behind Cloud Run IAM, oidc on the public ingress)."""
     try:
-        claims = id_token.verify_oauth2_token(token, grequests.Request(), config.push_audience or None)
-    except gauth_exc.TransportError as exc:
-        raise ApiError(503, f"cannot fetch Google's token certificates: {exc}") from None
-    except ValueError as exc:
-        raise ApiError(401, f"invalid OIDC token: {exc}") from None
-    if not claims.get("email_verified"):
-        raise ApiError(401, "OIDC token email is not verified")
+        return pushauth.verify(config, request.headers)
+    except pushauth.PushAuthError as exc:
+        raise ApiError(exc.status, exc.message) from None
 
 
 def push_handler(fn: Callable[[Deps, Any], str]) -> Callable[[Deps, Any], tuple[str, int]]:

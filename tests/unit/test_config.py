@@ -32,7 +32,9 @@ def test_from_env_reads_the_documented_names() -> None:
         "DEPLOYMENT_NAME": "prod", "GOOGLE_CLOUD_PROJECT": "my-proj", "REGION": "europe-west4",
         "ARTIFACT_ROOT": "gs://bucket/lbtrain", "JOB_BACKEND": "vertex", "LABELBOX_BACKEND": "sdk",
         "LABELBOX_DIR": "/lb", "LABELBOX_API_KEY": "key-1", "LABELBOX_WEBHOOK_SECRET": "whs-1",
-        "API_TOKEN": "tok-1", "PUSH_AUTH": "oidc", "PUSH_AUDIENCE": "https://svc", "PUBSUB_EMULATOR_HOST": "h:1",
+        "API_TOKEN": "tok-1", "PUSH_AUTH": "oidc", "PUSH_AUDIENCE": "https://svc",
+        "PUSH_SERVICE_ACCOUNT": "push@p.iam.gserviceaccount.com", "PUSH_CERTS_URL": "http://certs",
+        "PUBSUB_EMULATOR_HOST": "h:1",
         "FIRESTORE_EMULATOR_HOST": "h:2", "STORAGE_EMULATOR_HOST": "h:3", "VERTEX_API_ENDPOINT": "h:4",
         "LBTRAIN_MAX_BODY_BYTES": "2048", "LBTRAIN_STALE_AFTER_SECONDS": "7.5", "LBTRAIN_JOB_PYTHON": "/py",
         "LBTRAIN_JOB_MODULE": "lbtrain.noop_job", "LBTRAIN_API_URL": "http://x:1", "LBTRAIN_STATE_DIR": "/st",
@@ -43,6 +45,7 @@ def test_from_env_reads_the_documented_names() -> None:
         deployment_name="prod", project="my-proj", region="europe-west4", artifact_root="gs://bucket/lbtrain",
         job_backend="vertex", labelbox_backend="sdk", labelbox_dir="/lb", labelbox_api_key="key-1",
         labelbox_webhook_secret="whs-1", api_token="tok-1", push_auth="oidc", push_audience="https://svc",
+        push_service_account="push@p.iam.gserviceaccount.com", push_certs_url="http://certs",
         pubsub_emulator_host="h:1", firestore_emulator_host="h:2", storage_emulator_host="h:3",
         vertex_api_endpoint="h:4", max_body_bytes=2048, stale_after_seconds=7.5, job_python="/py",
         job_module="lbtrain.noop_job", api_url="http://x:1", state_dir="/st", stage="train",
@@ -86,11 +89,31 @@ def test_min_examples_default_is_not_shared_between_configs() -> None:
 
 @pytest.mark.parametrize("var,value", [("JOB_BACKEND", "kubernetes"), ("JOB_BACKEND", "Local"),
                                        ("LABELBOX_BACKEND", "api"), ("PUSH_AUTH", "basic"),
-                                       ("PUSH_AUTH", "OIDC")])
+                                       ("PUSH_AUTH", "OIDC"), ("PUSH_AUTH", "cloudrun_iam")])
 def test_bad_enumerated_value_is_refused_naming_the_variable(var: str, value: str) -> None:
     with pytest.raises(ValueError, match=var) as info:
         from_env({var: value})
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("env,missing", [
+    ({"PUSH_AUTH": "oidc"}, "PUSH_SERVICE_ACCOUNT and PUSH_AUDIENCE"),
+    ({"PUSH_AUTH": "oidc", "PUSH_SERVICE_ACCOUNT": "push@p.iam.gserviceaccount.com"}, "PUSH_AUDIENCE"),
+    ({"PUSH_AUTH": "oidc", "PUSH_AUDIENCE": "p/dep/ingress"}, "PUSH_SERVICE_ACCOUNT"),
+    ({"PUSH_AUTH": "cloudrun-iam", "PUSH_AUDIENCE": "p/dep/launcher-etl"}, "PUSH_SERVICE_ACCOUNT"),
+])
+def test_push_auth_without_the_identity_to_check_is_a_startup_error(env: dict[str, str], missing: str) -> None:
+    """An empty audience or service account would let any Google-signed token through."""
+    with pytest.raises(ValueError, match=f"PUSH_AUTH={env['PUSH_AUTH']} needs {missing}$"):
+        from_env(env)
+
+
+def test_push_auth_modes_with_their_identity_are_accepted() -> None:
+    sa = "push@p.iam.gserviceaccount.com"
+    assert from_env({"PUSH_AUTH": "cloudrun-iam", "PUSH_SERVICE_ACCOUNT": sa}).push_auth == "cloudrun-iam"
+    cfg = from_env({"PUSH_AUTH": "oidc", "PUSH_SERVICE_ACCOUNT": sa, "PUSH_AUDIENCE": "p/dep/ingress"})
+    assert (cfg.push_auth, cfg.push_service_account, cfg.push_audience, cfg.push_certs_url) == \
+        ("oidc", sa, "p/dep/ingress", "")
 
 
 @pytest.mark.parametrize("var,value", [("LBTRAIN_MAX_BODY_BYTES", "1MB"), ("LBTRAIN_STALE_AFTER_SECONDS", "soon")])
@@ -106,7 +129,8 @@ ROUND_TRIP_CONFIGS = [
     Config(deployment_name="prod", project="p-1", region="europe-west1", artifact_root="gs://b/x",
            job_backend="vertex", labelbox_backend="sdk", labelbox_dir="/data/lb", labelbox_api_key="lb-key",
            labelbox_webhook_secret="wh-secret", api_token="api-tok", push_auth="oidc",
-           push_audience="https://ingress.example", pubsub_emulator_host="127.0.0.1:8085",
+           push_audience="https://ingress.example", push_service_account="push@p-1.iam.gserviceaccount.com",
+           pubsub_emulator_host="127.0.0.1:8085",
            firestore_emulator_host="127.0.0.1:8086", storage_emulator_host="127.0.0.1:9023",
            vertex_api_endpoint="127.0.0.1:9999", min_examples={"train": 9, "validation": 3, "test": 2},
            max_body_bytes=12345, stale_after_seconds=0.25, job_python="/usr/bin/python3",

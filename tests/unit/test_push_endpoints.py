@@ -50,7 +50,8 @@ def test_unknown_stage_route_is_404():
 
 
 def test_oidc_push_auth_requires_a_token():
-    client, deps = make_client(push_auth="oidc", push_audience="https://example.invalid/push")
+    client, deps = make_client(push_auth="oidc", push_audience="https://example.invalid/push",
+                               push_service_account="push@example.iam.gserviceaccount.com")
     msg = encode_push({"run_id": "r1", "stage": "etl", "attempt": 1}, {"stage": "etl"})
     resp = client.post("/push/step/etl", json=msg)
     assert resp.status_code == 401 and b"OIDC" in resp.data

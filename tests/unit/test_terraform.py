@@ -393,9 +393,10 @@ def test_every_service_env_var_is_read_by_config_from_env():
             assert config.deployment_name == deployment and config.project == SAMPLE["project"]
             assert config.region == SAMPLE["region"] and config.job_backend == "vertex"
             assert config.artifact_root.startswith("gs://"), config.artifact_root
-            if key == "ingress" or key.startswith("launcher-"):
-                assert config.push_auth == "oidc"
+            if key != "dashboard":  # every service that takes pushes or Scheduler calls checks who sends them
+                assert config.push_auth == ("oidc" if key == "ingress" else "cloudrun-iam"), key
                 assert config.push_audience in render(svc.body["custom_audiences"], svc.ctx)
+                assert plain["PUSH_SERVICE_ACCOUNT"] == "${google_service_account.invoker.email}"
             if key.startswith("launcher-"):
                 assert config.stage == svc.key
                 assert config.job_image and config.job_image_gpu and config.serving_image
@@ -644,6 +645,54 @@ def test_private_services_are_called_only_by_the_invoker_with_their_audience():
     assert render(token["audience"], base) in render(svcs["reconciler"].body["custom_audiences"], base)
     functions = ROOT / "functions/reconciler/Dockerfile"
     assert "--signature-type http" in functions.read_text()
+
+
+def test_push_auth_matches_how_each_service_is_reached():
+    """Cloud Run IAM verifies the token of a private service and forwards it without its signature
+    (PUSH_AUTH=cloudrun-iam: re-verifying would refuse every push); on a service allUsers may
+    invoke nothing did, so the app verifies it (oidc). Each expects the identity and audience its
+    callers (push subscriptions, the Scheduler job) sign with."""
+    tf = load()
+    svcs = services(deploy_dashboard=True)
+    base = Ctx(tf, tf.defaults())
+    members = tf.of_type("google_cloud_run_v2_service_iam_member").values()
+
+    def granted(member: str) -> set[str]:
+        """Cloud Run service resources on which `member` has run.invoker."""
+        out = set()
+        for m in members:
+            if m["member"] == member:
+                ref = m["for_each"] if m["name"] == "${each.value.name}" else m["name"]
+                found = re.fullmatch(r"\$\{google_cloud_run_v2_service\.(\w+)(?:\[0\])?(?:\.name)?\}", ref)
+                assert found, ref
+                out.add(found.group(1))
+        return out
+
+    public, invoker = granted("allUsers"), granted("${google_service_account.invoker.member}")
+    callers: dict[str, list[dict[str, Any]]] = {}
+    sub = tf.resource("google_pubsub_subscription", "push")
+    token = one(one(sub["push_config"], "push_config")["oidc_token"], "oidc_token")
+    for topic, route in render(tf.locals["push_routes"], base).items():
+        ctx = Ctx(tf, base.vars, each_key=topic, each_value=route)
+        callers.setdefault(route["service"], []).append(render(token, ctx))
+    job = tf.resource("google_cloud_scheduler_job", "reconcile")
+    target = one(job["http_target"], "http_target")
+    callers.setdefault(uri_service_key(target["uri"]), []).append(render(one(target["oidc_token"], "oidc_token"), base))
+    assert set(callers) == set(svcs) - {"dashboard"}
+    for key, svc in svcs.items():
+        plain, _ = svc.env()
+        config = configmod.from_env({k: str(v) for k, v in plain.items()})
+        if key not in callers:
+            assert config.push_auth == "none", f"{key} takes no pushes"
+            continue
+        if svc.resource in public:
+            assert config.push_auth == "oidc", f"{key}: anyone may invoke it, so the app must verify signatures"
+        else:
+            assert config.push_auth == "cloudrun-iam", f"{key}: Cloud Run IAM strips the signature it checked"
+            assert svc.resource in invoker, f"{key} trusts Cloud Run IAM but the invoker may not call it"
+        for caller in callers[key]:
+            assert caller["service_account_email"] == config.push_service_account, key
+            assert caller["audience"] == config.push_audience, key
 
 
 def test_jobs_identity_can_do_what_jobs_do_and_launchers_can_use_it():
