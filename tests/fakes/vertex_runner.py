@@ -51,6 +51,7 @@ class JobRunner:
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)  # added to each job's container env (emulator hosts…)
     python: str = sys.executable
+    cwd: Path | None = None  # the image's WORKDIR when running an image's environment (tests/prod)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     sink_entries: list[dict[str, Any]] = field(default_factory=list)
     _publisher: Any = None
@@ -100,7 +101,7 @@ class JobRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{job['displayName']}.log", "wb") as log:
             proc = subprocess.Popen([self.python, "-m", "jobs.main", *container["args"]], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         self.procs[job_id] = proc
         self.fake.set_state(job_id, "RUNNING")
         self._publish(job_id, "RUNNING")

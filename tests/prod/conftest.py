@@ -1,0 +1,52 @@
+"""One production-shaped deployment per module (tests/prod/deployment.py), on the session's emulators."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from lbtrain.emulators import free_port
+from tests.conftest import ARTIFACTS, fresh_id
+from tests.prod.deployment import Deployment
+
+
+@pytest.fixture(scope="module")
+def gcs_host() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
+                             "--in-memory", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(host + "/storage/v1/b", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "storage emulator did not start"
+                time.sleep(0.1)
+        yield host
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def deployment(emulator_hosts: dict[str, str], gcs_host: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("prod")
+    # A Terraform variable a small test project sets: the reference data here is a few hundred rows.
+    dep = Deployment(root, project=fresh_id("proj"), deployment=fresh_id("p"), emulator_hosts=emulator_hosts,
+                     gcs_host=gcs_host, variables={"min_examples": "train=1,validation=0,test=0"})
+    try:
+        yield dep.start()
+    finally:
+        dep.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        for log in [*root.glob("*.log"), *(root / "vertex-jobs").glob("*.log")]:
+            (ARTIFACTS / f"prod-{log.name}").write_bytes(log.read_bytes())

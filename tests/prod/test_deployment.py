@@ -1,0 +1,129 @@
+"""The deployed configuration as a whole (tests/prod/deployment.py): every service from its image's
+environment with the environment Terraform gives it, pushes authenticated as Pub/Sub and Cloud Run
+deliver them, Vertex jobs, the SDK Labelbox, gs:// artifacts and the jobs' Labelbox key from Secret
+Manager. Each of the six model types runs to SUCCEEDED with its statuses, predictions and metrics in
+(the fake) Labelbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbtrain import datasets, pipelines
+from tests.conftest import fresh_id
+from tests.prod.deployment import SECRET_VALUES, Deployment, _storage_host, json_rows
+
+pytestmark = pytest.mark.prod
+
+STATUSES = ["EXPORTING_DATA", "PREPARING_DATA", "TRAINING_MODEL", "COMPLETE"]
+# Small data and short training: the plumbing of each type in the deployed shape, not its quality.
+CASES: dict[str, tuple[int, dict[str, Any]]] = {
+    "text_single_classification": (150, {}),
+    "text_multi_classification": (150, {"C": [10]}),
+    "ner": (150, {"c1": [0.2], "c2": [0.1], "max_iterations": 20}),
+    "image_single_classification": (120, {"epochs": 1, "threads": 1}),
+    "image_multi_classification": (120, {"epochs": 1, "threads": 1}),
+    "bounding_box": (60, {"epochs": 1, "width": 8, "input_size": 64, "threads": 1, "score_threshold": 0.05}),
+}
+
+
+def test_every_model_type_is_covered() -> None:
+    assert set(CASES) == set(pipelines.names())
+
+
+def _model_run(deployment: Deployment, model_type: str, limit: int, tmp: Path) -> tuple[str, list[dict[str, Any]]]:
+    """Reference rows as a Labelbox model run; image media in the customer's bucket (gs://)."""
+    mr = fresh_id("mr")
+    datasets.build(model_type, str(tmp), mr, limit=limit)
+    rows = json_rows(tmp / "model_runs" / mr / "export.ndjson")
+    if pipelines.get(model_type).media == "image":
+        from google.cloud import storage as gcs
+
+        from lbtrain import storage
+
+        with _storage_host(deployment.gcs_host):
+            bucket = gcs.Client(project=deployment.project).bucket(deployment.media_bucket)
+            for row in rows:
+                local = storage.local_path(row["data_row"]["row_data"])
+                blob = bucket.blob(f"{mr}/{local.name}")
+                blob.upload_from_filename(str(local), timeout=30)
+                row["data_row"]["row_data"] = f"gs://{deployment.media_bucket}/{mr}/{local.name}"
+    deployment.labelbox.add_model_run(mr, rows, model_id="prod-model")
+    return mr, rows
+
+
+def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deployment, tmp_path: Path) -> None:
+    api = deployment.api()
+    started: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+    for model_type, (limit, params) in CASES.items():
+        mr, rows = _model_run(deployment, model_type, limit, tmp_path / model_type)
+        if model_type == "text_single_classification":  # Labelbox's Train model button: a signed webhook
+            status, answer = deployment.webhook("/model_run", {"modelId": "prod-model", "modelRunId": mr,
+                                                               "modelType": model_type}, fresh_id("delivery"))
+            assert status == 200, answer
+        else:  # the REST API, with small training parameters
+            answer = api.start_run(model_type, mr, model_id="prod-model", params=params)
+        started[model_type] = (answer["run_id"], mr, rows)
+
+    runs = {t: api.wait(run_id, timeout=1200, interval=1.0) for t, (run_id, _, _) in started.items()}
+    failed = {t: r.get("error") for t, r in runs.items() if r["status"] != "SUCCEEDED"}
+    assert not failed, json.dumps(failed, indent=1)
+
+    accounts = deployment.accounts()
+    launcher_env = deployment.services["launcher-etl"].env
+    for model_type, run in runs.items():
+        run_id, mr, rows = started[model_type]
+        assert [s["state"] for s in run["steps"]] == ["SUCCEEDED"] * 4
+        headline = pipelines.get(model_type).headline_metric
+        assert 0.0 <= run["metrics"][headline] <= 1.0
+        # Labelbox heard every status, in order, and got predictions for the model run's rows.
+        assert [s["status"] for s in deployment.labelbox.statuses if s["model_run_id"] == mr] == STATUSES
+        uploaded = [r for u in deployment.labelbox.uploads if u["model_run_id"] == mr for r in u["rows"]]
+        predicted = {r["dataRow"]["id"] for r in uploaded if "dataRow" in r and "aggregation" not in r}
+        assert predicted and predicted <= {r["data_row"]["id"] for r in rows}
+        # Every stage ran as a Vertex CustomJob of Terraform's jobs image, as the jobs' account, given the
+        # API key's secret name and never its value.
+        created = [b for b in deployment.vertex.created() if b["labels"]["run_id"] == run_id]
+        assert len(created) == 4
+        for body in created:
+            container = body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+            assert container["imageUri"] == launcher_env["JOB_IMAGE"]
+            assert body["jobSpec"]["serviceAccount"] == accounts["jobs"]
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert env["LABELBOX_API_KEY_SECRET"] == launcher_env["LABELBOX_API_KEY_SECRET"]
+        assert run["deployment"]["deployed"] is True
+
+    # The jobs read the key from Secret Manager (the version Terraform names); nothing secret leaked.
+    assert launcher_env["LABELBOX_API_KEY_SECRET"] in deployment.secrets.accesses()
+    keys = {r.headers.get("authorization") for r in deployment.labelbox.requests if r.query}
+    assert keys == {f"Bearer {SECRET_VALUES['LABELBOX_API_KEY']}"}
+    _no_secrets(deployment, runs)
+    _pushes_were_accepted(deployment)
+
+
+def _no_secrets(deployment: Deployment, runs: dict[str, Any]) -> None:
+    places = {"vertex requests": json.dumps(deployment.vertex.requests), "run documents": json.dumps(runs),
+              "logs": deployment.logs(),
+              "labelbox payloads": json.dumps([[r.query, r.variables] for r in deployment.labelbox.requests])}
+    for name, text in places.items():
+        for secret, value in SECRET_VALUES.items():
+            assert value not in text, f"{secret} appears in {name}"
+
+
+def _pushes_were_accepted(deployment: Deployment) -> None:
+    """Every push reached its handler authenticated (never 401/403) and none timed out or crashed."""
+    pushes = deployment.pushes()
+    assert {key for key, _ in pushes} >= {"ingress", "launcher-etl", "launcher-train", "launcher-evaluate",
+                                          "launcher-deploy", "job-events"}
+    refused = [(key, f.path, f.status) for key, f in pushes if f.status in (401, 403) or f.status >= 500
+               and f.status != 503]
+    assert not refused, refused
+    assert all(f.authorized for _, f in pushes)
+
+
+def test_the_scheduler_reaches_the_reconciler(deployment: Deployment) -> None:
+    status, body = deployment.tick_scheduler()
+    assert status == 200, body
