@@ -31,7 +31,11 @@ class SecretError(RuntimeError):
 
 
 def _client(endpoint: str) -> Any:
-    from google.cloud import secretmanager
+    try:
+        from google.cloud import secretmanager
+    except ImportError:
+        raise SecretError("google-cloud-secret-manager is not installed: an image that reads secrets "
+                          "needs lbtrain[secrets]") from None
 
     with _lock:
         client = _clients.get(endpoint)

@@ -9,13 +9,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lbtrain import secrets
 from lbtrain.config import Config, from_env, to_env
 from lbtrain.secrets import SecretError
+from tests.fakes.labelbox_server import FakeLabelbox
+from tests.fakes.labelbox_server import serve as serve_labelbox
 from tests.fakes.secret_manager import FakeSecretManager
 from tests.fakes.secret_manager import serve as serve_secret_manager
 
@@ -161,3 +167,50 @@ def test_the_vertex_launcher_passes_the_secret_name_not_its_value(vertex) -> Non
     assert VALUE not in json.dumps(fake.requests)
     job = from_env(env)  # what the job reads: the name, to fetch the value itself
     assert job.labelbox_api_key == "" and job.labelbox_api_key_secret == NAME
+
+
+# -- a job through jobs.main ---------------------------------------------------------------------
+
+@pytest.fixture()
+def labelbox() -> Iterator[FakeLabelbox]:
+    fake = FakeLabelbox()
+    server = serve_labelbox(fake)
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def test_jobs_get_the_key_from_secret_manager(sm: FakeSecretManager, labelbox: FakeLabelbox,
+                                              tmp_path: Path) -> None:
+    """etl → train → evaluate as Vertex runs them: no LABELBOX_API_KEY in the job's environment, only
+    the secret's name; each job reads the key once and exports / uploads with it."""
+    from lbtrain import datasets, storage
+
+    mt, mr, run_id = "text_single_classification", "mr-secret", "r-secret"
+    datasets.build(mt, str(tmp_path / "lb"), mr, limit=60)
+    export = tmp_path / "lb" / "model_runs" / mr / "export.ndjson"
+    labelbox.add_model_run(mr, [json.loads(line) for line in export.read_text(encoding="utf-8").split("\n")
+                                if line.strip()])
+    artifacts = str(tmp_path / "artifacts")
+    env = {k: v for k, v in os.environ.items() if k not in ("LABELBOX_API_KEY", "LABELBOX_WEBHOOK_SECRET")}
+    env.update({"LABELBOX_BACKEND": "sdk", "LABELBOX_ENDPOINT": f"{labelbox.base_url}/graphql",
+                "LABELBOX_API_KEY_SECRET": NAME, "SECRET_MANAGER_API_ENDPOINT": sm.base_url,
+                "ARTIFACT_ROOT": artifacts, "JOB_BACKEND": "local",
+                "LBTRAIN_MIN_EXAMPLES": "train=2,validation=1,test=1"})
+    outs: dict[str, str] = {}
+    for stage in ("etl", "train", "evaluate"):
+        out = storage.run_dir(artifacts, run_id, stage, 1)
+        inputs = tmp_path / f"{stage}.json"
+        inputs.write_text(json.dumps({"run_id": run_id, "model_type": mt, "model_run_id": mr, "model_id": "m",
+                                      "stage": stage, "attempt": 1, "params": {}, "upstream": dict(outs)}))
+        args = ["--run-id", run_id, "--stage", stage, "--attempt", "1", "--inputs", str(inputs), "--outputs", out]
+        proc = subprocess.run([sys.executable, "-m", "jobs.main", *args], env=env, capture_output=True,
+                              text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert VALUE not in proc.stdout + proc.stderr and VALUE not in " ".join(args)
+        outs[stage] = out
+    assert sm.accesses() == [NAME] * 3  # once per job
+    assert {r.headers["authorization"] for r in labelbox.requests if r.query} == {f"Bearer {VALUE}"}
+    assert labelbox.exports and len(labelbox.uploads) == 1
+    for out in outs.values():
+        assert VALUE not in "".join(p.read_text(errors="replace") for p in Path(out).rglob("*.json"))
