@@ -1,15 +1,23 @@
 """Job entry point: `python -m jobs.main --run-id R --stage S --attempt N --inputs URI --outputs URI`.
 
 Exit 0 after writing `outputs.json` (last) under the outputs dir; exit 1 after writing
-`error.json` {"message", "type"} when the stage fails; exit 2 for bad arguments or inputs.
+`error.json` {"message", "type"} when the stage fails; exit 2 for bad arguments, inputs or
+configuration. Everything from argument parsing on is covered, not only the stage's own work: a
+failure reading the config or a secret, importing a task module or setting up storage also leaves
+error.json (Vertex only says "exited with a non-zero status"; the pipeline reads the reason there).
+When the outputs location itself is unreachable the reason goes to stderr as one JSON line.
 The traceback goes to stderr, never into error.json. Stale outputs.json/error.json of an
 earlier execution of the same attempt are removed first, so a re-run is unambiguous.
+
+Only the standard library is imported at module level, so that even a broken image (a missing
+dependency of lbtrain itself) ends with a reason rather than a bare traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import signal
 import sys
 import time
@@ -17,20 +25,19 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jobs.context import ERROR_FILE, OUTPUTS_FILE, StageContext
-from jobs.tasks.base import JobError
-from lbtrain import log, storage
-
 STAGES = {"etl": "jobs.etl", "train": "jobs.train", "evaluate": "jobs.evaluate", "deploy": "jobs.deploy"}
 MAX_MESSAGE = 1000
+# As jobs.context names them (not imported from there: see the module docstring).
+OUTPUTS_FILE = "outputs.json"
+ERROR_FILE = "error.json"
 
 
 class UsageError(Exception):
-    """Bad command line or inputs.json: the launcher's fault, retrying cannot help (exit 2)."""
+    """Bad command line, inputs.json or configuration: the launcher's fault, retrying cannot help (exit 2)."""
 
 
-class Cancelled(JobError):
-    pass
+class Cancelled(Exception):
+    """SIGTERM (Vertex cancels a job this way) or an interrupt."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,40 +60,85 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _outputs_from_argv(argv: Sequence[str]) -> str:
+def _from_argv(argv: Sequence[str], option: str) -> str:
+    """An option's value from a command line that may not parse (to report where and what failed)."""
     for i, arg in enumerate(argv):
-        if arg == "--outputs" and i + 1 < len(argv):
+        if arg == option and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--outputs="):
+        if arg.startswith(f"{option}="):
             return arg.split("=", 1)[1]
     return ""
 
 
+def _own_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose text is already one sentence for people (importable: this may run in a broken image)."""
+    own: list[type[BaseException]] = [UsageError, Cancelled]
+    for module, name in (("jobs.tasks.base", "JobError"), ("lbtrain.adapters.labelbox", "ModelRunNotFound"),
+                         ("lbtrain.pipelines", "UnknownModelType"), ("lbtrain.secrets", "SecretError")):
+        try:
+            own.append(getattr(importlib.import_module(module), name))
+        except Exception:  # noqa: BLE001, S112 - then it is shown with its type, like any other error
+            continue
+    return tuple(own)
+
+
+def _scrub(text: str) -> str:
+    """Known secret values (once lbtrain.log knows them) never reach error.json or stderr."""
+    log = sys.modules.get("lbtrain.log")
+    return log.scrub(text) if log is not None else text
+
+
 def human_message(exc: BaseException) -> str:
     """One line for error.json: our own errors speak for themselves, others get their type."""
-    from lbtrain.adapters.labelbox import ModelRunNotFound
-    from lbtrain.pipelines import UnknownModelType
-
-    if isinstance(exc, JobError | ModelRunNotFound | UnknownModelType | UsageError):
+    if isinstance(exc, _own_errors()):
         text = str(exc)
     elif isinstance(exc, MemoryError):
         text = "out of memory"
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else f"unexpected {type(exc).__name__}"
-    text = " ".join(text.split())
+    text = _scrub(" ".join(text.split()))
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
-def _write_error(outputs: str, exc: BaseException) -> None:
+def _stderr_json(message: str, **fields: Any) -> None:
+    """One JSON line on stderr (Cloud Logging parses it), for when nothing better is left."""
+    entry = {"severity": "ERROR", "message": _scrub(message), "logger": "jobs.main", **fields}
+    print(_scrub(json.dumps(entry, default=str, ensure_ascii=False)), file=sys.stderr, flush=True)
+
+
+def _print_traceback() -> None:
+    print(_scrub(traceback.format_exc()), end="", file=sys.stderr, flush=True)
+
+
+def _write_error(outputs: str, exc: BaseException) -> bool:
+    """error.json under `outputs` (best effort); False, with the reason on stderr, when it cannot be written."""
+    message = human_message(exc)
     try:
-        storage.write_json(
-            storage.join(outputs, ERROR_FILE), {"message": human_message(exc), "type": type(exc).__name__}
-        )
-    except Exception:  # noqa: BLE001 - nowhere left to report it but stderr
-        traceback.print_exc(file=sys.stderr)
+        if not outputs:
+            raise UsageError("no --outputs given")
+        from lbtrain import storage
+
+        storage.write_json(storage.join(outputs, ERROR_FILE), {"message": message, "type": type(exc).__name__})
+        return True
+    except Exception as write_exc:  # noqa: BLE001 - nowhere left to report it but stderr
+        _stderr_json(f"job failed: {message}; and error.json could not be written: {human_message(write_exc)}",
+                     error_type=type(exc).__name__, outputs=outputs)
+        return False
+
+
+def _remove_stale_outputs(outputs: str) -> None:
+    """An outputs.json of an earlier execution must not outlive this failed one (best effort)."""
+    try:
+        from lbtrain import storage
+
+        storage.delete(storage.join(outputs, OUTPUTS_FILE))
+    except Exception:  # noqa: BLE001, S110 - error.json is written, which is what the pipeline reads
+        pass
 
 
 def _read_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    from lbtrain import storage
+
     try:
         inputs = storage.read_json(args.inputs)
     except FileNotFoundError:
@@ -124,29 +176,47 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; whatever fails, from argument parsing on, ends in error.json and exit 1 or 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse_args(argv)
-    except UsageError as exc:
-        print(f"jobs.main: {exc}", file=sys.stderr)
-        if _outputs_from_argv(argv):
-            _write_error(_outputs_from_argv(argv), exc)
-        return 2
+        return _main(argv)
+    except BaseException as exc:  # noqa: BLE001 - a failure outside the stage's own handler
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            exc = Cancelled(f"job interrupted ({type(exc).__name__})")
+        if not isinstance(exc, UsageError):
+            _print_traceback()
+        where = {k: _from_argv(argv, f"--{k.replace('_', '-')}") for k in ("run_id", "stage", "attempt")}
+        _stderr_json(f"job failed outside its stage: {human_message(exc)}", error_type=type(exc).__name__,
+                     **{k: v for k, v in where.items() if v})
+        outputs = _from_argv(argv, "--outputs")
+        if _write_error(outputs, exc):
+            _remove_stale_outputs(outputs)
+        return 2 if isinstance(exc, UsageError) else 1
 
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help
+        if exc.code in (0, None):
+            return 0
+        raise
+    from lbtrain import log, secrets, storage
     from lbtrain.config import from_env
 
     try:
         config = from_env()
     except ValueError as exc:
-        print(f"jobs.main: {exc}", file=sys.stderr)
-        _write_error(args.outputs, UsageError(str(exc)))
-        return 2
+        raise UsageError(str(exc)) from None
     log.setup(secrets=config.secrets(), project=config.project)
     logger = log.get("jobs")
     with log.bind(run_id=args.run_id, stage=args.stage, attempt=args.attempt):
         storage.makedirs(args.outputs)
         for stale in (OUTPUTS_FILE, ERROR_FILE):
             storage.delete(storage.join(args.outputs, stale))
+        # Secret values (Secret Manager, by resource name) are read once, before anything can log them.
+        config = secrets.resolve(config)
+        log.setup(secrets=config.secrets(), project=config.project)
         try:
             inputs = _read_inputs(args)
             task = _load_task(inputs["model_type"])
@@ -157,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         started = time.monotonic()
         try:
+            from jobs.context import StageContext
+
             ctx = StageContext(
                 run_id=args.run_id,
                 stage=args.stage,
@@ -187,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException as exc:  # noqa: BLE001 - every failure must leave error.json
             if isinstance(exc, SystemExit | KeyboardInterrupt):
                 exc = Cancelled(f"job interrupted ({type(exc).__name__})")
-            traceback.print_exc(file=sys.stderr)
+            _print_traceback()
             log.event(
                 logger, f"{args.stage} failed: {human_message(exc)}", level=40, error_type=type(exc).__name__
             )
@@ -195,12 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
-        log.event(
-            logger,
-            f"{args.stage} succeeded in {time.monotonic() - started:.1f}s",
-            seconds=round(time.monotonic() - started, 2),
-            metrics=_short(result.metrics),
-        )
+        try:
+            log.event(
+                logger,
+                f"{args.stage} succeeded in {time.monotonic() - started:.1f}s",
+                seconds=round(time.monotonic() - started, 2),
+                metrics=_short(result.metrics),
+            )
+        except Exception:  # noqa: BLE001, S110 - outputs.json is written: a log line cannot fail the job now
+            pass
         return 0
 
 

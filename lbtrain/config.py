@@ -7,11 +7,14 @@ one directly and nothing depends on process-wide state.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
 PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
+# A Secret Manager secret (version) resource name; without a version it means the latest one.
+SECRET_NAME = re.compile(r"^projects/[^/\s]+/secrets/[\w-]+(?:/versions/(?:latest|\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,11 @@ class Config:
     labelbox_backend: str = "file"
     labelbox_dir: str = ".lbtrain/labelbox"
     labelbox_api_key: str = field(default="", repr=False)
+    # Vertex jobs: the Secret Manager resource name (projects/P/secrets/S/versions/V) of the Labelbox
+    # API key, read at run time by lbtrain/secrets.py; when set it wins over LABELBOX_API_KEY.
+    labelbox_api_key_secret: str = ""
+    # Secret Manager API endpoint override; `http://…` is a local fake (REST, anonymous credentials).
+    secret_manager_api_endpoint: str = ""
     # LABELBOX_BACKEND=sdk: the GraphQL endpoint (LABELBOX_ENDPOINT); empty = the SDK's default (api.labelbox.com).
     labelbox_endpoint: str = ""
     labelbox_webhook_secret: str = field(default="", repr=False)
@@ -91,6 +99,16 @@ def _min_examples(raw: str) -> dict[str, int]:
     return out
 
 
+def secret_version(name: str, env_var: str) -> str:
+    """`projects/P/secrets/S` → `…/versions/latest`. Anything else is refused without repeating it:
+    it may be the secret's value pasted into the wrong variable."""
+    name = name.strip()
+    if not SECRET_NAME.match(name):
+        raise ValueError(f"{env_var} must be a Secret Manager resource name projects/P/secrets/S[/versions/V] "
+                         "(never the secret's value)")
+    return name if "/versions/" in name else f"{name}/versions/latest"
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     names = {f.name for f in fields(Config)}
@@ -126,6 +144,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         from lbtrain import model_options
 
         model_options.parse(str(values["model_options"]))
+    if values.get("labelbox_api_key_secret"):
+        values["labelbox_api_key_secret"] = secret_version(str(values["labelbox_api_key_secret"]),
+                                                           "LABELBOX_API_KEY_SECRET")
     _check_push_auth(values)
     return Config(**values)  # type: ignore[arg-type]
 

@@ -31,6 +31,11 @@ def _scrub(text: str) -> str:
     return text
 
 
+def scrub(text: str) -> str:
+    """`text` without the secret values `setup` was given (error messages written outside the logs)."""
+    return _scrub(text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

@@ -61,15 +61,18 @@ locals {
     LABELBOX_BACKEND     = var.labelbox_backend
   }
   # What launchers need to build Vertex jobs (empty values are left unset: the code's defaults apply).
+  # Jobs get no secret mounts: the launcher passes LABELBOX_API_KEY_SECRET, the Labelbox API key's
+  # resource name (never its value), and the job reads it as the jobs service account (iam.tf).
   launcher_env = {
-    JOB_IMAGE            = local.images.jobs_cpu
-    JOB_IMAGE_GPU        = local.images.jobs_gpu
-    SERVING_IMAGE        = local.images.serving
-    SERVING_MACHINE      = var.serving_machine
-    JOB_SERVICE_ACCOUNT  = google_service_account.jobs.email
-    JOB_MACHINES         = var.job_machines
-    MODEL_OPTIONS        = var.model_options
-    LBTRAIN_MIN_EXAMPLES = var.min_examples
+    JOB_IMAGE               = local.images.jobs_cpu
+    JOB_IMAGE_GPU           = local.images.jobs_gpu
+    SERVING_IMAGE           = local.images.serving
+    SERVING_MACHINE         = var.serving_machine
+    JOB_SERVICE_ACCOUNT     = google_service_account.jobs.email
+    JOB_MACHINES            = var.job_machines
+    MODEL_OPTIONS           = var.model_options
+    LBTRAIN_MIN_EXAMPLES    = var.min_examples
+    LABELBOX_API_KEY_SECRET = "projects/${var.project}/secrets/${var.labelbox_api_key_secret_id}/versions/latest"
   }
 
   # Secret env var → Secret Manager secret id. Values are added with gcloud, never here.

@@ -18,9 +18,11 @@ from lbtrain.config import Config
 from lbtrain.domain import JobRef, JobStatus
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"}
-# Environment a job needs to find its config; secrets are never passed this way.
+# Environment a job needs to find its config. Secret values are never passed this way: a job gets
+# the Secret Manager resource name (LABELBOX_API_KEY_SECRET) and reads the value itself (lbtrain/secrets.py).
 JOB_ENV_KEYS = ("DEPLOYMENT_NAME", "GOOGLE_CLOUD_PROJECT", "REGION", "ARTIFACT_ROOT", "LABELBOX_BACKEND",
-                "LABELBOX_DIR", "LBTRAIN_MIN_EXAMPLES", "JOB_BACKEND", "VERTEX_API_ENDPOINT", "STORAGE_EMULATOR_HOST",
+                "LABELBOX_DIR", "LABELBOX_ENDPOINT", "LABELBOX_API_KEY_SECRET", "SECRET_MANAGER_API_ENDPOINT",
+                "LBTRAIN_MIN_EXAMPLES", "JOB_BACKEND", "VERTEX_API_ENDPOINT", "STORAGE_EMULATOR_HOST",
                 "MODEL_OPTIONS", "SERVING_IMAGE", "SERVING_MACHINE", "JOB_SERVICE_ACCOUNT")
 
 

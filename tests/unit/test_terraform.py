@@ -381,7 +381,8 @@ def test_functions_framework_turns_the_push_into_data_decode_push_reads(tmp_path
 def test_every_service_env_var_is_read_by_config_from_env():
     every = Config(**{f.name: f"x-{f.name}" for f in fields(Config)
                       if f.type == "str" and f.name not in ("job_backend", "labelbox_backend", "push_auth",
-                                                            "model_options")})
+                                                            "model_options", "labelbox_api_key_secret")},
+                   labelbox_api_key_secret="projects/x/secrets/x-labelbox-api-key/versions/latest")
     accepted = set(configmod.to_env(every))
     assert configmod.from_env(configmod.to_env(every)) == every  # to_env is from_env's inverse
     for deployment in ("prod", "team-b"):
@@ -428,6 +429,45 @@ def test_secrets_come_from_secret_manager_never_as_values():
     secret_res = tf.resource("google_secret_manager_secret", "secret")
     assert secret_res["for_each"] == "${local.secrets}" and secret_res["secret_id"] == "${each.value}"
     assert one(secret_res["replication"], "replication")
+
+
+def test_jobs_read_exactly_the_labelbox_key_secret_the_launcher_names():
+    """Vertex jobs get no secret mounts: the launcher's LABELBOX_API_KEY_SECRET (read by config.from_env)
+    names the Labelbox API key's secret, VertexBackend hands that name (never a value) to the job, and
+    the jobs service account may read that one secret and no other."""
+    from lbtrain.adapters.backend import JobSpec
+    from lbtrain.adapters.vertex_backend import VertexBackend
+
+    tf = load()
+    base = Ctx(tf, tf.defaults())
+    secret_ids = render(tf.locals["secrets"], base)
+    expected = f"projects/{SAMPLE['project']}/secrets/{secret_ids['LABELBOX_API_KEY']}/versions/latest"
+    secret_res = tf.resource("google_secret_manager_secret", "secret")
+    assert secret_res["project"] == "${var.project}" and secret_res["secret_id"] == "${each.value}"
+    launchers = {k: svc for k, svc in services().items() if k.startswith("launcher-")}
+    assert launchers
+    for svc in launchers.values():
+        plain, _ = svc.env()
+        config = configmod.from_env({k: str(v) for k, v in plain.items()})
+        assert config.labelbox_api_key_secret == expected
+        value = "lb-VALUE-never-in-a-job-0123"
+        spec = VertexBackend(config.with_overrides(labelbox_api_key=value)).job_spec(JobSpec(
+            name="prod-r1-etl-a1", run_id="r1", stage="etl", attempt=1, model_type="text_single_classification",
+            inputs_uri="gs://b/i.json", outputs_uri="gs://b/o"))
+        job_env = {e["name"]: e["value"] for e in spec["container_spec"]["env"]}
+        assert value not in json.dumps(spec)
+        assert configmod.from_env(job_env).labelbox_api_key_secret == expected  # what the job reads
+    jobs_member = "${google_service_account.jobs.member}"
+    grant = tf.resource("google_secret_manager_secret_iam_member", "jobs_labelbox_key")
+    assert "for_each" not in grant and grant["member"] == jobs_member
+    assert grant["secret_id"] == '${google_secret_manager_secret.secret["LABELBOX_API_KEY"].secret_id}'
+    assert grant["role"] == "roles/secretmanager.secretAccessor" and grant["project"] == "${var.project}"
+    # No other grant gives the jobs account any Secret Manager role (on a secret or the project).
+    others = [f"{t}.{n}" for (t, n), body in tf.resources.items()
+              if (t, n) != ("google_secret_manager_secret_iam_member", "jobs_labelbox_key")
+              and "google_service_account.jobs." in json.dumps(body) and "secretmanager" in json.dumps(body)]
+    assert others == []
+    assert not re.search(r"roles/secretmanager", tf.resource("google_project_iam_member", "jobs")["for_each"])
 
 
 # Minimal Cloud Logging filter evaluation: `a.b.c="v"` comparisons joined with AND.
