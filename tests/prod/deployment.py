@@ -167,7 +167,7 @@ class Deployment:
     # -- starting it -------------------------------------------------------------------------------
     def start(self) -> Deployment:
         self._start_fakes()
-        svcs = tfmodel.services(**self.tf_vars)
+        svcs = tfmodel.services(self.deployment, project=self.project, **self.variables)
         routes = self.push_routes()
         sched = self.scheduler()
         callers = {r["service"]: r for r in routes}

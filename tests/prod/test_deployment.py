@@ -7,6 +7,7 @@ Manager. Each of the six model types runs to SUCCEEDED with its statuses, predic
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ CASES: dict[str, tuple[int, dict[str, Any]]] = {
     "ner": (150, {"c1": [0.2], "c2": [0.1], "max_iterations": 20}),
     "image_single_classification": (120, {"epochs": 1, "threads": 1}),
     "image_multi_classification": (120, {"epochs": 1, "threads": 1}),
-    "bounding_box": (60, {"epochs": 1, "width": 8, "input_size": 64, "threads": 1, "score_threshold": 0.05}),
+    "bounding_box": (120, {"epochs": 3, "max_seconds": 30.0, "threads": 1, "score_threshold": 0.05}),
 }
 
 
@@ -68,6 +69,17 @@ def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deplo
             answer = api.start_run(model_type, mr, model_id="prod-model", params=params)
         started[model_type] = (answer["run_id"], mr, rows)
 
+    # `gcloud pubsub topics publish {dep}-runs`: Pub/Sub pushes it to the public ingress with its OIDC token.
+    from google.cloud import pubsub_v1
+
+    mr, rows = _model_run(deployment, "text_single_classification", 150, tmp_path / "published")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(deployment.project, f"{deployment.deployment}-runs")
+    publisher.publish(topic, json.dumps({"model_type": "text_single_classification", "model_run_id": mr,
+                                         "model_id": "prod-model"}).encode()).result(timeout=30)
+    listed = _wait_listed(api, mr)
+    started["published text_single_classification"] = (listed["run_id"], mr, rows)
+
     runs = {t: api.wait(run_id, timeout=1200, interval=1.0) for t, (run_id, _, _) in started.items()}
     failed = {t: r.get("error") for t, r in runs.items() if r["status"] != "SUCCEEDED"}
     assert not failed, json.dumps(failed, indent=1)
@@ -77,13 +89,17 @@ def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deplo
     for model_type, run in runs.items():
         run_id, mr, rows = started[model_type]
         assert [s["state"] for s in run["steps"]] == ["SUCCEEDED"] * 4
+        model_type = model_type.removeprefix("published ")
         headline = pipelines.get(model_type).headline_metric
         assert 0.0 <= run["metrics"][headline] <= 1.0
         # Labelbox heard every status, in order, and got predictions for the model run's rows.
         assert [s["status"] for s in deployment.labelbox.statuses if s["model_run_id"] == mr] == STATUSES
         uploaded = [r for u in deployment.labelbox.uploads if u["model_run_id"] == mr for r in u["rows"]]
         predicted = {r["dataRow"]["id"] for r in uploaded if "dataRow" in r and "aggregation" not in r}
-        assert predicted and predicted <= {r["data_row"]["id"] for r in rows}
+        assert predicted, (model_type, json.dumps(uploaded[:3])[:2000],
+                           [u["model_run_id"] for u in deployment.labelbox.uploads])
+        assert predicted <= {r["data_row"]["id"] for r in rows}
+        assert any(r.get("aggregation") == "CONFUSION_MATRIX" for r in uploaded)
         # Every stage ran as a Vertex CustomJob of Terraform's jobs image, as the jobs' account, given the
         # API key's secret name and never its value.
         created = [b for b in deployment.vertex.created() if b["labels"]["run_id"] == run_id]
@@ -102,6 +118,16 @@ def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deplo
     assert keys == {f"Bearer {SECRET_VALUES['LABELBOX_API_KEY']}"}
     _no_secrets(deployment, runs)
     _pushes_were_accepted(deployment)
+
+
+def _wait_listed(api: Any, model_run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = api.list_runs(model_run_id=model_run_id).get("runs") or []
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no run for model run {model_run_id} after {timeout}s")
 
 
 def _no_secrets(deployment: Deployment, runs: dict[str, Any]) -> None:
