@@ -82,7 +82,7 @@ resource "google_pubsub_topic_iam_member" "jobs_publish_events" {
   member  = google_service_account.jobs.member
 }
 
-# The etl job exports the model run from Labelbox and evaluate uploads predictions: the API key only.
+# The modelrun job creates a rule run's model run, etl exports it and evaluate uploads predictions: the API key only.
 resource "google_secret_manager_secret_iam_member" "jobs_labelbox_key" {
   project   = var.project
   secret_id = google_secret_manager_secret.secret["LABELBOX_API_KEY"].secret_id
