@@ -267,3 +267,20 @@ def test_cancelling_a_run_while_its_model_run_is_created_frees_the_rule(sdk_stac
     assert next(s for s in done["steps"] if s["stage"] == d.MODELRUN)["state"] == d.CANCELLED
     assert stack.api.get_trigger(project_id)["active_run_id"] is None  # the rule can fire again
     assert fake.created_model_runs == [] and fake.statuses == []  # no model run: nothing to tell Labelbox
+
+
+def test_a_run_released_by_the_previous_version_is_started_by_its_release_message(sdk_stack: Stack,
+                                                                                 fake: FakeLabelbox):
+    """Before the modelrun step, a release only set the rule's active run and `waiting`, and its
+    runs-topic message created the model run: such a message, still in flight, starts the job."""
+    stack = sdk_stack
+    project_id, model_id, _ = project(fake, 6)
+    run_id = released_without_a_message(stack, project_id, model_id=model_id)
+    store = stack.deps.store
+    store._step_ref(run_id, d.MODELRUN).delete()  # what the previous version's release left
+    store._run_ref(run_id).update({"released_at": None, "stage": "etl"})
+    assert stack.deps.triggers.get_rule(project_id)["active_run_id"] == run_id
+    assert release_push(stack, run_id)[0] == 204
+    done = stack.wait(run_id)
+    assert done["status"] == d.SUCCEEDED and done["model_run_id"] in fake.model_runs_of(model_id)
+    assert [s["stage"] for s in done["steps"]][0] == d.MODELRUN and len(fake.created_model_runs) == 1
