@@ -9,7 +9,7 @@ from lbtrain import domain as d
 from lbtrain import pipelines, storage
 from lbtrain.deps import Deps
 from lbtrain.errors import Busy
-from lbtrain.intake import publish_step
+from lbtrain.intake import is_valid_id, publish_step
 from lbtrain.messages import LOG_SINK_STATE, JobEvent
 from lbtrain.reporting import report_status
 
@@ -54,7 +54,7 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
             return f"no-op: job {event.job_id} is {status.state}"
         raise Busy(f"job {event.job_id} is {status.state} at the backend")
     outputs_uri = storage.run_dir(deps.config.artifact_root, run_id, stage, attempt)
-    state, error, metrics = status.state, status.error, {}
+    state, error, metrics, model_run_id = status.state, status.error, {}, ""
     if state in ("FAILED", "PARTIALLY_SUCCEEDED", "EXPIRED"):
         # Vertex only knows "exited with a non-zero status"; the job said why in error.json.
         reason = read_error(outputs_uri)
@@ -66,17 +66,30 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
             state, error = "FAILED", f"job succeeded but {outputs_uri}/outputs.json is missing or unreadable"
         else:
             metrics = outputs.get("metrics") or {}
+            if stage == d.MODELRUN:
+                model_run_id = str(outputs.get("model_run_id") or "")
+                if not is_valid_id(model_run_id):
+                    state, error = "FAILED", f"modelrun job succeeded but names no valid model run ({model_run_id!r})"
+                    model_run_id = ""
     run = deps.store.get_run(run_id)
     stages = pipelines.get(run["model_type"]).stages
+    if stage == d.MODELRUN:  # a rule run's first step, ahead of its pipeline
+        stages = (d.MODELRUN, *stages)
     done = deps.store.complete_step(run_id, stage, attempt, event.job_id, state, outputs_uri=outputs_uri,
-                                    metrics=metrics, error=error, stages=stages)
+                                    metrics=metrics, error=error, stages=stages, model_run_id=model_run_id)
+    if done.moved and stage == d.MODELRUN and done.next_stage:
+        from lbtrain import triggers
+
+        triggers.model_run_created(deps, done.run)  # Labelbox hears EXPORTING_DATA before etl is offered
+    if done.waiting:
+        log.warning("run %s: %s", run_id, done.waiting, extra={"fields": {"run_id": run_id}})
     if done.next_stage:
         publish_step(deps, run_id, done.next_stage, done.next_attempt)
     if done.finished:
         finish_report(deps, done.run, done.finished)
     what = "moved" if done.moved else f"no-op ({done.reason})"
     return f"{stage} a{attempt} {state}: {what}" + (f"; next {done.next_stage}" if done.next_stage else "") + (
-        f"; run {done.finished}" if done.finished else "")
+        f"; run {done.finished}" if done.finished else "") + ("; run waits for a relaunch" if done.waiting else "")
 
 
 def finish_report(deps: Deps, run: dict[str, Any], status: str) -> None:

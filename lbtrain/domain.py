@@ -20,6 +20,10 @@ TERMINAL_RUN_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 PENDING, LAUNCHING, SKIPPED = "PENDING", "LAUNCHING", "SKIPPED"
 STEP_STATES = (PENDING, LAUNCHING, RUNNING, SUCCEEDED, FAILED, CANCELLED, SKIPPED)
 
+# The first step of a retraining rule's run, added when the run is released: a job creates the run's
+# Labelbox model run (labels, export, splits: minutes for a big project), never a request handler.
+MODELRUN = "modelrun"
+
 # Job states reported by a backend that end a step, and what the step becomes.
 JOB_STATE_TO_STEP = {
     "SUCCEEDED": SUCCEEDED,
@@ -98,8 +102,24 @@ def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, 
 
 
 def is_held(run: dict[str, Any]) -> bool:
-    """A retraining rule's run that waits to be released (no Labelbox model run yet): nothing may launch it."""
-    return bool(run.get("waiting")) or not run.get("model_run_id")
+    """A retraining rule's run that waits to be released (no Labelbox model run, not released): nothing
+    may launch it."""
+    return not run.get("model_run_id") and not run.get("released_at")
+
+
+def launch_blocker(run: dict[str, Any], stage: str) -> str:
+    """Why `stage` of this run may not be launched now; "" when it may. A released rule run without its
+    model run yet may only launch the modelrun step."""
+    if is_held(run):
+        return f"run is waiting: {run.get('waiting') or 'no model run yet'}"
+    if not run.get("model_run_id") and stage != MODELRUN:
+        return "run has no Labelbox model run yet"
+    return ""
+
+
+def model_run_name(deployment: str, run_id: str) -> str:
+    """The name of a rule run's Labelbox model run: every attempt finds the same one (create is by name)."""
+    return f"{deployment}-{run_id}"
 
 
 def initial_step(stage: str, index: int, at: datetime) -> dict[str, Any]:

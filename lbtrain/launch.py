@@ -30,6 +30,19 @@ def job_inputs(run: dict[str, Any], stage: str, attempt: int) -> dict[str, Any]:
     }
 
 
+def model_run_inputs(deployment: str, run: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """What the modelrun job needs to create the rule run's model run: the same name on every attempt."""
+    return {
+        "run_id": run["run_id"], "model_type": run["model_type"], "model_id": run.get("model_id", ""),
+        "project_id": (run.get("trigger") or {}).get("project_id", ""),
+        "model_run_name": d.model_run_name(deployment, run["run_id"]), "stage": d.MODELRUN, "attempt": attempt,
+    }
+
+
+# Jobs that run another program than the stages' (JOB_MODULE, the jobs image's entrypoint).
+JOB_MODULES = {d.MODELRUN: "jobs.modelrun"}
+
+
 def job_labels(deployment: str, run_id: str, stage: str, attempt: int) -> dict[str, str]:
     return {"deployment": deployment, "run_id": run_id, "stage": stage, "attempt": str(attempt)}
 
@@ -48,11 +61,14 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     job = deps.backend.find_by_name(name) if claim.kind == "reclaim" else None
     if job is None:
         in_uri = inputs_uri(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt)
-        storage.write_json(in_uri, job_inputs(run, msg.stage, msg.attempt))
+        inputs = (model_run_inputs(cfg.deployment_name, run, msg.attempt) if msg.stage == d.MODELRUN
+                  else job_inputs(run, msg.stage, msg.attempt))
+        storage.write_json(in_uri, inputs)
         spec = JobSpec(name=name, run_id=msg.run_id, stage=msg.stage, attempt=msg.attempt,
                        model_type=run["model_type"], inputs_uri=in_uri,
                        outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
-                       labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt))
+                       labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt),
+                       module=JOB_MODULES.get(msg.stage, ""))
         job = deps.backend.submit(spec)
     record = deps.store.record_launch(msg.run_id, msg.stage, msg.attempt, job)
     if record.cancel_job:

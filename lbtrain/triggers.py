@@ -128,47 +128,41 @@ def handle_label_delivery(deps: Deps, topic: str, body: Any, delivery_id: str) -
     return answer
 
 
-RELEASE = "release"  # `kind` attribute of a runs-topic message that starts a released rule run
+RELEASE = "release"  # `kind` attribute of a runs-topic message that offers a released rule run's modelrun step
 
 
 def release(deps: Deps, project_id: str) -> str | None:
     """Release the rule's held run if nothing blocks it; its id, else None.
 
     Creating the Labelbox model run (labels, export, splits) can take minutes for a big project, so
-    it is not done inside the webhook request: a message on the runs topic carries it to
-    `start_released` (at-least-once; that function is idempotent).
+    it is a job (the run's `modelrun` step), launched like any step: the claim transaction lets one
+    job exist per attempt whatever the redeliveries. Nothing here talks to Labelbox.
     """
     run_id = deps.triggers.claim_release(project_id)
     if run_id is None:
         return None
-    deps.bus.publish("runs", {"release_run_id": run_id}, {"kind": RELEASE, "run_id": run_id})
+    publish_step(deps, run_id, d.MODELRUN, 1)
     return run_id
 
 
 def start_released(deps: Deps, run_id: str) -> str | None:
-    """Create the Labelbox model run (idempotent by name) and start the pipeline. A Labelbox error
-    leaves the run waiting with the reason; the reconciler tries again."""
-    run = deps.store.get_run(run_id)
-    if run.get("model_run_id") or run["status"] != d.QUEUED:
-        return None  # a redelivered release: already started, or cancelled meanwhile
-    rule_project = (run.get("trigger") or {}).get("project_id", "")
-    name = f"{deps.config.deployment_name}-{run_id}"
-    try:
-        model_run_id = deps.labelbox.create_model_run(run["model_id"], rule_project, name)
-    except Exception as exc:  # noqa: BLE001 - any Labelbox failure: keep the run, say why, retry later
-        message = f"{' '.join(str(exc).split())[:300]}"
-        log.warning("creating model run %s for run %s failed: %s", name, run_id, message,
-                    extra={"fields": {"run_id": run_id}})
-        deps.triggers.note_waiting(run_id, f"creating the Labelbox model run failed, will retry: {message}")
+    """A `release` message (redelivered, or from an older version): offer the run's modelrun step to the
+    launcher again; its id if offered. Quick and without Labelbox: the push request only does a
+    Firestore transaction and a publish; duplicates are no-ops at the launcher's claim."""
+    attempt = deps.triggers.prepare_release(run_id)
+    if attempt is None:
         return None
-    if not deps.triggers.attach_model_run(run_id, model_run_id):
-        return None
-    report_status(deps, model_run_id, "EXPORTING_DATA", run_id=run_id,
-                  metadata={"trigger": f"labels in project {rule_project}"})
-    publish_step(deps, run_id, run["stage"], 1)
-    log.info("run %s started for project %s as model run %s", run_id, rule_project, model_run_id,
-             extra={"fields": {"run_id": run_id}})
+    publish_step(deps, run_id, d.MODELRUN, attempt)
     return run_id
+
+
+def model_run_created(deps: Deps, run: dict[str, Any]) -> None:
+    """The modelrun job's completion gave the run its model run: Labelbox hears the run start."""
+    rule_project = (run.get("trigger") or {}).get("project_id", "")
+    report_status(deps, run["model_run_id"], "EXPORTING_DATA", run_id=run["run_id"],
+                  metadata={"trigger": f"labels in project {rule_project}"})
+    log.info("run %s started for project %s as model run %s", run["run_id"], rule_project, run["model_run_id"],
+             extra={"fields": {"run_id": run["run_id"]}})
 
 
 def on_run_finished(deps: Deps, run: dict[str, Any]) -> None:
@@ -181,12 +175,14 @@ def on_run_finished(deps: Deps, run: dict[str, Any]) -> None:
 
 
 def sweep(deps: Deps, stale_after: timedelta, at: datetime | None = None) -> list[str]:
-    """Reconciler part: release held runs whose interval has passed, retry stalled releases."""
+    """Reconciler part: relaunch the model run creation of stalled releases (a failed modelrun job gets
+    attempt + 1), release held runs whose interval has passed."""
     actions = []
     for run in deps.triggers.stalled_releases(stale_after, at):
-        if start_released(deps, run["run_id"]):
-            actions.append(f"{run['run_id']}: started after a stalled release")
-    # (held runs released here are started by the runs-topic message `release` publishes)
+        attempt = deps.triggers.prepare_release(run["run_id"], relaunch=True)
+        if attempt is not None:
+            publish_step(deps, run["run_id"], d.MODELRUN, attempt)
+            actions.append(f"{run['run_id']}: modelrun a{attempt} offered after a stalled release")
     for rule in deps.triggers.list_rules():
         if rule.get("queued_run_id") and not rule.get("active_run_id"):
             started = release(deps, rule["project_id"])

@@ -90,8 +90,8 @@ resource "google_pubsub_topic_iam_member" "jobs_publish_events" {
   member  = google_service_account.jobs.member
 }
 
-# The etl job exports the model run from Labelbox and evaluate uploads predictions: the API key only,
-# read at run time by its resource name (launcher_env.LABELBOX_API_KEY_SECRET, lbtrain/secrets.py).
+# The modelrun job creates a rule run's model run, etl exports it and evaluate uploads predictions: the API
+# key only, read at run time by its resource name (launcher_env.LABELBOX_API_KEY_SECRET, lbtrain/secrets.py).
 resource "google_secret_manager_secret_iam_member" "jobs_labelbox_key" {
   project   = var.project
   secret_id = google_secret_manager_secret.secret["LABELBOX_API_KEY"].secret_id

@@ -17,8 +17,9 @@ locals {
     dashboard = "${local.registry}/dashboard:${var.image_tag}"
   }
 
-  # Stages a launcher service is deployed for (lbtrain.api.push.all_stages()).
-  stages = ["etl", "train", "evaluate", "deploy"]
+  # Stages a launcher service is deployed for (lbtrain.api.push.all_stages()); modelrun: a retraining
+  # rule run's first step, the job that creates its Labelbox model run.
+  stages = ["modelrun", "etl", "train", "evaluate", "deploy"]
 
   # The deployment's Pub/Sub topology, as lbtrain.adapters.pubsub_bus.topology() builds it locally:
   # topic {dep}-<key>, push subscription {dep}-<key>-push to <service><path>; every subscription but
@@ -26,6 +27,7 @@ locals {
   push_routes = {
     "runs"          = { service = "ingress", path = "/push/runs", dead_letter = true }
     "job-events"    = { service = "job-events", path = "/push/job-events", dead_letter = true }
+    "step-modelrun" = { service = "launcher-modelrun", path = "/push/step/modelrun", dead_letter = true }
     "step-etl"      = { service = "launcher-etl", path = "/push/step/etl", dead_letter = true }
     "step-train"    = { service = "launcher-train", path = "/push/step/train", dead_letter = true }
     "step-evaluate" = { service = "launcher-evaluate", path = "/push/step/evaluate", dead_letter = true }
@@ -40,6 +42,7 @@ locals {
   service_uris = {
     "ingress"           = google_cloud_run_v2_service.ingress.uri
     "job-events"        = google_cloud_run_v2_service.job_events.uri
+    "launcher-modelrun" = google_cloud_run_v2_service.launcher["modelrun"].uri
     "launcher-etl"      = google_cloud_run_v2_service.launcher["etl"].uri
     "launcher-train"    = google_cloud_run_v2_service.launcher["train"].uri
     "launcher-evaluate" = google_cloud_run_v2_service.launcher["evaluate"].uri

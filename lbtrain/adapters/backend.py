@@ -20,6 +20,9 @@ class JobSpec:
     inputs_uri: str
     outputs_uri: str
     labels: dict[str, str] = field(default_factory=dict)
+    # The Python module the job runs (`python -m`); "" for the stages' own (JOB_MODULE locally, the jobs
+    # image's entrypoint on Vertex). The modelrun job names its own: it is no model stage.
+    module: str = ""
 
     def args(self) -> list[str]:
         """The job arguments of docs/architecture.md §4."""

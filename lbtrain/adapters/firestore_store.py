@@ -50,6 +50,7 @@ class Completion:
     next_attempt: int = 0
     finished: str | None = None  # run's terminal status if it ended (now or earlier)
     reason: str = ""
+    waiting: str = ""  # a failed modelrun step: the run waits (QUEUED) with this reason for a relaunch
 
 
 @dataclass
@@ -184,8 +185,9 @@ class FirestoreStore:
             run, step = run_snap.to_dict(), step_snap.to_dict()
             if run["status"] not in (d.QUEUED, d.RUNNING):
                 return Claim("noop", run, step, f"run is {run['status']}")
-            if d.is_held(run):
-                return Claim("noop", run, step, f"run is waiting: {run.get('waiting') or 'no model run yet'}")
+            blocker = d.launch_blocker(run, stage)
+            if blocker:
+                return Claim("noop", run, step, blocker)
             if step["attempt"] != attempt:
                 return Claim("noop", run, step, f"stale attempt {attempt} (step is at {step['attempt']})")
             if step["state"] == d.LAUNCHING:
@@ -235,10 +237,19 @@ class FirestoreStore:
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
-                      stages: tuple[str, ...]) -> Completion:
-        """Move a RUNNING step with this job to its terminal state and advance or end the run."""
+                      stages: tuple[str, ...], model_run_id: str = "") -> Completion:
+        """Move a RUNNING step with this job to its terminal state and advance or end the run.
+
+        The modelrun step (a rule run's first) is different: its success gives the run `model_run_id`
+        (and the model run's single flight) in the same transaction that moves the run on; its
+        failure does not end the run, which waits QUEUED with the reason until the reconciler
+        launches another attempt (Labelbox failures are usually passing).
+        """
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+        mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id) if model_run_id else None
         new_state = d.JOB_STATE_TO_STEP[job_state]
+        if stage == d.MODELRUN and new_state == d.SUCCEEDED and mr_ref is None:
+            raise ValueError("a succeeded modelrun step needs the model run id")
         idx = stages.index(stage)
         nxt = stages[idx + 1] if idx + 1 < len(stages) else None
         next_ref = self._step_ref(run_id, nxt) if nxt else None
@@ -273,9 +284,17 @@ class FirestoreStore:
                 result.finished = d.CANCELLED
                 if new_state == d.SUCCEEDED:
                     run_update[f"outputs.{stage}"] = outputs_uri
+            elif stage == d.MODELRUN and new_state == d.FAILED:
+                reason = " ".join((error or f"job {job_state.lower()}").split())[:300]
+                result.waiting = f"creating the Labelbox model run failed, will retry: {reason}"
+                run_update.update({"status": d.QUEUED, "waiting": result.waiting})
             elif new_state == d.SUCCEEDED:
                 run_update[f"outputs.{stage}"] = outputs_uri
-                if stage == "evaluate":
+                if stage == d.MODELRUN:
+                    run_update.update({"model_run_id": model_run_id, "waiting": None})
+                    t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
+                    self._count(1)
+                elif stage == "evaluate":
                     run_update["metrics"] = metrics
                 elif stage == "deploy":
                     run_update["deployment"] = metrics

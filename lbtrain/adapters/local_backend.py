@@ -84,7 +84,7 @@ class LocalBackend:
         write_json(job_dir / "spec.json", {
             "name": spec.name, "run_id": spec.run_id, "stage": spec.stage, "attempt": spec.attempt,
             "model_type": spec.model_type, "outputs_uri": spec.outputs_uri, "labels": spec.labels,
-            "command": [python, "-m", self.config.job_module, *spec.args()],
+            "command": [python, "-m", spec.module or self.config.job_module, *spec.args()],
         })
         env = {**os.environ, **configmod.to_env(self.config), "PYTHONUNBUFFERED": "1"}
         for not_for_jobs in ("API_TOKEN", "LABELBOX_WEBHOOK_SECRET"):  # jobs never need these

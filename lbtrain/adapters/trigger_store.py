@@ -7,8 +7,9 @@ webhooks, inside the counting transaction, so a redelivered or concurrent event 
 
 When the count reaches the rule's threshold, a *held* run is created: status QUEUED, no model run
 yet, `waiting` saying why ("queued behind run X", "minimum interval …"). At most one held run per
-rule. It is released (its Labelbox model run created, its first step published) when the rule has
-no active run and the minimum interval has passed; releasing starts a new epoch.
+rule. It is released when the rule has no active run and the minimum interval has passed: releasing
+starts a new epoch and gives the run its first step, `modelrun`, whose job creates the Labelbox model
+run; that job's completion gives the run its model run id and moves it on to the pipeline's stages.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from google.cloud import firestore
 
 from lbtrain import domain as d
 from lbtrain import pipelines
-from lbtrain.adapters.firestore_store import DELIVERIES, DELIVERY_TTL, MODEL_RUNS, FirestoreStore, delivery_doc_id
+from lbtrain.adapters.firestore_store import DELIVERIES, DELIVERY_TTL, FirestoreStore, delivery_doc_id
 from lbtrain.errors import NotFound
 
 TRIGGERS, LABELS, SHARDS = "triggers", "labels", "shards"
 SHARD_COUNT = 8
 CREATING = "creating the Labelbox model run"
+MODELRUN_INDEX = -1  # the modelrun step sorts before the pipeline's stages (0, 1, …)
 RULE_FIELDS = ("model_type", "model_id", "min_labels", "min_interval_seconds", "params", "enabled")
 
 
@@ -221,36 +223,65 @@ class TriggerStore:
                 return None
             # The epoch closes here: every label it counted is in the model run created next.
             labels = self.pending(project_id, rule["epoch"], transaction=t)
+            step_ref = self.store._step_ref(run_id, d.MODELRUN)
+            step_snap = step_ref.get(transaction=t)
             t.update(ref, {"active_run_id": run_id, "queued_run_id": None, "epoch": rule["epoch"] + 1,
                            "last_fired_at": now, "last_run_id": run_id, "updated_at": now})
-            t.update(run_ref, {"waiting": CREATING, "updated_at": now, "trigger.labels": labels})
+            t.update(run_ref, {"waiting": CREATING, "released_at": now, "stage": d.MODELRUN, "updated_at": now,
+                               "trigger.labels": labels})
+            if not step_snap.exists:
+                t.set(step_ref, d.initial_step(d.MODELRUN, MODELRUN_INDEX, now))
             return run_id
 
         return self.store._run(txn)
 
-    def attach_model_run(self, run_id: str, model_run_id: str) -> bool:
-        """Give a released run its Labelbox model run and let it start; False if it already has one
-        or was cancelled meanwhile."""
-        run_ref = self.store._run_ref(run_id)
-        mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
+    def prepare_release(self, run_id: str, *, relaunch: bool = False, at: datetime | None = None) -> int | None:
+        """The attempt of a released run's modelrun step to offer the launcher, or None (nothing to launch).
+
+        Repairs what a crash or an older version left: a released run without `released_at` or without
+        the modelrun step gets them. With `relaunch` (the reconciler), a FAILED modelrun step starts
+        attempt + 1, its earlier attempt kept in the step's history. A step already launching, running
+        or done is left alone: the launcher's claim lets one job per attempt exist.
+        """
+        run_ref, step_ref = self.store._run_ref(run_id), self.store._step_ref(run_id, d.MODELRUN)
 
         @firestore.transactional
-        def txn(t: firestore.Transaction) -> bool:
-            at = d.now()
-            snap = run_ref.get(transaction=t)
-            if not snap.exists:
-                raise NotFound(run_id)
-            run = snap.to_dict()
-            if run.get("model_run_id") or run["status"] != d.QUEUED:
-                return False
-            t.update(run_ref, {"model_run_id": model_run_id, "waiting": None, "updated_at": at})
-            t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
-            return True
+        def txn(t: firestore.Transaction) -> int | None:
+            now = at or d.now()
+            run_snap = run_ref.get(transaction=t)
+            if not run_snap.exists:
+                return None
+            run = run_snap.to_dict()
+            if run["status"] not in (d.QUEUED, d.RUNNING) or run.get("model_run_id"):
+                return None
+            if not run.get("released_at"):
+                project_id = (run.get("trigger") or {}).get("project_id") or ""
+                rule = self._ref(project_id).get(transaction=t) if project_id else None
+                if rule is None or not rule.exists or rule.get("active_run_id") != run_id:
+                    return None  # still held: released by claim_release only
+            step_snap = step_ref.get(transaction=t)
+            run_update: dict[str, Any] = {}
+            if not run.get("released_at"):
+                run_update.update(released_at=now, stage=d.MODELRUN)
+            if not step_snap.exists:
+                step = d.initial_step(d.MODELRUN, MODELRUN_INDEX, now)
+                t.set(step_ref, step)
+                run_update.update(stage=d.MODELRUN, waiting=CREATING)
+            else:
+                step = step_snap.to_dict()
+                if relaunch and step["state"] == d.FAILED:
+                    update = {"state": d.PENDING, "attempt": step["attempt"] + 1, "job": None, "launched_at": None,
+                              "started_at": None, "ended_at": None, "lease_until": None, "error": None,
+                              "outputs_uri": None, "metrics": {}, "updated_at": now,
+                              "attempts": [*step.get("attempts", []), d.history_entry(step)]}
+                    t.update(step_ref, update)
+                    step = {**step, **update}
+                    run_update.update(waiting=f"{CREATING} (attempt {step['attempt']})")
+            if run_update:
+                t.update(run_ref, {**run_update, "updated_at": now})
+            return int(step["attempt"]) if step["state"] in (d.PENDING, d.LAUNCHING) else None
 
         return self.store._run(txn)
-
-    def note_waiting(self, run_id: str, waiting: str) -> None:
-        self.store._run_ref(run_id).update({"waiting": waiting, "updated_at": d.now()})
 
     def run_finished(self, project_id: str, run_id: str) -> bool:
         """The rule's active (or held) run ended: the rule is free again. True if it changed."""
@@ -274,8 +305,8 @@ class TriggerStore:
         return self.store._run(txn)
 
     def stalled_releases(self, older_than: timedelta, at: datetime | None = None) -> list[dict[str, Any]]:
-        """Active runs of rules that were released but never got their model run (a crash or a
-        Labelbox error between claim_release and attach_model_run)."""
+        """Active runs of rules that were released but wait for their model run with nothing running:
+        the modelrun job failed, or its step message was lost."""
         now = at or d.now()
         out = []
         for rule in self.list_rules():

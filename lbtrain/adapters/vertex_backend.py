@@ -44,6 +44,8 @@ DEFAULT_MACHINES: dict[str, dict[str, Any]] = {
     "*": {"machine_type": "n1-standard-4"},
     "image_*/train": {"machine_type": "n1-standard-8"},
     "bounding_box/train": {"machine_type": "n1-standard-8"},
+    # A rule run's model run creation only waits on Labelbox (upsert, export, splits).
+    "*/modelrun": {"machine_type": "n1-standard-2", "max_hours": 6.0},
 }
 # With AutoML (MODEL_OPTIONS) the train/evaluate jobs only drive Vertex's pipeline and batch
 # prediction: a small machine, and time for the training budget.
@@ -143,15 +145,14 @@ class VertexBackend:
         if machine.gpu:
             machine_spec.update(accelerator_type=machine.accelerator_type,
                                 accelerator_count=machine.accelerator_count)
-        return {
-            "machine_spec": machine_spec,
-            "replica_count": 1,
-            "container_spec": {
-                "image_uri": image,
-                "args": spec.args(),
-                "env": [{"name": k, "value": env[k]} for k in JOB_ENV_KEYS if env.get(k)],
-            },
+        container: dict[str, Any] = {
+            "image_uri": image,
+            "args": spec.args(),
+            "env": [{"name": k, "value": env[k]} for k in JOB_ENV_KEYS if env.get(k)],
         }
+        if spec.module:  # another program of the same image than its entrypoint (jobs.main)
+            container["command"] = ["python", "-m", spec.module]
+        return {"machine_spec": machine_spec, "replica_count": 1, "container_spec": container}
 
     # -- JobBackend ---------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobRef:

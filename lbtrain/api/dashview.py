@@ -99,13 +99,14 @@ def stage_rows(run: dict[str, Any], steps: list[dict[str, Any]], now: datetime) 
     """The stage timeline.
 
     queued: from the moment the stage could start to the moment its job was running. A stage can
-    start when the previous one ended (the run's creation for the first); a retried attempt when it
-    was claimed again (its `launched_at`), since the retry request time is not recorded.
+    start when the previous one ended (for the first: the run's creation, or a rule run's release,
+    when its modelrun step was added); a retried attempt when it was claimed again (its
+    `launched_at`), since the retry request time is not recorded.
     running: from the job running to its end (or to now while it runs).
     """
     rows = []
     steps = sorted(steps, key=lambda s: s.get("index", 0))
-    prev_end: Any = run.get("created_at")
+    prev_end: Any = run.get("released_at") or run.get("created_at")
     prev_ok = True
     for step in steps:
         state = step.get("state", "")

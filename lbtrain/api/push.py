@@ -12,6 +12,7 @@ from lbtrain import pipelines
 from lbtrain.api.common import ApiError, deps_of, push_handler, verify_push
 from lbtrain.completion import finish_report, handle_job_event
 from lbtrain.deps import Deps
+from lbtrain.domain import MODELRUN
 from lbtrain.intake import start_run
 from lbtrain.launch import handle_step
 from lbtrain.messages import BadMessage, RunRequest, StepMessage, decode_push, parse_job_event
@@ -20,7 +21,8 @@ log = logging.getLogger("lbtrain.push")
 
 
 def all_stages() -> list[str]:
-    seen: dict[str, None] = {}
+    """Every stage a launcher serves: a rule run's modelrun step, then the pipelines' stages."""
+    seen: dict[str, None] = {MODELRUN: None}
     for name in pipelines.names():
         seen.update(dict.fromkeys(pipelines.get(name).stages))
     return list(seen)
@@ -29,14 +31,15 @@ def all_stages() -> list[str]:
 @push_handler
 def process_run_request(deps: Deps, envelope: Any) -> str:
     msg = decode_push(envelope)
-    if msg.attributes.get("kind") == "release":  # a retraining rule's run: create its model run, start it
+    if msg.attributes.get("kind") == "release":  # a retraining rule's run: offer its modelrun step again
         from lbtrain import triggers
 
         run_id = str((msg.data or {}).get("release_run_id") or "") if isinstance(msg.data, dict) else ""
         if not run_id:
             raise BadMessage("release message without release_run_id")
-        started = triggers.start_released(deps, run_id)
-        return f"release of run {run_id}: " + ("started" if started else "not started (see its waiting reason)")
+        offered = triggers.start_released(deps, run_id)
+        return f"release of run {run_id}: " + ("modelrun step offered to the launcher" if offered else
+                                               "no-op (not released, or its modelrun step is under way or done)")
     req = RunRequest.from_dict(msg.data)
     key = req.idempotency_key or f"pubsub:{msg.message_id}"
     result = start_run(deps, req, trigger={"source": req.source or "pubsub", "delivery_id": key},

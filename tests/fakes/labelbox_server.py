@@ -6,7 +6,8 @@ import's status/error files at URLs it hands out itself, records every request, 
 fail the next call of an operation on command (`fail`). For retraining rules it also holds models,
 projects (Export v2 *project* rows, labels under `projects`) and their webhooks: a model run
 created under a model gets the project's labeled rows when `upsert_labels` runs, and its
-export shows each row with the split assigned to it. The query texts the SDK sends are
+export shows each row with the split assigned to it. Operations can be made slow (`slow`, a big
+project) or held until the test lets them go (`hold`). The query texts the SDK sends are
 recorded per operation, so tests can compare them with the golden copies in
 tests/data/labelbox_sdk/ (see docs/architecture.md §13).
 """
@@ -112,6 +113,10 @@ class FakeLabelbox:
     split_assignments: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, split, data_row_ids}
     label_task_status: str = "COMPLETE"  # what upsert_labels' task reports (COMPLETE or FAILED)
     chunk_lines: int = 3  # lines per export file the stream fetches
+    # A big project: operation -> seconds each call is answered late (label upsert, export, …).
+    slow: dict[str, float] = field(default_factory=dict)
+    # operation -> event its calls wait for (recorded first), so a test can hold Labelbox mid-way.
+    gates: dict[str, threading.Event] = field(default_factory=dict)
     base_url: str = ""
     _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     _imports: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -142,6 +147,11 @@ class FakeLabelbox:
             body = {"message": "You have exceeded the rate limit"} if status == 429 else {"message": "boom"}
         self._failures.append([operation, status, times, body, after])
 
+    def hold(self, operation: str) -> threading.Event:
+        """Calls of `operation` wait (after being recorded) until the returned event is set."""
+        self.gates[operation] = threading.Event()
+        return self.gates[operation]
+
     def operations(self) -> list[str]:
         return [r.operation for r in self.requests]
 
@@ -171,6 +181,11 @@ class FakeLabelbox:
         operation = match.group(1) if match else ""
         variables = body.get("variables") or {}
         self.requests.append(Request(path, operation, query, variables, headers, files))
+        gate = self.gates.get(operation)
+        if gate is not None:
+            gate.wait(timeout=120)
+        if self.slow.get(operation):
+            time.sleep(self.slow[operation])
         injected = self._injected(operation)
         if injected and not injected[2]:
             return injected[:2]

@@ -1,6 +1,7 @@
 """Runs the fake Vertex's CustomJobs as local processes and reports them the way GCP does.
 
-Each created job's container (`containerSpec.args` and `env`) runs as `python -m jobs.main …`; the
+Each created job's container (`containerSpec.args` and `env`) runs as `python -m jobs.main …` (or its
+`containerSpec.command`, with this interpreter for `python`); the
 job moves PENDING → RUNNING → SUCCEEDED/FAILED (CANCELLED when the fake receives `:cancel`), and
 every state change is published to the deployment's job-events topic as a Cloud Logging sink
 entry for `resource.type="ml_job"` — what the log sink does in the cloud. The job-events handler
@@ -100,7 +101,10 @@ class JobRunner:
         }
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{job['displayName']}.log", "wb") as log:
-            proc = subprocess.Popen([self.python, "-m", "jobs.main", *container["args"]], env=env, stdout=log,
+            # The image's entrypoint is `python -m jobs.main`; a containerSpec.command replaces it.
+            command = [self.python, *container["command"][1:]] if container.get("command") else \
+                [self.python, "-m", "jobs.main"]
+            proc = subprocess.Popen([*command, *container["args"]], env=env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         self.procs[job_id] = proc
         self.fake.set_state(job_id, "RUNNING")

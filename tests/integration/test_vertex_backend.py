@@ -55,6 +55,19 @@ def test_submit_sends_the_job_we_mean(vertex):
     assert "console.cloud.google.com" in ref.url and ref.id in ref.url
 
 
+def test_the_modelrun_job_runs_its_own_module_on_a_small_machine(vertex):
+    fake, endpoint = vertex
+    backend = make_backend(endpoint)
+    backend.submit(JobSpec(**{**spec(stage="modelrun", attempt=1).__dict__, "module": "jobs.modelrun"}))
+    backend.submit(spec(stage="etl", attempt=1))
+    modelrun, etl = (b["jobSpec"]["workerPoolSpecs"][0] for b in fake.created())
+    assert modelrun["containerSpec"]["command"] == ["python", "-m", "jobs.modelrun"]  # the image's other program
+    assert modelrun["containerSpec"]["args"][:4] == ["--run-id", "0123456789abcdef", "--stage", "modelrun"]
+    assert modelrun["machineSpec"] == {"machineType": "n1-standard-2"}
+    assert fake.created()[0]["jobSpec"]["scheduling"]["timeout"] == "21600s"
+    assert "command" not in etl["containerSpec"]  # the stages keep the entrypoint (jobs.main)
+
+
 def test_state_is_read_from_vertex(vertex):
     fake, endpoint = vertex
     backend = make_backend(endpoint)

@@ -63,6 +63,19 @@ def test_stage_rows_retried_attempt_counts_from_its_claim_and_pending_ready_step
     assert v.stage_rows(run, steps, now=at(25))[1].queued == "—"  # a finished run waits for nothing
 
 
+def test_a_rule_run_shows_its_modelrun_step_first_queued_from_its_release():
+    run = d.initial_run("r1", "ner", "", "m1", {}, {"source": "label_webhook"}, "etl", T0)
+    run.update(status=d.RUNNING, stage=d.MODELRUN, released_at=at(600), waiting="creating the Labelbox model run")
+    steps = [step("etl", 0, d.PENDING), step("train", 1, d.PENDING),
+             step(d.MODELRUN, -1, d.RUNNING, launched_at=601, started_at=603)]
+    modelrun, etl, train = v.stage_rows(run, steps, now=at(700))
+    assert (modelrun.stage, modelrun.current) == (d.MODELRUN, True)
+    assert (modelrun.queued, modelrun.running) == ("3 s", "1 m 37 s")  # held before the release: not its queue
+    assert (etl.queued, etl.stage) == ("—", "etl")  # ready only once the model run exists
+    held = {**run, "status": d.QUEUED, "stage": "etl", "released_at": None}
+    assert v.stage_rows(held, steps[:2], now=at(60))[0].queued == "1 m 00 s"  # a held run's first stage waits
+
+
 def test_per_class_table_and_bar_metric():
     metrics = {"accuracy": 0.9, "per_class": {"cat": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 4},
                                               "dog": {"precision": 0.5, "recall": 1.0, "f1": 0.667, "support": 2}}}

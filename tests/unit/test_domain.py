@@ -148,3 +148,23 @@ def test_history_entry_keeps_the_attempt_facts() -> None:
 
 def test_now_is_timezone_aware_utc() -> None:
     assert d.now().tzinfo is not None and d.now().utcoffset().total_seconds() == 0
+
+
+def test_a_held_rule_run_launches_nothing_until_released() -> None:
+    held = {"model_run_id": "", "waiting": "queued behind run a1"}
+    assert d.is_held(held)
+    assert d.launch_blocker(held, d.MODELRUN) == "run is waiting: queued behind run a1"
+    assert d.launch_blocker(held, "etl") == "run is waiting: queued behind run a1"
+
+
+def test_a_released_rule_run_launches_only_its_modelrun_step_until_it_has_a_model_run() -> None:
+    released = {"model_run_id": "", "waiting": "creating the Labelbox model run", "released_at": datetime.now(UTC)}
+    assert not d.is_held(released)
+    assert d.launch_blocker(released, d.MODELRUN) == ""
+    assert d.launch_blocker(released, "etl") == "run has no Labelbox model run yet"
+    started = {**released, "model_run_id": "mr1", "waiting": None}
+    assert d.launch_blocker(started, "etl") == "" and not d.is_held({"model_run_id": "mr1"})
+
+
+def test_the_model_run_name_is_the_same_for_every_attempt() -> None:
+    assert d.model_run_name("dev", RUN_ID) == f"dev-{RUN_ID}"
