@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 STAGES = {"etl": "jobs.etl", "train": "jobs.train", "evaluate": "jobs.evaluate", "deploy": "jobs.deploy"}
@@ -177,9 +177,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; whatever fails, from argument parsing on, ends in error.json and exit 1 or 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(list(sys.argv[1:] if argv is None else argv), _main)
+
+
+def guarded(argv: list[str], body: Callable[[list[str]], int]) -> int:
+    """`body(argv)`, with any failure outside its own handler reported in error.json (jobs.modelrun too)."""
     try:
-        return _main(argv)
+        return body(argv)
     except BaseException as exc:  # noqa: BLE001 - a failure outside the stage's own handler
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             exc = Cancelled(f"job interrupted ({type(exc).__name__})")
@@ -194,13 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
 
 
-def _main(argv: list[str]) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # --help
-        if exc.code in (0, None):
-            return 0
-        raise
+def prepare(outputs: str) -> tuple[Any, Any]:
+    """The job's config and logger: environment read, stale results removed, secret values read in
+    (Secret Manager, by resource name) before anything can log them."""
     from lbtrain import log, secrets, storage
     from lbtrain.config import from_env
 
@@ -209,14 +209,25 @@ def _main(argv: list[str]) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     log.setup(secrets=config.secrets(), project=config.project)
-    logger = log.get("jobs")
+    storage.makedirs(outputs)
+    for stale in (OUTPUTS_FILE, ERROR_FILE):
+        storage.delete(storage.join(outputs, stale))
+    config = secrets.resolve(config)
+    log.setup(secrets=config.secrets(), project=config.project)
+    return config, log.get("jobs")
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help
+        if exc.code in (0, None):
+            return 0
+        raise
+    from lbtrain import log, storage
+
     with log.bind(run_id=args.run_id, stage=args.stage, attempt=args.attempt):
-        storage.makedirs(args.outputs)
-        for stale in (OUTPUTS_FILE, ERROR_FILE):
-            storage.delete(storage.join(args.outputs, stale))
-        # Secret values (Secret Manager, by resource name) are read once, before anything can log them.
-        config = secrets.resolve(config)
-        log.setup(secrets=config.secrets(), project=config.project)
+        config, logger = prepare(args.outputs)
         try:
             inputs = _read_inputs(args)
             task = _load_task(inputs["model_type"])

@@ -1,7 +1,7 @@
 """modelrun job: create a retraining rule run's Labelbox model run.
 
 `python -m jobs.modelrun --run-id R --stage modelrun --attempt N --inputs URI --outputs URI` (the job
-args of DESIGN §4; on Vertex the jobs image with this module as its command). Upserting the project's
+args of docs/architecture.md §4; on Vertex the jobs image with this module as its command). Upserting the project's
 labels, exporting and assigning splits takes minutes for a big project: far too long for a push
 request, so it is a job like the stages, launched through the same backend and claim.
 
@@ -19,8 +19,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jobs.context import ERROR_FILE, OUTPUTS_FILE
-from jobs.main import UsageError, _outputs_from_argv, _write_error, human_message
+from jobs.context import OUTPUTS_FILE
+from jobs.main import UsageError, _write_error, guarded, human_message, prepare
 from lbtrain import log, storage
 
 STAGE = "modelrun"
@@ -57,23 +57,14 @@ def read_inputs(uri: str, run_id: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parse_args(argv)
-    except UsageError as exc:
-        print(f"jobs.modelrun: {exc}", file=sys.stderr)
-        if _outputs_from_argv(argv):
-            _write_error(_outputs_from_argv(argv), exc)
-        return 2
-    from lbtrain.config import from_env
+    """Whatever fails, from argument parsing on, ends in error.json and exit 1 or 2 (as jobs.main)."""
+    return guarded(list(sys.argv[1:] if argv is None else argv), _main)
 
-    config = from_env()
-    log.setup(secrets=config.secrets(), project=config.project)
-    logger = log.get("jobs")
+
+def _main(argv: list[str]) -> int:
+    args = parse_args(argv)
     with log.bind(run_id=args.run_id, stage=args.stage, attempt=args.attempt):
-        storage.makedirs(args.outputs)
-        for stale in (OUTPUTS_FILE, ERROR_FILE):
-            storage.delete(storage.join(args.outputs, stale))
+        config, logger = prepare(args.outputs)
         try:
             inputs = read_inputs(args.inputs, args.run_id)
         except UsageError as exc:

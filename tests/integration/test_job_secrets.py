@@ -134,6 +134,9 @@ def test_a_value_in_the_name_variable_is_refused_without_repeating_it() -> None:
 
 def test_the_value_never_reaches_a_log_line(sm: FakeSecretManager, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    # lbtrain.log.setup (run by other tests in this process) quiets these to WARNING: all on, for this test.
+    for name in ("urllib3", "google"):
+        caplog.set_level(logging.DEBUG, logger=name)
     sm.fail_next = [503]
     assert secrets.access(NAME, endpoint=sm.base_url, initial_backoff=0.01) == VALUE
     sm.denied.add(SECRET)
