@@ -117,7 +117,7 @@ def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deplo
     keys = {r.headers.get("authorization") for r in deployment.labelbox.requests if r.query}
     assert keys == {f"Bearer {SECRET_VALUES['LABELBOX_API_KEY']}"}
     _no_secrets(deployment, runs)
-    _pushes_were_accepted(deployment)
+    _pushes_were_accepted(deployment, "ingress")
 
 
 def _wait_listed(api: Any, model_run_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -139,11 +139,11 @@ def _no_secrets(deployment: Deployment, runs: dict[str, Any]) -> None:
             assert value not in text, f"{secret} appears in {name}"
 
 
-def _pushes_were_accepted(deployment: Deployment) -> None:
+def _pushes_were_accepted(deployment: Deployment, *receivers: str) -> None:
     """Every push reached its handler authenticated (never 401/403) and none timed out or crashed."""
     pushes = deployment.pushes()
-    assert {key for key, _ in pushes} >= {"ingress", "launcher-etl", "launcher-train", "launcher-evaluate",
-                                          "launcher-deploy", "job-events"}
+    assert {key for key, _ in pushes} >= {"launcher-etl", "launcher-train", "launcher-evaluate", "launcher-deploy",
+                                          "job-events", *receivers}
     refused = [(key, f.path, f.status) for key, f in pushes if f.status in (401, 403) or f.status >= 500
                and f.status != 503]
     assert not refused, refused
@@ -153,3 +153,53 @@ def _pushes_were_accepted(deployment: Deployment) -> None:
 def test_the_scheduler_reaches_the_reconciler(deployment: Deployment) -> None:
     status, body = deployment.tick_scheduler()
     assert status == 200, body
+
+
+LABEL_WEBHOOKS = Path(__file__).resolve().parents[1] / "data" / "label_webhooks"
+
+
+def test_a_retraining_rule_on_5000_labeled_rows_holds_no_push(deployment: Deployment, tmp_path: Path) -> None:
+    """Label webhooks fire a rule; its model run (label upsert, export and splits of 5,000 rows) is created by
+    the modelrun job on Vertex while every push has long been answered; then the run trains and deploys."""
+    api, fake = deployment.api(), deployment.labelbox
+    project_id, model_id = fresh_id("proj"), fresh_id("model")
+    datasets.build_project("text_single_classification", str(tmp_path), project_id, limit=5000)
+    rows = json_rows(tmp_path / "projects" / project_id / "export.ndjson")
+    assert len(rows) == 5000 and all(r["projects"][project_id]["labels"] for r in rows)
+    fake.add_project(project_id, rows)
+    fake.add_model(model_id)
+    created = fake.hold("CreateModelRunPyApi")  # Labelbox takes its time: the job waits, nothing else may
+    try:
+        api.set_trigger(project_id, {"model_type": "text_single_classification", "model_id": model_id,
+                                     "min_labels": 3})
+        for index in range(3):
+            body = json.loads((LABEL_WEBHOOKS / "label_created.json").read_text())
+            row = rows[index]
+            body["project"]["id"], body["dataRow"]["id"] = project_id, row["data_row"]["id"]
+            body["id"] = row["projects"][project_id]["labels"][0]["id"]
+            status, answer = deployment.webhook("/webhooks/labelbox", body, fresh_id("lw"), event="LABEL_CREATED")
+            assert status == 200, answer
+        run_id = answer["run_id"]
+        _wait_for(lambda: "CreateModelRunPyApi" in fake.operations(), "the modelrun job to call Labelbox")
+        # Held inside Labelbox: the run waits on its job, and every push so far was answered.
+        run = api.get_run(run_id)
+        assert run["status"] == "RUNNING" and run["stage"] == "modelrun" and fake.created_model_runs == []
+        assert any(key == "launcher-modelrun" and f.status == 204 for key, f in deployment.pushes())
+        modelrun_jobs = [b for b in deployment.vertex.created() if b["labels"]["run_id"] == run_id]
+        assert [b["labels"]["stage"] for b in modelrun_jobs] == ["modelrun"]
+    finally:
+        created.set()
+    done = api.wait(run_id, timeout=900, interval=1.0)
+    assert done["status"] == "SUCCEEDED", json.dumps(done.get("error"), indent=1)
+    (mr,) = fake.model_runs_of(model_id)
+    assert done["model_run_id"] == mr and len(fake.created_model_runs) == 1
+    assert len(fake.model_runs[mr].members) == 5000
+    assert [s["status"] for s in fake.statuses if s["model_run_id"] == mr] == STATUSES
+    _pushes_were_accepted(deployment, "launcher-modelrun")
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
