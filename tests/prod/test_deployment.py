@@ -112,12 +112,42 @@ def test_six_model_types_succeed_in_the_deployed_configuration(deployment: Deplo
             assert env["LABELBOX_API_KEY_SECRET"] == launcher_env["LABELBOX_API_KEY_SECRET"]
         assert run["deployment"]["deployed"] is True
 
+    # The dashboard (its own image and Terraform's env) shows the runs and each type's champion from gs://.
+    board = deployment.services["dashboard"].url
+    for run in runs.values():
+        status, page = _get(f"{board}/dashboard/runs/{run['run_id']}")
+        assert status == 200 and run["run_id"] in page
+    for model_type in CASES:
+        status, page = _get(f"{board}/dashboard/models/{model_type}")
+        assert status == 200 and "unreadable" not in page, page[-2000:]
+        champion = json.loads(_read_gcs(deployment, f"models/{model_type}/champion.json"))
+        assert champion["run_id"] in page
+
     # The jobs read the key from Secret Manager (the version Terraform names); nothing secret leaked.
     assert launcher_env["LABELBOX_API_KEY_SECRET"] in deployment.secrets.accesses()
     keys = {r.headers.get("authorization") for r in deployment.labelbox.requests if r.query}
     assert keys == {f"Bearer {SECRET_VALUES['LABELBOX_API_KEY']}"}
     _no_secrets(deployment, runs)
     _pushes_were_accepted(deployment, "ingress")
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _read_gcs(deployment: Deployment, name: str) -> str:
+    from google.cloud import storage as gcs
+
+    with _storage_host(deployment.gcs_host):
+        bucket = gcs.Client(project=deployment.project).bucket(deployment.artifact_bucket)
+        return bucket.blob(name).download_as_text(timeout=30)
 
 
 def _wait_listed(api: Any, model_run_id: str, timeout: float = 120) -> dict[str, Any]:
