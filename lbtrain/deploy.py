@@ -227,6 +227,9 @@ def _add_secret_values(r: Runner, s: Settings) -> None:
         if found:
             r.say(f"  {secret_id} has a version: left alone")
             continue
+        if found is None and not r.dry_run:
+            # The secret exists (step 3): a failed listing is access or network, not "no version".
+            raise DeployError(f"could not list the versions of secret {secret_id}")
         add = gcloud("secrets", "versions", "add", secret_id, "--data-file=-", project=s.project)
         if r.dry_run:
             source = f"${env_name}" if os.environ.get(env_name) else (

@@ -352,3 +352,10 @@ def test_teardown_without_data_deletes_only_a_database_terraform_created(fake):
     assert result.returncode == 0, result.stderr
     delete = _find(calls, "firestore", "databases", "delete")
     assert delete and calls.index(_find(calls, "destroy")[0]) < calls.index(delete[0])
+
+
+def test_a_secret_whose_versions_cannot_be_listed_is_not_overwritten(fake):
+    result, calls = fake("deploy", {"fail": ["gcloud"], "fail_words": ["versions", "list"]},
+                         LABELBOX_API_KEY=VALUES["LABELBOX_API_KEY"])
+    assert result.returncode != 0 and "could not list the versions" in result.stderr
+    assert not _find(calls, "versions", "add") and not _find(calls, "builds", "submit")
