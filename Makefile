@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint bench dev clean
+.PHONY: venv demo test test-unit lint bench dev clean deploy teardown
 
 venv: $(STAMP)
 
@@ -34,6 +34,21 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/handoff.py
+
+# Google Cloud (lbtrain/deploy.py; needs gcloud and terraform, not the virtualenv):
+#   make deploy PROJECT=my-project REGION=us-central1 [DEPLOYMENT=prod] [DRY_RUN=1] [TAG=…] [DASHBOARD=0]
+#   make teardown PROJECT=my-project REGION=us-central1 [DEPLOYMENT=prod] [KEEP_DATA=0] [DRY_RUN=1]
+# Secret values come from LABELBOX_API_KEY, LABELBOX_WEBHOOK_SECRET, API_TOKEN in the environment or are
+# asked for (never on the command line: make would print them).
+DEPLOY = PROJECT="$(PROJECT)" REGION="$(REGION)" DEPLOYMENT="$(DEPLOYMENT)" DRY_RUN="$(DRY_RUN)" TAG="$(TAG)" \
+	DASHBOARD="$(DASHBOARD)" KEEP_DATA="$(KEEP_DATA)" AUTO_APPROVE="$(AUTO_APPROVE)" \
+	FIRESTORE_LOCATION="$(FIRESTORE_LOCATION)" PYTHONPATH=. $(PYTHON) -m lbtrain.deploy
+
+deploy:
+	@$(DEPLOY) deploy
+
+teardown:
+	@$(DEPLOY) teardown
 
 clean:
 	rm -rf $(VENV) .lbtrain build *.egg-info

@@ -13,7 +13,7 @@ locals {
     jobs_cpu   = "${local.registry}/jobs-cpu:${var.image_tag}"
     jobs_gpu   = "${local.registry}/jobs-gpu:${var.image_tag}"
     serving    = "${local.registry}/serving:${var.image_tag}"
-    # Not built by cloudbuild.yaml yet: only used when var.deploy_dashboard is true.
+    # Only used when var.deploy_dashboard is true (cloudbuild.yaml builds it either way).
     dashboard = "${local.registry}/dashboard:${var.image_tag}"
   }
 

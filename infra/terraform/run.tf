@@ -285,7 +285,7 @@ resource "google_cloud_run_v2_service" "reconciler" {
 }
 
 # Dashboard: reads Firestore; actions need API_TOKEN. IAM-protected (var.dashboard_invokers, or
-# `gcloud run services proxy`). Off until cloudbuild.yaml builds its image.
+# `gcloud run services proxy`). Off with var.deploy_dashboard = false.
 resource "google_cloud_run_v2_service" "dashboard" {
   count               = var.deploy_dashboard ? 1 : 0
   project             = var.project
