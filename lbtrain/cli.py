@@ -165,9 +165,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _wait(c, run_id: str, timeout: float, as_json: bool) -> int:  # noqa: ANN001
+    from lbtrain.progress import describe
+
+    shown: dict[str, str] = {}
+
     def show(run: dict[str, Any]) -> None:
-        if not as_json:
-            print(f"{run['status']:<10} stage {run.get('stage')}", flush=True)
+        """A line when the status or stage changes, and one when the running step's progress does."""
+        if as_json:
+            return
+        lines = {"status": f"{run['status']:<10} stage {run.get('stage')}",
+                 "progress": describe(run["progress"]) if run.get("progress") else ""}
+        for kind, line in lines.items():
+            if line and shown.get(kind) != line:
+                print(line if kind == "status" else f"  {line}", flush=True)
+            shown[kind] = line or shown.get(kind, "")
 
     try:
         run = c.wait(run_id, timeout=timeout, on_change=show)
