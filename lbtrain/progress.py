@@ -26,6 +26,7 @@ library only (plus lbtrain.storage): the services import this to read.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ FILE = "progress.json"
 VERSION = 1
 INTERVAL = 5.0  # seconds between two writes (a GCS object may be rewritten about once a second)
 HISTORY_LIMIT = 500
+READ_TIMEOUT = 10.0  # seconds: a page or a poll waits no longer for the file
 _TEXT_LIMIT = 200
 
 log = logging.getLogger("lbtrain.progress")
@@ -170,7 +172,7 @@ def parse(data: Any) -> dict[str, Any] | None:
 def read(outputs_uri: str) -> dict[str, Any] | None:
     """The progress in a step's outputs dir; None when there is none (yet) or it cannot be read."""
     try:
-        return parse(storage.read_json(storage.join(outputs_uri, FILE)))
+        return parse(json.loads(storage.read_bytes(storage.join(outputs_uri, FILE), timeout=READ_TIMEOUT)))
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - a page or a poll must not fail over progress
