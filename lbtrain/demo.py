@@ -176,8 +176,8 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
                   f"`lbtrain demo` without --exit, or `lbtrain dev`, keeps a stack up)", flush=True)
             return 0 if ok else 1
         print(f"lbtrain demo: the stack stays up: dashboard {dashboard} (each run's page is listed above), "
-              f"REST API {api.base_url}/runs (token: {token_from}). Ctrl-C stops everything.",
-              flush=True)
+              f"REST API {api.base_url}/runs (token: {token_from}; from another terminal: "
+              f"LBTRAIN_STATE_DIR={state_dir} lbtrain runs list). Ctrl-C stops everything.", flush=True)
         interrupted = _stay_up(proc, log_path)
         return (0 if ok else 1) if interrupted else 1
     except KeyboardInterrupt:
