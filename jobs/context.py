@@ -18,6 +18,7 @@ from lbtrain.config import Config
 if TYPE_CHECKING:
     from jobs.tasks.base import Task
     from lbtrain.adapters.labelbox import Labelbox
+    from lbtrain.progress import Writer
 
 OUTPUTS_FILE = "outputs.json"
 ERROR_FILE = "error.json"
@@ -37,10 +38,15 @@ class StageContext:
     config: Config
     task: Task
     logger: logging.Logger = field(default_factory=lambda: log.get("jobs"))
+    tracker: Writer | None = None  # progress.json in the outputs dir (lbtrain/progress.py)
 
     def progress(self, message: str, **fields: Any) -> None:
-        """One JSON log line with structured fields (what the dashboard's log link shows)."""
+        """One JSON log line with structured fields (what the dashboard's log link shows); an
+        `iteration` field (lbtrain.progress.report) also updates progress.json."""
         log.event(self.logger, message, **fields)
+        iteration = fields.get("iteration")
+        if self.tracker is not None and isinstance(iteration, dict):
+            self.tracker.update(**iteration)
 
     def out(self, *parts: str) -> str:
         return storage.join(self.outputs_uri, *parts)

@@ -30,6 +30,7 @@ MAX_MESSAGE = 1000
 # As jobs.context names them (not imported from there: see the module docstring).
 OUTPUTS_FILE = "outputs.json"
 ERROR_FILE = "error.json"
+PROGRESS_FILE = "progress.json"  # as lbtrain.progress names it
 
 
 class UsageError(Exception):
@@ -210,7 +211,7 @@ def prepare(outputs: str) -> tuple[Any, Any]:
         raise UsageError(str(exc)) from None
     log.setup(secrets=config.secrets(), project=config.project)
     storage.makedirs(outputs)
-    for stale in (OUTPUTS_FILE, ERROR_FILE):
+    for stale in (OUTPUTS_FILE, ERROR_FILE, PROGRESS_FILE):
         storage.delete(storage.join(outputs, stale))
     config = secrets.resolve(config)
     log.setup(secrets=config.secrets(), project=config.project)
@@ -237,6 +238,9 @@ def _main(argv: list[str]) -> int:
             return 2
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         started = time.monotonic()
+        from lbtrain.progress import Writer
+
+        tracker = Writer(args.outputs, args.stage)
         try:
             from jobs.context import StageContext
 
@@ -253,6 +257,7 @@ def _main(argv: list[str]) -> int:
                 config=config,
                 task=task,
                 logger=logger,
+                tracker=tracker,
             )
             log.event(
                 logger, f"{args.stage} started", model_type=ctx.model_type, model_run_id=ctx.model_run_id
@@ -278,6 +283,7 @@ def _main(argv: list[str]) -> int:
             return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
+            tracker.flush()
         try:
             log.event(
                 logger,

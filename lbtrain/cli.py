@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model_types = [m.strip() for m in args.model_types.split(",") if m.strip()] if args.model_types else None
     return run_demo(port=args.port, limit=args.limit, timeout=args.timeout, model_types=model_types,
-                    parallel=args.parallel)
+                    parallel=args.parallel, exit_at_end=args.exit)
 
 
 def cmd_datasets_build(args: argparse.Namespace) -> int:
@@ -165,9 +165,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _wait(c, run_id: str, timeout: float, as_json: bool) -> int:  # noqa: ANN001
+    from lbtrain.progress import describe
+
+    shown: dict[str, str] = {}
+
     def show(run: dict[str, Any]) -> None:
-        if not as_json:
-            print(f"{run['status']:<10} stage {run.get('stage')}", flush=True)
+        """A line when the status or stage changes, and one when the running step's progress does."""
+        if as_json:
+            return
+        lines = {"status": f"{run['status']:<10} stage {run.get('stage')}",
+                 "progress": describe(run["progress"]) if run.get("progress") else ""}
+        for kind, line in lines.items():
+            if line and shown.get(kind) != line:
+                print(line if kind == "status" else f"  {line}", flush=True)
+            shown[kind] = line or shown.get(kind, "")
 
     try:
         run = c.wait(run_id, timeout=timeout, on_change=show)
@@ -316,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=3600.0)
     demo.add_argument("--parallel", action="store_true",
                       help="trigger every run at once (they share the CPU; time-boxed trainers stop earlier)")
+    demo.add_argument("--exit", action="store_true",
+                      help="stop the stack when the runs end (default: keep it up, with the dashboard, until Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
 
     ds = sub.add_parser("datasets", help="build file-backed Labelbox model runs from public data")

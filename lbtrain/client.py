@@ -76,13 +76,15 @@ class Client:
         return self.request("POST", f"/runs/{run_id}/retry")[1]
 
     def wait(self, run_id: str, timeout: float = 1800.0, interval: float = 1.0, on_change=None) -> dict[str, Any]:  # noqa: ANN001
-        """Poll until the run ends; `on_change(run)` sees every change of status/stage/step state."""
+        """Poll until the run ends; `on_change(run)` sees every change of status/stage/step state, and
+        of the running step's progress (`run["progress"]`, when its job reports any)."""
         deadline = time.monotonic() + timeout
         last = None
         while True:
             run = self.get_run(run_id)
             key = (run["status"], run.get("stage"), tuple((s["stage"], s["state"], s["attempt"])
-                                                          for s in run.get("steps", [])))
+                                                          for s in run.get("steps", [])),
+                   json.dumps(run.get("progress"), sort_keys=True))
             if key != last and on_change is not None:
                 on_change(run)
             last = key

@@ -2,8 +2,9 @@
 
 Builds a reference model run from public data for each model type, starts `lbtrain dev`
 (emulators included) as a child process, triggers every run the way Labelbox does (a signed
-`/model_run` webhook), shows each stage as it goes, prints the metrics, and stops everything it
-started, Ctrl-C included.
+`/model_run` webhook), shows each stage as it goes and prints the metrics. Then the stack stays up,
+so the dashboard it advertised can be explored, until Ctrl-C (or SIGTERM); `exit_at_end` (`--exit`)
+stops at once instead, for scripts and tests. Either way everything it started is stopped.
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stay_up(proc: subprocess.Popen, log_path: Path) -> bool:
+    """Block until Ctrl-C / SIGTERM (True) or until `lbtrain dev` exits by itself (False)."""
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return True
+    print(f"lbtrain demo: `lbtrain dev` exited with {proc.returncode}; see {log_path}", file=sys.stderr, flush=True)
+    return False
+
+
 def default_model_types() -> list[str]:
     """Every registered model type that has a reference dataset."""
     from lbtrain import datasets, pipelines
@@ -86,7 +98,7 @@ def default_model_types() -> list[str]:
 
 
 def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
-             model_types: list[str] | None = None, parallel: bool = False) -> int:
+             model_types: list[str] | None = None, parallel: bool = False, exit_at_end: bool = False) -> int:
     from lbtrain import datasets, pipelines
     from lbtrain.cli import describe_run
 
@@ -130,6 +142,7 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
         local = read_local_secrets(str(state_dir))
         api = Client(f"http://127.0.0.1:{port}", token=base.api_token or local["api_token"])
         secret = base.labelbox_webhook_secret or local["labelbox_webhook_secret"]
+        token_from = "API_TOKEN" if base.api_token else f"in {state_dir / 'dev.json'}"
         final: dict[str, dict] = {}
         runs: dict[str, str] = {}
         for model_type, model_run_id in model_runs.items():
@@ -146,18 +159,27 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
         for run in final.values():
             print(describe_run(run))
         print("\nlbtrain demo: results (test split)")
+        dashboard = f"{api.base_url}/dashboard/"
         for run in final.values():
             metric = pipelines.get(run["model_type"]).headline_metric
             value = (run.get("metrics") or {}).get(metric)
             shown = f"{metric} {value:.4f}" if isinstance(value, int | float) else (run.get("error") or {}).get(
                 "message", "")
             print(f"  {run['model_type']:<28} {run['status']:<10} {shown}")
+            print(f"  {'':<28} {dashboard}runs/{run['run_id']}")
         ok = all(run["status"] == "SUCCEEDED" for run in final.values())
         print(f"lbtrain demo: {'all runs SUCCEEDED' if ok else 'some runs did not succeed'} in "
-              f"{time.monotonic() - start:.0f}s. API was at {api.base_url}/runs, dashboard at "
-              f"{api.base_url}/dashboard/ (stopped now; `lbtrain dev` keeps a stack up). "
-              f"Labelbox statuses and predictions: {labelbox_dir}/model_runs/<id>/")
-        return 0 if ok else 1
+              f"{time.monotonic() - start:.0f}s. Labelbox statuses and predictions: "
+              f"{labelbox_dir}/model_runs/<id>/", flush=True)
+        if exit_at_end:
+            print(f"lbtrain demo: API was at {api.base_url}/runs, dashboard at {dashboard} (stopped now; "
+                  f"`lbtrain demo` without --exit, or `lbtrain dev`, keeps a stack up)", flush=True)
+            return 0 if ok else 1
+        print(f"lbtrain demo: the stack stays up: dashboard {dashboard} (each run's page is listed above), "
+              f"REST API {api.base_url}/runs (token: {token_from}; from another terminal: "
+              f"LBTRAIN_STATE_DIR={state_dir} lbtrain runs list). Ctrl-C stops everything.", flush=True)
+        interrupted = _stay_up(proc, log_path)
+        return (0 if ok else 1) if interrupted else 1
     except KeyboardInterrupt:
         interrupted = True
         print("\nlbtrain demo: interrupted", flush=True)

@@ -3,7 +3,9 @@
 For the hand-off benchmark and the orchestration tests, where what matters is the chaining,
 not the model. Behaviour comes from the run's params:
 `{"noop": {"fail": {"train": [1]}, "sleep": {"train": 30}}}` fails train's attempt 1 and
-sleeps 30 s in train.
+sleeps 30 s in train. `{"noop": {"progress": {"train": {"epochs": 3, "gate": PATH}}}}` reports 3
+epochs of progress (lbtrain/progress.py, unthrottled), then waits (at most 5 minutes) for the file
+PATH to exist: a test sees the progress of a running step, then lets it end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = storage.read_json(args.inputs)
     behaviour = (inputs.get("params") or {}).get("noop") or {}
     time.sleep(float((behaviour.get("sleep") or {}).get(args.stage, 0)))
+    _fake_progress(args.outputs, args.stage, (behaviour.get("progress") or {}).get(args.stage))
     if args.attempt in (behaviour.get("fail") or {}).get(args.stage, []):
         storage.write_json(storage.join(args.outputs, "error.json"),
                            {"message": f"injected failure in {args.stage} attempt {args.attempt}", "type": "Injected"})
@@ -37,6 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         "uris": {}, "metrics": metrics, "upstream": inputs.get("upstream", {}),
     })
     return 0
+
+
+def _fake_progress(outputs: str, stage: str, spec: dict | None) -> None:
+    if not spec:
+        return
+    from lbtrain import progress
+
+    writer = progress.Writer(outputs, stage, interval=0)
+    epochs = int(spec.get("epochs", 3))
+    for epoch in range(epochs + 1):
+        writer.update(unit="epoch", done=epoch, total=epochs, loss=round(1.0 / (epoch + 1), 4) if epoch else None,
+                      metric="accuracy", value=round(0.5 + 0.1 * epoch, 4) if epoch else None)
+    deadline = time.monotonic() + 300
+    while spec.get("gate") and not storage.exists(spec["gate"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

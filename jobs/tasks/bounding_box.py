@@ -46,6 +46,7 @@ from jobs.tasks.base import (
     model_file,
 )
 from lbtrain import storage
+from lbtrain.progress import report
 
 MODEL_TYPE = "bounding_box"
 MODEL_FILE = "model.pt"
@@ -556,6 +557,8 @@ class BoundingBox(Task):
         best_map, best_epoch, best_state = -1.0, 0, None
         history = []
         epochs_run, stopped_early = 0, False
+        report(progress, f"training {cfg['epochs']} epochs", unit="epoch", done=0, total=cfg["epochs"],
+               metric="map50")
         model.train()
         for epoch in range(1, cfg["epochs"] + 1):
             order = rng.permutation(len(train))
@@ -585,16 +588,27 @@ class BoundingBox(Task):
                 total += loss.item() * len(idx)
                 seen += len(idx)
             if not seen:
+                report(progress, f"stopped before epoch {epoch}: the {cfg['max_seconds']:.0f}s training budget is used",
+                       unit="epoch", done=epochs_run, total=epochs_run, metric="map50",
+                       loss=history[-1]["loss"] if history else None,
+                       value=history[-1]["val_map50"] if history else None,
+                       note=f"stopped: the {cfg['max_seconds']:.0f}s training budget is used")
                 break
             epochs_run = epoch
             val_map = _val_map(model, x_val, val_gt, classes) if val else None
             history.append({"epoch": epoch, "loss": round(total / seen, 4), "val_map50": val_map})
-            progress(
+            report(
+                progress,
                 f"epoch {epoch}/{cfg['epochs']}: loss={total / seen:.4f}"
                 + (f" validation map50={val_map:.4f}" if val_map is not None else ""),
-                epoch=epoch,
+                unit="epoch",
+                done=epoch,
+                total=epoch if stopped_early else cfg["epochs"],
                 loss=round(total / seen, 4),
-                val_map50=val_map,
+                metric="map50",
+                value=val_map,
+                note=f"stopped: the {cfg['max_seconds']:.0f}s training budget is used" if stopped_early else "",
+                extra=history[-1],
             )
             if val_map is None or val_map >= best_map:
                 best_map, best_epoch = (val_map if val_map is not None else -1.0), epoch

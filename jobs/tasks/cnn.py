@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lbtrain import progress as progress_file
 from lbtrain import storage
 
 WEIGHTS_FILE = "weights.pt"
@@ -197,6 +198,7 @@ def fit(
     score: Callable[[Any, Any], float],
     cfg: FitConfig,
     progress: Callable[..., None],
+    metric: str = "score",
 ) -> dict[str, Any]:
     """Train with AdamW and a warm-up + cosine LR; after each epoch score the validation split with
     `score(logits, y_val)` (higher is better) and keep the best weights; stop early after
@@ -204,7 +206,9 @@ def fit(
     0/1 matrix). Time budget: after each epoch the number of epochs is cut to what fits in
     `max_seconds` and the LR schedule is shortened with it, so a slow (shared) machine still ends
     on an annealed model rather than mid-schedule; on a machine where the budget does not bind, a
-    run is deterministic for a given seed. Returns the history and the best epoch."""
+    run is deterministic for a given seed. Each epoch is reported (lbtrain.progress: loss, validation
+    `metric`, ETA) against the planned epochs as they stand after it. Returns the history and the
+    best epoch."""
     import numpy as np
     import torch
     from torch import nn
@@ -225,6 +229,7 @@ def fit(
     planned = cfg.epochs
     step_no = 0
     epoch = 0
+    progress_file.report(progress, f"training {planned} epochs", unit="epoch", done=0, total=planned, metric=metric)
     while epoch < planned:
         epoch += 1
         model.train()
@@ -253,16 +258,23 @@ def fit(
                 best = (entry["validation_score"], epoch, copy.deepcopy(model.state_dict()))
         entry["seconds"] = round(time.monotonic() - started, 1)
         history.append(entry)
-        progress(f"epoch {epoch}/{planned}: " + " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"),
-                 **entry)
-        if best is not None and epoch - best[1] >= cfg.patience and epoch < planned:
-            stopped = "early_stopping"
+        early = best is not None and epoch - best[1] >= cfg.patience and epoch < planned
+        if early:
+            stopped, planned = "early_stopping", epoch
+        else:
+            elapsed = time.monotonic() - started
+            fits = epoch + int(max(0.0, cfg.max_seconds - elapsed) // max(elapsed / epoch, 1e-6))
+            if fits < planned:
+                planned = max(epoch, fits)
+                stopped = "time_budget"
+        note = {"early_stopping": f"stopped early: no better validation {metric} in {cfg.patience} epochs",
+                "time_budget": f"epochs cut to fit the {cfg.max_seconds:.0f}s budget"}.get(stopped, "")
+        progress_file.report(
+            progress, f"epoch {epoch}/{planned}: " + " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"),
+            unit="epoch", done=epoch, total=planned, loss=entry["loss"], metric=metric,
+            value=entry.get("validation_score"), note=note, extra=entry)
+        if early:
             break
-        elapsed = time.monotonic() - started
-        fits = epoch + int(max(0.0, cfg.max_seconds - elapsed) // max(elapsed / epoch, 1e-6))
-        if fits < planned:
-            planned = max(epoch, fits)
-            stopped = "time_budget"
     if best is not None:
         model.load_state_dict(best[2])
     model.eval()

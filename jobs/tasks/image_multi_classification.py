@@ -281,6 +281,7 @@ class ImageMultiClassification(Task):
             score=score,
             cfg=fit_config(cfg, rotate=8.0, shift=0.04, scale=(0.95, 1.05)),
             progress=progress,
+            metric="micro_f1",
         )
         if fixed is not None:
             threshold, val_f1 = float(fixed), None

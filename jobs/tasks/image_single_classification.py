@@ -294,7 +294,8 @@ class ImageSingleClassification(Task):
         arch = cnn.default_arch(side, 1 if mode == "L" else 3, len(classes), pool="avg")
         model = cnn.build(arch, seed=cfg["seed"])
         fit = cnn.fit(
-            model, x_train, y_train, x_val, y_val, loss="ce", score=score, cfg=fit_config(cfg), progress=progress
+            model, x_train, y_train, x_val, y_val, loss="ce", score=score, cfg=fit_config(cfg), progress=progress,
+            metric="accuracy",
         )
         val_pred = [classes[i] for i in cnn.predict_logits(model, x_val).argmax(axis=1)] if len(val) else []
         val_m = classification.metrics([e["target"] for e in val], val_pred, classes) if val else {}

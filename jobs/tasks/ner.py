@@ -37,6 +37,7 @@ from jobs.tasks.base import (
 )
 from jobs.tasks.classification import CONFUSION_METRIC_NAME, row_uuid
 from lbtrain import storage
+from lbtrain.progress import Counter
 
 MODEL_TYPE = "ner"
 MODEL_FILE = "crf.joblib"
@@ -502,10 +503,13 @@ class NamedEntityRecognition(Task):
         best: tuple[float, float, float, Any] | None = None
         tried = []
         combos = list(itertools.product(cfg["c1"], cfg["c2"]))
+        refit = bool(cfg["refit_on_validation"] and val)
+        fits = Counter(progress, "CRF fit", (len(combos) if val else 1) + refit, metric="entity_f1")
         for c1, c2 in combos:
             crf = _crf(c1, c2, cfg["max_iterations"]).fit(x_train, y_train)
             if not val or len(combos) == 1:
                 best = (0.0, c1, c2, crf)
+                fits.step(f"c1={c1:g} c2={c2:g}: fitted", note=f"c1={c1:g} c2={c2:g}")
                 break
             pred = EntityTagger(crf, {}).predict(val)
             m = score_spans(
@@ -514,16 +518,19 @@ class NamedEntityRecognition(Task):
                 types,
             )
             tried.append({"c1": c1, "c2": c2, "entity_f1": m["entity_f1"]})
-            progress(f"c1={c1:g} c2={c2:g}: validation entity_f1={m['entity_f1']:.4f}", **tried[-1])
+            fits.step(f"c1={c1:g} c2={c2:g}: validation entity_f1={m['entity_f1']:.4f}", value=m["entity_f1"],
+                      note=f"c1={c1:g} c2={c2:g}", extra=tried[-1])
             if best is None or m["entity_f1"] > best[0]:
                 best = (m["entity_f1"], c1, c2, crf)
         assert best is not None
         val_f1, c1, c2, crf = best
         fitted_on = ["train"]
-        if cfg["refit_on_validation"] and val:
+        if refit:
             progress(f"refitting with c1={c1:g} c2={c2:g} on train+validation ({len(train) + len(val)} examples)")
             x_all, y_all = _xy(train + val)
             crf = _crf(c1, c2, cfg["max_iterations"]).fit(x_all, y_all)
+            fits.step(f"refitted with c1={c1:g} c2={c2:g} on train+validation",
+                      note=f"refit c1={c1:g} c2={c2:g} on train+validation")
             fitted_on = ["train", "validation"]
         save_joblib(model_dir, crf, MODEL_FILE)
         seconds = round(time.monotonic() - started, 2)

@@ -39,6 +39,7 @@ from jobs.tasks.base import (
     save_joblib,
 )
 from lbtrain import storage
+from lbtrain.progress import Counter
 
 MODEL_TYPE = "text_multi_classification"
 MODEL_FILE = "model.joblib"
@@ -312,27 +313,32 @@ class TextMultiClassification(Task):
 
         best: tuple[float, float, Any, list[float]] | None = None  # (micro_f1, C, classifier, thresholds)
         tried = []
+        refit = bool(cfg["refit_on_validation"] and val)
+        fits = Counter(progress, "fit", (len(cfg["C"]) if val else 1) + refit, metric="micro_f1")
         for c in cfg["C"]:
             clf = _classifier(c, cfg).fit(x_train, y_train)
             if x_val is None:
                 fixed = cfg["threshold"] if isinstance(cfg["threshold"], float | int) else 0.5
                 best = (0.0, c, clf, [float(fixed)] * len(classes))
+                fits.step(f"C={c:g}: fitted (no validation split)", note=f"C={c:g}")
                 break
             proba = clf.predict_proba(x_val)
             thresholds = tune_thresholds(y_val, proba, cfg["threshold"])
             pred = (proba >= thresholds).astype(int)
             f1 = round(_f1(y_val, pred), 4)
             tried.append({"C": c, "micro_f1": f1})
-            progress(f"C={c:g}: validation micro_f1={f1:.4f} (tuned thresholds)", **tried[-1])
+            fits.step(f"C={c:g}: validation micro_f1={f1:.4f} (tuned thresholds)", value=f1, note=f"C={c:g}",
+                      extra=tried[-1])
             if best is None or f1 > best[0]:
                 best = (f1, c, clf, thresholds)
         assert best is not None
         val_f1, best_c, clf, thresholds = best
-        if cfg["refit_on_validation"] and val:
+        if refit:
             progress(f"refitting with C={best_c:g} on train+validation ({len(train) + len(val)} examples)")
             both = train + val
             pipeline = Pipeline([("features", _features()), ("clf", _classifier(best_c, cfg))])
             pipeline.fit([e["text"] for e in both], _indicator([e["targets"] for e in both], classes))
+            fits.step(f"refitted with C={best_c:g} on train+validation", note=f"refit C={best_c:g} on train+validation")
             fitted_on = ["train", "validation"]
         else:
             pipeline = Pipeline([("features", features), ("clf", clf)])

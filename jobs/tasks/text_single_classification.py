@@ -34,6 +34,7 @@ from jobs.tasks.base import (
     save_joblib,
 )
 from lbtrain import storage
+from lbtrain.progress import Counter
 
 MODEL_TYPE = "text_single_classification"
 MODEL_FILE = "model.joblib"
@@ -246,28 +247,31 @@ class TextSingleClassification(Task):
 
         best: tuple[float, float, Any] | None = None  # (macro_f1, C, fitted classifier)
         tried = []
+        refit = bool(cfg["refit_on_validation"] and val)
+        fits = Counter(progress, "fit", (len(cfg["C"]) if val else 1) + refit, metric="macro_f1")
         for c in cfg["C"]:
             clf = _classifier(c, cfg).fit(x_train, y_train)
             if x_val is None:
                 best = (0.0, c, clf)
+                fits.step(f"C={c:g}: fitted (no validation split)", note=f"C={c:g}")
                 break
             m = classification.metrics(y_val, [str(p) for p in clf.predict(x_val)], classes)
             tried.append({"C": c, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]})
-            progress(
-                f"C={c:g}: validation macro_f1={m['macro_f1']:.4f} accuracy={m['accuracy']:.4f}", **tried[-1]
-            )
+            fits.step(f"C={c:g}: validation macro_f1={m['macro_f1']:.4f} accuracy={m['accuracy']:.4f}",
+                      value=m["macro_f1"], note=f"C={c:g}", extra=tried[-1])
             if best is None or m["macro_f1"] > best[0]:  # ties keep the smaller C (stronger regularization)
                 best = (m["macro_f1"], c, clf)
         assert best is not None
         best_c = best[1]
         val_metrics = next((t for t in tried if t["C"] == best_c), {"macro_f1": None, "accuracy": None})
-        if cfg["refit_on_validation"] and val:
+        if refit:
             progress(f"refitting with C={best_c:g} on train+validation ({len(train) + len(val)} examples)")
             both = train + val
             pipeline = Pipeline(
                 [("features", _features(cfg["char_analyzer"])), ("clf", _classifier(best_c, cfg))]
             )
             pipeline.fit([e["text"] for e in both], [e["target"] for e in both])
+            fits.step(f"refitted with C={best_c:g} on train+validation", note=f"refit C={best_c:g} on train+validation")
             fitted_on = ["train", "validation"]
         else:
             pipeline = Pipeline([("features", features), ("clf", best[2])])

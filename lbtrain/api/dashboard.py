@@ -23,6 +23,7 @@ from markupsafe import Markup
 
 from lbtrain import domain as d
 from lbtrain import pipelines, storage
+from lbtrain import progress as progressmod
 from lbtrain.api import dashview as v
 from lbtrain.api.common import ApiError, deps_of, require_token
 from lbtrain.errors import NotFound
@@ -183,12 +184,20 @@ def _run_context(run_id: str) -> dict[str, Any] | None:
     bars = v.svg_bars([(name, row.get(bar_key)) for name, row in class_rows],
                       title=f"per-class {bar_key}") if bar_key else None
     known = run.get("model_type") in pipelines.names()
+    active = run.get("status") in d.ACTIVE_RUN_STATUSES
+    progress = progressmod.of_running_step(deps_of(current_app).config.artifact_root, run, steps) if active else None
+    progress_chart = None
+    if progress and any(p["loss"] is not None or p["value"] is not None for p in progress["history"]):
+        progress_chart = v.svg_progress(progress["history"], total=progress["total"], unit=progress["unit"],
+                                        metric=progress["metric"])
     return {
+        "progress": progress, "progress_text": progressmod.describe(progress) if progress else "",
+        "progress_chart": progress_chart,
         "run": run, "rows": v.stage_rows(run, steps, now), "duration": v.run_duration(run, now),
         "scalars": v.scalar_metrics(metrics), "class_columns": columns, "class_rows": class_rows,
         "bar_key": bar_key, "bars": bars, "labelbox": _labelbox_history(run),
         "headline_metric": pipelines.get(run["model_type"]).headline_metric if known else "",
-        "active": run.get("status") in d.ACTIVE_RUN_STATUSES, "poll_ms": POLL_MS,
+        "active": active, "poll_ms": POLL_MS,
     }
 
 

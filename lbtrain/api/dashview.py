@@ -235,3 +235,55 @@ def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champio
 def headline_value(run: dict[str, Any], metric: str) -> float | None:
     value = (run.get("metrics") or {}).get(metric)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def svg_progress(history: list[dict[str, Any]], *, total: int, unit: str, metric: str,
+                 width: int = 640, height: int = 200) -> Markup:
+    """A running training's curves: loss (blue, scaled to its largest value, left axis) and the
+    validation metric (green, 0 to max(1, values), right axis) per `unit`, x from 1 to `total`
+    (or the last reported unit). Points are dicts {"done", "loss", "value"} (lbtrain.progress)."""
+    pad_l, pad_r, pad_t, pad_b = 48, 48, 12, 28
+    x0, x1, y0, y1 = pad_l, width - pad_r, height - pad_b, pad_t
+    label = f"training loss and validation {metric or 'score'} per {unit}"
+    parts = [f'<svg class="progress-chart" role="img" aria-label="{escape(label)}" viewBox="0 0 {width} {height}" '
+             f'width="100%" preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
+             f"<title>{escape(label)}</title>"]
+    pts = sorted((p for p in history if isinstance(p.get("done"), int)), key=lambda p: p["done"])
+    last = max([int(total), *(p["done"] for p in pts), 1])
+    losses = [p["loss"] for p in pts if isinstance(p.get("loss"), int | float)]
+    values = [p["value"] for p in pts if isinstance(p.get("value"), int | float)]
+    loss_top = max([*losses, 1e-9])
+    value_top = max([1.0, *values])
+
+    def x(done: int) -> float:
+        return x0 + (x1 - x0) * ((done - 1) / (last - 1) if last > 1 else 0.5)
+
+    for frac in (0.0, 0.5, 1.0):
+        y = y0 - frac * (y0 - y1)
+        parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#d0d5dd" stroke-width="1"/>')
+        if losses:
+            parts.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+                         f'fill="#175cd3">{frac * loss_top:.3g}</text>')
+        if values:
+            parts.append(f'<text x="{x1 + 6}" y="{y + 4:.1f}" font-size="11" '
+                         f'fill="#1a7f37">{frac * value_top:.2f}</text>')
+    for key, top, colour, name in (("loss", loss_top, "#175cd3", "loss"),
+                                   ("value", value_top, "#1a7f37", f"validation {metric or 'score'}")):
+        series = [(x(p["done"]), y0 - (y0 - y1) * (float(p[key]) / top), p["done"], float(p[key]))
+                  for p in pts if isinstance(p.get(key), int | float)]
+        if len(series) > 1:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in series)
+            parts.append(f'<polyline class="{key}" points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for px, py, done, val in series:
+            parts.append(f'<circle class="{key}" cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}" '
+                         f'data-done="{done}" data-value="{val:.6g}"><title>{escape(unit)} {done}: '
+                         f'{escape(name)} {val:.4g}</title></circle>')
+    parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">{escape(unit)} 1</text>')
+    parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
+                 f'{escape(unit)} {last}</text>')
+    legend = (['<tspan fill="#175cd3">— loss</tspan>'] if losses else []) + (
+        [f'<tspan fill="#1a7f37">— validation {escape(metric or "score")}</tspan>'] if values else [])
+    parts.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{height - 8}" text-anchor="middle" font-size="11">'
+                 f'{" ".join(legend)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

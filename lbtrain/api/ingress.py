@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from lbtrain import domain as d
-from lbtrain import pipelines, signature
+from lbtrain import pipelines, progress, signature
 from lbtrain.api.common import ApiError, deps_of, jsonable, require_token
 from lbtrain.completion import finish_report
 from lbtrain.errors import Conflict, NotFound
@@ -150,7 +150,14 @@ def _run_view(run_id: str) -> dict[str, Any]:
 
 @bp.get("/runs/<run_id>")
 def get_run(run_id: str):  # noqa: ANN201
-    return jsonify(_run_view(run_id))
+    """The run with its steps; while a step runs and its job reports progress (lbtrain/progress.py),
+    also `progress`, read from the job's outputs dir (one storage read, no Firestore write)."""
+    run = _run_view(run_id)
+    if run.get("status") in d.ACTIVE_RUN_STATUSES:
+        found = progress.of_running_step(deps_of(current_app).config.artifact_root, run, run["steps"])
+        if found is not None:
+            run["progress"] = found
+    return jsonify(run)
 
 
 @bp.post("/runs/<run_id>/cancel")

@@ -242,3 +242,21 @@ def test_a_rules_queued_follow_up_shows_why_it_waits(live_stack: Stack, page: An
     assert page.locator("#run-waiting").count() == 0
     assert_not_reloaded(page)
     assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_run_page_shows_the_training_progress_live(live_stack: Stack, page: Any, tmp_path: Path):
+    gate = tmp_path / "let-train-end"
+    run_id = start(live_stack, sleep={"etl": 2}, progress={"train": {"epochs": 3, "gate": str(gate)}})
+    page.goto(f"{live_stack.dev.url}/dashboard/runs/{run_id}")
+    mark_no_reload(page)
+    expect(page.locator("#run-progress .progress-text")).to_contain_text(
+        "train: epoch 3/3 loss 0.25 val accuracy 0.8", timeout=60_000)
+    chart = page.locator("#run-progress svg.progress-chart")
+    expect(chart).to_be_visible()
+    assert chart.locator("circle.loss").count() == 3 and chart.locator("circle.value").count() == 3
+    gate.write_text("go")
+    page.wait_for_selector("#run-status:text('SUCCEEDED')", timeout=60_000)
+    expect(page.locator("#run-progress")).to_have_count(0)  # the run ended: no progress any more
+    assert_not_reloaded(page)
+    assert page.problems == []  # type: ignore[attr-defined]  # no CSP violation from the inline SVG
+    assert_accessible_basics(page)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 
 from tests.integration.conftest import SECRET, TOKEN
 
@@ -100,3 +101,42 @@ def test_labelbox_register_with_the_file_backend(stack):
                          env={**os.environ, "LABELBOX_DIR": str(env_dir), "LABELBOX_WEBHOOK_SECRET": SECRET},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "NOPE" in bad.stderr
+
+
+def test_runs_wait_prints_the_running_steps_progress(stack, tmp_path):
+    """The train job (here the noop job, reporting 3 epochs) writes progress.json; the REST API, the
+    dashboard and `lbtrain runs wait` show it while the step runs; the job ends when the test says."""
+    mr = stack.model_run()
+    gate = tmp_path / "let-train-end"
+    params = json.dumps({"noop": {"progress": {"train": {"epochs": 3, "gate": str(gate)}}}})
+    out = lbtrain(stack, "runs", "start", "--model-type", "text_single_classification", "--model-run-id", mr,
+                  "--params", params)
+    run_id = out.stdout.split()[1]
+    env = {**os.environ, "LBTRAIN_API_URL": stack.dev.url, "API_TOKEN": TOKEN,
+           "LBTRAIN_STATE_DIR": str(stack.root / "cli-state")}
+    proc = subprocess.Popen([sys.executable, "-m", "lbtrain.cli", "runs", "wait", run_id, "--timeout", "240"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "train: epoch 3/3" in line:
+                break
+        assert lines and "train: epoch 3/3" in lines[-1], "".join(lines)
+        assert lines[-1] == "  train: epoch 3/3 loss 0.25 val accuracy 0.8\n"
+        running = stack.api.get_run(run_id)
+        assert running["status"] == "RUNNING"
+        assert (running["progress"]["stage"], running["progress"]["done"], running["progress"]["total"]) == (
+            "train", 3, 3)
+        with urllib.request.urlopen(f"{stack.dev.url}/dashboard/runs/{run_id}", timeout=30) as resp:
+            html = resp.read().decode()
+        assert "train: epoch 3/3 loss 0.25 val accuracy 0.8" in html and 'class="progress-chart"' in html
+        gate.write_text("go")
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert output.count("train: epoch 3/3") == 1  # printed when it changed, not on every poll
+    assert "SUCCEEDED" in output and "progress" not in stack.api.get_run(run_id)  # ended: no progress

@@ -82,6 +82,10 @@ def test_etl_train_evaluate(jobs: Jobs) -> None:
     train = jobs.outputs("b1", "train")
     assert train["metrics"]["train_size"] == 28 and "history" not in train["metrics"]
     assert (Path(train["uris"]["model"]) / "model.json").exists()
+    progress = json.loads((jobs.out("b1", "train") / "progress.json").read_text())
+    epochs = train["metrics"]["epochs_run"]
+    assert (progress["unit"], progress["metric"], progress["done"]) == ("epoch", "map50", epochs)
+    assert len(progress["history"]) == epochs and progress["history"][0]["loss"] > 0
     metrics = jobs.outputs("b1", "evaluate")["metrics"]
     assert 0.0 <= metrics["map50"] <= 1.0 and metrics["test_size"] == 6 and metrics["predicted_rows"] == 40
     assert not _has_nested_array(metrics)

@@ -37,6 +37,11 @@ def test_pipeline_etl_train_evaluate_deploy(env: JobEnv) -> None:
     assert len(list((env.out("r1", "etl") / "media").glob("*.png"))) == 200  # copied into the run
     train = env.outputs("r1", "train")["metrics"]
     assert train["train_size"] == 140 and train["image_size"] == 28 and train["channels"] == "L"
+    progress = json.loads((env.out("r1", "train") / "progress.json").read_text())
+    assert (progress["unit"], progress["metric"]) == ("epoch", "accuracy")
+    assert progress["done"] == progress["total"] == train["epochs_run"]  # the last epoch, whatever ended it
+    assert [p["done"] for p in progress["history"]] == list(range(1, train["epochs_run"] + 1))
+    assert all(p["loss"] > 0 and 0 <= p["value"] <= 1 for p in progress["history"])
     metrics = env.outputs("r1", "evaluate")["metrics"]
     assert metrics["test_size"] == 30 and metrics["predicted_rows"] == 200
     assert metrics["accuracy"] > 0.3  # 10 classes: chance is 0.1 (6 epochs on 140 digits)

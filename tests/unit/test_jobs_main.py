@@ -130,6 +130,13 @@ def test_pipeline_etl_train_evaluate_deploy(env: Env) -> None:
             assert storage.exists(uri)
     assert env.outputs("r1", "etl")["metrics"]["examples"] == 300
     assert env.outputs("r1", "train")["metrics"]["train_size"] == 210
+    # the train job reported its grid fits (4 values of C, then the refit) in progress.json
+    progress = json.loads((env.out("r1", "train") / "progress.json").read_text())
+    assert (progress["unit"], progress["done"], progress["total"], progress["metric"]) == ("fit", 5, 5, "macro_f1")
+    assert [p["done"] for p in progress["history"]] == [1, 2, 3, 4, 5]
+    grid = json.loads((env.out("r1", "train") / "train_metrics.json").read_text())["grid"]
+    assert [p["value"] for p in progress["history"]] == [t["macro_f1"] for t in grid] + [None]
+    assert "refit" in progress["note"] and progress["eta_seconds"] == 0.0
     metrics = env.outputs("r1", "evaluate")["metrics"]
     assert metrics["test_size"] == 45 and metrics["predicted_rows"] == 300
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["accuracy"] > 0.45  # 3 classes, majority 0.53

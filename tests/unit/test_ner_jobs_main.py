@@ -23,6 +23,9 @@ def test_etl_train_evaluate_deploy(pipe: Pipeline) -> None:
     assert etl["entities"] == sum(sum(v.values()) for v in pipe.summary["per_class"].values())
     train = pipe.ok("r1", "train", {"c1": [0.1], "c2": [0.05], "max_iterations": 60})
     assert train["train_size"] == 112 and train["c1"] == 0.1
+    progress = json.loads((pipe.out("r1", "train") / "progress.json").read_text())
+    assert (progress["unit"], progress["done"], progress["total"]) == ("CRF fit", 2, 2)  # one c1/c2, then the refit
+    assert progress["metric"] == "entity_f1" and "refit" in progress["note"]
     metrics = pipe.ok("r1", "evaluate")
     assert {"entity_f1", "entity_precision", "entity_recall", "per_type"} <= set(metrics)
     assert metrics["test_size"] == 24 and metrics["predicted_rows"] == 160 and not nested_array(metrics)

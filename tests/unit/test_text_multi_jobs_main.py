@@ -76,6 +76,9 @@ def test_etl_train_evaluate_deploy(pipe: Pipeline) -> None:
     assert etl["examples"] == 160 and etl["classes"] == 10 and etl["mode"] == "checklist"
     train = pipe.ok("r1", "train", {"C": [3.0, 30.0]})
     assert train["train_size"] == 112 and train["C"] in (3.0, 30.0)
+    progress = json.loads((pipe.out("r1", "train") / "progress.json").read_text())
+    assert (progress["unit"], progress["done"], progress["total"], progress["metric"]) == ("fit", 3, 3, "micro_f1")
+    assert [p["value"] is not None for p in progress["history"]] == [True, True, False]  # 2 C values, the refit
     metrics = pipe.ok("r1", "evaluate")
     assert {"micro_f1", "macro_f1", "subset_accuracy", "per_class"} <= set(metrics)
     assert metrics["test_size"] == 24 and metrics["predicted_rows"] == 160
