@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +70,27 @@ def gcs_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield "lbtrain-test"
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def storage_emulator(default_bucket: str = "") -> Iterator[str]:
+    """gcp-storage-emulator as its own process (servers in other processes write to it); its URL."""
+    port = emulators.free_port()
+    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory", "-q"]
+    if default_bucket:
+        cmd += ["--default-bucket", default_bucket]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(host + "/storage/v1/b", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "storage emulator did not start"
+                time.sleep(0.1)
+        yield host
+    finally:
+        proc.kill()
+        proc.wait()

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from lbtrain.emulators import free_port
-from tests.conftest import ARTIFACTS, fresh_id
+from tests.conftest import ARTIFACTS, fresh_id, storage_emulator
 from tests.e2e.conftest import SECRET, TOKEN, Dev, dev_env, running_dev
 from tests.fakes.vertex import FakeVertex, serve
 from tests.fakes.vertex_runner import JobRunner
@@ -28,30 +25,10 @@ JOB_IMAGE = "us-docker.pkg.dev/e2e/lbtrain/jobs-cpu:e2e"
 SERVING_IMAGE = "us-docker.pkg.dev/e2e/lbtrain/serving:e2e"
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url + "/storage/v1/b", timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def gcs_host() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
-                             "--in-memory", "--default-bucket", BUCKET, "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(host):
-            assert proc.poll() is None and time.monotonic() < deadline, "storage emulator did not start"
-            time.sleep(0.1)
+    with storage_emulator(BUCKET) as host:
         yield host
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from lbtrain.adapters import pubsub_bus
 from lbtrain.client import Client
 from lbtrain.emulators import free_port
 from lbtrain.launch import inputs_uri, job_inputs
-from tests import image_env
+from tests import http, image_env
 from tests.conftest import fresh_id
 from tests.fakes.vertex import FakeVertex, serve
 
@@ -63,39 +61,6 @@ def gcs_client(gcs: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _env(dockerfile: str, tmp_path_factory: pytest.TempPathFactory) -> image_env.ImageEnv:
     return image_env.build(dockerfile, tmp_path_factory.mktemp(Path(dockerfile).parent.name + "-app"))
-
-
-def _wait_http(url: str, proc: Any, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before answering:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # answering, even if not 2xx
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 # -- jobs and serving ---------------------------------------------------------------------------------
@@ -189,9 +154,9 @@ def test_serving_image_serves_a_model_from_gcs(jobs_env: image_env.ImageEnv, ser
         "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health",
         "AIP_STORAGE_URI": model_uri, "STORAGE_EMULATOR_HOST": gcs, "LBTRAIN_SERVING_HOST": "127.0.0.1"})
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        assert _get(f"http://127.0.0.1:{port}/health")[0] == 200
-        status, body = _post(f"http://127.0.0.1:{port}/predict",
+        http.wait_answering(f"http://127.0.0.1:{port}/health", proc, log)
+        assert http.get(f"http://127.0.0.1:{port}/health")[0] == 200
+        status, body = http.post(f"http://127.0.0.1:{port}/predict",
                              {"instances": ["a gripping, beautifully acted film", "dull and far too long"]})
         assert status == 200, body
         predictions = json.loads(body)["predictions"]
@@ -223,7 +188,7 @@ class Services:
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         # functions-framework answers any path; the Flask services have /healthz.
-        _wait_http(url + ("/healthz" if name in ("ingress", "launcher", "dashboard") else "/"), proc, log)
+        http.wait_answering(url + ("/healthz" if name in ("ingress", "launcher", "dashboard") else "/"), proc, log)
         self.urls[name] = url
         return url
 
@@ -295,7 +260,7 @@ def test_service_images_run_the_chain(emulator_hosts: dict[str, str], gcs: str, 
         assert dict(step.attributes)["run_id"] == run_id
 
         # launcher (STAGE=etl): the step message as Pub/Sub pushes it → a CustomJob on the fake Vertex.
-        status, body = _post(urls["launcher"] + "/push/step/etl", _push_envelope(step, etl_sub))
+        status, body = http.post(urls["launcher"] + "/push/step/etl", _push_envelope(step, etl_sub))
         assert status == 204, body
         assert len(fake.jobs) == 1
         job_id = next(iter(fake.jobs))
@@ -308,7 +273,7 @@ def test_service_images_run_the_chain(emulator_hosts: dict[str, str], gcs: str, 
         entry["resource"]["labels"]["job_id"] = job_id
         event_message = {"data": base64.b64encode(json.dumps(entry).encode()).decode(), "attributes": {},
                          "messageId": fresh_id("m"), "publishTime": "2026-12-03T00:00:00Z"}
-        status, body = _post(urls["job-events"], {"message": event_message,
+        status, body = http.post(urls["job-events"], {"message": event_message,
                                                   "subscription": f"projects/{project}/subscriptions/x"},
                              headers={"ce-specversion": "1.0", "ce-id": fresh_id("ce"),
                                       "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
@@ -318,15 +283,15 @@ def test_service_images_run_the_chain(emulator_hosts: dict[str, str], gcs: str, 
         assert run["status"] == "FAILED" and "etl" in (run.get("error") or {}).get("stage", "etl"), run
 
         # reconciler (HTTP, Cloud Scheduler): a sweep over this deployment answers.
-        status, body = _post(urls["reconciler"], {})
+        status, body = http.post(urls["reconciler"], {})
         assert status == 200, body
 
         # dashboard: the run's page, and the champion record read from gs://.
         storage.write_json(storage.join(root, "models", "text_single_classification", "champion.json"),
                            {"run_id": "champ-run-1", "model_uri": f"{root}/m", "metric": 0.9})
-        status, page = _get(f"{urls['dashboard']}/dashboard/runs/{run_id}")
+        status, page = http.get(f"{urls['dashboard']}/dashboard/runs/{run_id}")
         assert status == 200 and run_id in page
-        status, page = _get(f"{urls['dashboard']}/dashboard/models/text_single_classification")
+        status, page = http.get(f"{urls['dashboard']}/dashboard/models/text_single_classification")
         assert status == 200, page
         assert "champ-run-1" in page and "unreadable" not in page
     finally:

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from lbtrain.emulators import free_port
-from tests.conftest import ARTIFACTS, fresh_id
+from tests.conftest import ARTIFACTS, fresh_id, storage_emulator
 from tests.prod.deployment import Deployment
 
 
 @pytest.fixture(scope="module")
 def gcs_host() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
-                             "--in-memory", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(host + "/storage/v1/b", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "storage emulator did not start"
-                time.sleep(0.1)
+    with storage_emulator() as host:
         yield host
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")

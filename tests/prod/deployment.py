@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 
 from lbtrain.client import Client
 from lbtrain.emulators import free_port
-from tests import image_env
+from tests import http, image_env
 from tests.fakes.cloud_run_front import CloudRunFront
 from tests.fakes.google_oidc import Issuer
 from tests.fakes.labelbox_server import FakeLabelbox
@@ -222,7 +221,7 @@ class Deployment:
         port = free_port()
         log = self.root / f"{key}.log"
         proc = image.popen(image.command(), env={**env, "PORT": str(port)}, log=log)
-        _wait_answering(f"http://127.0.0.1:{port}/healthz", proc, log)
+        http.wait_answering(f"http://127.0.0.1:{port}/healthz", proc, log)
         issuer = self.issuer
 
         def authorize(method: str, path: str) -> str | None:
@@ -339,22 +338,6 @@ def _storage_host(host: str):  # noqa: ANN202
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = saved
-
-
-def _wait_answering(url: str, proc: Any, log: Path, timeout: float = 120) -> None:
-    """Until the container answers HTTP at all (functions-framework has no /healthz: a 4xx is fine)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before answering:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 def json_rows(path: Path) -> list[dict[str, Any]]:
