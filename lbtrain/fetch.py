@@ -386,14 +386,19 @@ def fetch(uri: str, *, limit: int, policy: FetchPolicy | None = None) -> Fetched
 
 def fetch_retrying(uri: str, *, limit: int, policy: FetchPolicy | None = None, retries: int = 3,
                    backoff: float = 0.5) -> Fetched:
-    """`fetch`, trying a transient failure (5xx/408/429, network errors) `retries` more times."""
+    """`fetch`, trying a transient failure (5xx/408/429, network errors) `retries` more times, all
+    attempts and waits within the one deadline of the policy."""
+    policy = policy or current()
+    deadline = time.monotonic() + policy.deadline_seconds
     for attempt in range(retries + 1):
         try:
-            return fetch(uri, limit=limit, policy=policy)
+            left = _remaining(deadline, uri)
+            return fetch(uri, limit=limit, policy=policy.with_overrides(deadline_seconds=left))
         except Refused:
             raise
         except FetchError as exc:
-            if attempt == retries or not exc.transient:
+            pause = backoff * (2**attempt)
+            if attempt == retries or not exc.transient or time.monotonic() + pause >= deadline:
                 raise
-            time.sleep(backoff * (2**attempt))
+            time.sleep(pause)
     raise AssertionError("unreachable")

@@ -142,6 +142,10 @@ class _Origin(http.server.BaseHTTPRequestHandler):
                     time.sleep(0.2)
             except OSError:
                 pass
+        elif path == "/503":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/big-declared":
             self._body(b"x" * 5000)
         elif path == "/big-undeclared":
@@ -393,6 +397,16 @@ def test_a_drip_feed_hits_the_overall_deadline(net: Net) -> None:
     started = time.monotonic()
     _refused("refused_deadline", "https://rows.example/drip", net.policy(deadline_seconds=1.0))
     assert time.monotonic() - started < 3.0  # 40 bytes would take 8 s; every read alone was quick
+
+
+def test_retries_share_the_one_deadline(net: Net) -> None:
+    """A server that fails every time is retried only while the fetch's deadline lasts."""
+    started = time.monotonic()
+    with pytest.raises(fetch.FetchError):
+        fetch.fetch_retrying("https://rows.example/503", limit=100, policy=net.policy(deadline_seconds=1.0),
+                             retries=50, backoff=0.2)
+    assert time.monotonic() - started < 2.0
+    assert 2 <= len(net.connected) < 10
 
 
 def test_a_declared_oversize_body_is_refused_before_reading(net: Net) -> None:
