@@ -188,7 +188,30 @@ def check_address(ip: str, policy: FetchPolicy) -> None:
                       "metadata or reserved)", "refused_address")
 
 
-def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
+def _lookup(host: str, port: int, policy: FetchPolicy, timeout: float) -> list[str]:
+    """policy.resolver within `timeout` (getaddrinfo has none: a slow name server could otherwise
+    hold the fetch past its deadline); the lookup left behind ends on its own."""
+    box: list[list[str] | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(policy.resolver(host, port))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append(exc)
+
+    worker = threading.Thread(target=run, name="lbtrain-fetch-dns", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not box:
+        raise Refused(f"resolving {host} took longer than the fetch deadline", "refused_deadline")
+    if isinstance(box[0], OSError):
+        raise FetchError(f"cannot resolve {host}: {box[0]}", transient=True)
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def _resolve(host: str, port: int, policy: FetchPolicy, timeout: float) -> str:
     """The address to connect to; every address of the name must pass check_address."""
     if host.lower() in _METADATA_NAMES:
         raise Refused(f"host {host} is the metadata server", "refused_address")
@@ -196,10 +219,7 @@ def _resolve(host: str, port: int, policy: FetchPolicy) -> str:
         ipaddress.ip_address(host.strip("[]"))
         addresses = [host.strip("[]")]
     except ValueError:
-        try:
-            addresses = policy.resolver(host, port)
-        except OSError as exc:
-            raise FetchError(f"cannot resolve {host}: {exc}", transient=True) from None
+        addresses = _lookup(host, port, policy, timeout)
     if not addresses:
         raise FetchError(f"{host} resolves to no address", transient=True)
     for ip in addresses:
@@ -275,7 +295,7 @@ def _http(uri: str, limit: int, policy: FetchPolicy) -> Fetched:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError:
             raise Refused(f"bad port in {url[:200]!r}", "refused_scheme") from None
-        ip = _resolve(host, port, policy)
+        ip = _resolve(host, port, policy, _remaining(deadline, uri))
         if scheme == "http" and not (policy.allow_loopback and ipaddress.ip_address(ip).is_loopback):
             raise Refused(f"refused {url[:200]!r}: plain http is not allowed (use https)", "refused_scheme")
         timeout = _remaining(deadline, uri)

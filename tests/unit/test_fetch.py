@@ -399,6 +399,17 @@ def test_a_drip_feed_hits_the_overall_deadline(net: Net) -> None:
     assert time.monotonic() - started < 3.0  # 40 bytes would take 8 s; every read alone was quick
 
 
+def test_a_slow_name_lookup_hits_the_deadline(net: Net) -> None:
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(3)
+        return [PUBLIC_IP]
+
+    started = time.monotonic()
+    policy = net.policy(deadline_seconds=0.5).with_overrides(resolver=slow)
+    _refused("refused_deadline", "https://rows.example/ok.txt", policy)
+    assert time.monotonic() - started < 1.5 and net.connected == []
+
+
 def test_retries_share_the_one_deadline(net: Net) -> None:
     """A server that fails every time is retried only while the fetch's deadline lasts."""
     started = time.monotonic()
