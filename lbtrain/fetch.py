@@ -246,31 +246,58 @@ def decode_text(fetched: Fetched) -> str:
 # --- the schemes -------------------------------------------------------------------------------
 
 
+def _watch(sock: socket.socket, deadline: float) -> threading.Timer:
+    """Shut the socket down at the deadline: a byte every few seconds (in the TLS handshake, the
+    status line or the headers, where no per-read check of ours runs) cannot outlast it."""
+
+    def kill() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """Connects to the checked address; the Host header still names the host."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float, connector: Connector):
-        super().__init__(host, port, timeout=timeout)
+    def __init__(self, host: str, port: int, ip: str, deadline: float, connector: Connector):
+        super().__init__(host, port, timeout=max(0.001, deadline - time.monotonic()))
         self._ip = ip
+        self._deadline = deadline
         self._connector = connector
+        self.watchdog: threading.Timer | None = None
+
+    def _raw(self) -> socket.socket:
+        return self._connector(self._ip, self.port, self.timeout)  # type: ignore[arg-type]
 
     def connect(self) -> None:
-        self.sock = self._connector(self._ip, self.port, self.timeout)
+        self.sock = self._raw()
+        self.watchdog = _watch(self.sock, self._deadline)
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        super().close()
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
+class _PinnedHTTPS(_PinnedHTTP):
     """Connects to the checked address; SNI and the certificate check use the host name."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext,
+    def __init__(self, host: str, port: int, ip: str, deadline: float, context: ssl.SSLContext,
                  connector: Connector):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+        super().__init__(host, port, ip, deadline, connector)
+        self.default_port = 443
         self._ctx = context
-        self._connector = connector
 
     def connect(self) -> None:
-        sock = self._connector(self._ip, self.port, self.timeout)
-        self.sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+        # Watched from before the handshake (wrapping detaches the plain socket: watch the TLS one).
+        sock = self._ctx.wrap_socket(self._raw(), server_hostname=self.host, do_handshake_on_connect=False)
+        self.sock = sock
+        self.watchdog = _watch(sock, self._deadline)
+        sock.do_handshake()
 
 
 def _remaining(deadline: float, uri: str) -> float:
@@ -298,12 +325,12 @@ def _http(uri: str, limit: int, policy: FetchPolicy) -> Fetched:
         ip = _resolve(host, port, policy, _remaining(deadline, uri))
         if scheme == "http" and not (policy.allow_loopback and ipaddress.ip_address(ip).is_loopback):
             raise Refused(f"refused {url[:200]!r}: plain http is not allowed (use https)", "refused_scheme")
-        timeout = _remaining(deadline, uri)
+        _remaining(deadline, uri)
         if scheme == "https":
             ctx = policy.ssl_context or ssl.create_default_context()
-            conn: http.client.HTTPConnection = _PinnedHTTPS(host, port, ip, timeout, ctx, policy.connector)
+            conn: _PinnedHTTP = _PinnedHTTPS(host, port, ip, deadline, ctx, policy.connector)
         else:
-            conn = _PinnedHTTP(host, port, ip, timeout, policy.connector)
+            conn = _PinnedHTTP(host, port, ip, deadline, policy.connector)
         try:
             path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
             try:
@@ -343,8 +370,13 @@ def _read_limited(conn: http.client.HTTPConnection, resp: http.client.HTTPRespon
             _remaining(deadline, uri)
             raise FetchError(f"could not fetch {uri}: read timed out", transient=True) from None
         except (OSError, http.client.HTTPException) as exc:
+            _remaining(deadline, uri)
             raise FetchError(f"could not fetch {uri}: {type(exc).__name__}: {exc}", transient=True) from None
         if not chunk:
+            _remaining(deadline, uri)  # the watchdog's shutdown also reads as an end
+            if resp.length:  # http.client's read1 returns b"" on a connection cut short
+                raise FetchError(f"could not fetch {uri}: the connection closed {resp.length} bytes early",
+                                 transient=True)
             return bytes(out)
         out += chunk
         if len(out) > limit:

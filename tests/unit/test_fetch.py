@@ -142,6 +142,23 @@ class _Origin(http.server.BaseHTTPRequestHandler):
                     time.sleep(0.2)
             except OSError:
                 pass
+        elif path == "/drip-headers":
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for i in range(40):  # 40 header lines over 8 s, each one quick
+                    self.wfile.write(b"X-Slow-%d: x\r\n" % i)
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                self.wfile.write(b"Content-Length: 2\r\n\r\nok")
+            except OSError:
+                pass
+            self.close_connection = True
+        elif path == "/short":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"only this")
+            self.close_connection = True
         elif path == "/503":
             self.send_response(503)
             self.send_header("Content-Length", "0")
@@ -397,6 +414,18 @@ def test_a_drip_feed_hits_the_overall_deadline(net: Net) -> None:
     started = time.monotonic()
     _refused("refused_deadline", "https://rows.example/drip", net.policy(deadline_seconds=1.0))
     assert time.monotonic() - started < 3.0  # 40 bytes would take 8 s; every read alone was quick
+
+
+def test_a_drip_of_headers_hits_the_overall_deadline(net: Net) -> None:
+    started = time.monotonic()
+    _refused("refused_deadline", "https://rows.example/drip-headers", net.policy(deadline_seconds=1.0))
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_body_cut_short_is_a_failure_not_a_short_row(net: Net) -> None:
+    with pytest.raises(fetch.FetchError) as info:
+        fetch.fetch("https://rows.example/short", limit=10_000, policy=net.policy())
+    assert "early" in str(info.value) and info.value.transient
 
 
 def test_a_slow_name_lookup_hits_the_deadline(net: Net) -> None:
