@@ -507,3 +507,19 @@ def test_image_rows_refused_are_skipped_with_their_reason_in_stats(net: Net, tmp
     assert converted.fetch["reasons"] == {"refused_address": 1, "refused_bucket": 1, "refused_scheme": 1,
                                           "refused_too_large": 1}
     assert _Internal.hits == []
+
+
+def test_jobs_main_configures_the_process_from_the_job_config(tmp_path: Path) -> None:
+    """What every job does at start-up (jobs.main.prepare): the policy and pixel limit of its config."""
+    from jobs import main
+
+    main.configure_untrusted_data(from_env({"LABELBOX_BACKEND": "sdk", "MEDIA_BUCKETS": "rows-a",
+                                            "LBTRAIN_MAX_IMAGE_PIXELS": "47"}))
+    policy = fetch.current()
+    assert not policy.allow_files and policy.gcs_buckets == {"rows-a"}
+    out = exportv2.resolve_texts(["file:///proc/self/environ"], retries=0)
+    assert isinstance(out[0], fetch.Refused) and out[0].reason == "refused_scheme"
+    (res,) = images.fetch_media([images.MediaRef("a", str(RED))], str(tmp_path), retries=0)
+    assert isinstance(res, images.FetchError) and res.reason == "refused_scheme"
+    with pytest.raises(images.ImageRefused):
+        images.decode_image(RED.read_bytes())  # 8×6 = 48 > 47
