@@ -215,7 +215,18 @@ def prepare(outputs: str) -> tuple[Any, Any]:
         storage.delete(storage.join(outputs, stale))
     config = secrets.resolve(config)
     log.setup(secrets=config.secrets(), project=config.project)
+    configure_untrusted_data(config)
     return config, log.get("jobs")
+
+
+def configure_untrusted_data(config: Any) -> None:
+    """Row data is untrusted: what it may make the job fetch (lbtrain.fetch) and the largest image
+    it may make any stage decode (jobs.tasks.images), from the job's config."""
+    from jobs.tasks import images
+    from lbtrain import fetch
+
+    fetch.configure(fetch.policy_from_config(config))
+    images.set_max_pixels(config.max_image_pixels)
 
 
 def _main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,8 @@ SERVING_DIR = "serving"
 DEFAULT_PREDICT_ROUTE = "/predict"
 DEFAULT_HEALTH_ROUTE = "/health"
 MAX_REQUEST_BYTES = 10 << 20
+# Seconds a client may take to send its request (each socket wait): a slow body cannot hold a thread.
+REQUEST_TIMEOUT = 30.0
 _MARKER = "jobs.serving"  # in the server's command line: guards against signalling a reused pid
 
 
@@ -63,6 +66,7 @@ def make_server(
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "lbtrain-serving/1"
+        timeout = REQUEST_TIMEOUT
 
         def _send(self, code: int, body: Any) -> None:
             data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -86,9 +90,11 @@ def make_server(
             if path != predict_route:
                 self._send(404, {"error": f"no route {path}"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_REQUEST_BYTES:
-                self._send(413, {"error": f"request body over {MAX_REQUEST_BYTES} bytes"})
+            length, refusal = body_length(self.headers.get_all("Content-Length") or [],
+                                          self.headers.get("Transfer-Encoding"))
+            if refusal is not None:
+                self.close_connection = True  # the body (if any) is never read: no keep-alive after it
+                self._send(*refusal)
                 return
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
@@ -108,6 +114,22 @@ def make_server(
             pass
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+def body_length(values: list[str], transfer_encoding: str | None) -> tuple[int, tuple[int, dict[str, str]] | None]:
+    """(length, None) for a request whose body may be read, else (0, (status, error body)): a body
+    is read only with one plain decimal Content-Length within MAX_REQUEST_BYTES, never to EOF."""
+    if transfer_encoding:
+        return 0, (411, {"error": "send the body with a Content-Length (no Transfer-Encoding)"})
+    if not values:
+        return 0, (411, {"error": "Content-Length required"})
+    distinct = {v.strip() for v in values}
+    if len(distinct) != 1 or not re.fullmatch(r"[0-9]{1,12}", next(iter(distinct))):
+        return 0, (400, {"error": "Content-Length must be one non-negative whole number"})
+    length = int(next(iter(distinct)))
+    if length > MAX_REQUEST_BYTES:
+        return 0, (413, {"error": f"request body over {MAX_REQUEST_BYTES} bytes"})
+    return length, None
 
 
 def serve(model_uri: str, host: str, port: int, predict_route: str, health_route: str) -> int:
@@ -144,6 +166,14 @@ def main() -> int:
     model_uri = os.environ.get("AIP_STORAGE_URI") or os.environ.get("LBTRAIN_MODEL_DIR", "")
     if not model_uri:
         print("jobs.serving: AIP_STORAGE_URI (the model directory) is not set", file=sys.stderr)
+        return 2
+    from jobs.tasks import images
+    from lbtrain.config import from_env
+
+    try:  # request images are untrusted: the same pixel limit as ETL and training
+        images.set_max_pixels(from_env().max_image_pixels)
+    except ValueError as exc:
+        print(f"jobs.serving: bad configuration: {exc}", file=sys.stderr)
         return 2
     return serve(
         model_uri,

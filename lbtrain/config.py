@@ -15,6 +15,15 @@ DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
 PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
 # A Secret Manager secret (version) resource name; without a version it means the latest one.
 SECRET_NAME = re.compile(r"^projects/[^/\s]+/secrets/[\w-]+(?:/versions/(?:latest|\d+))?$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+# Row-data fetches (lbtrain/fetch.py) and image decoding (jobs/tasks/images.py): row data is untrusted.
+DEFAULT_FETCH_MAX_IMAGE_BYTES = 20 << 20
+DEFAULT_FETCH_MAX_TEXT_BYTES = 1 << 20
+DEFAULT_FETCH_DEADLINE_SECONDS = 60.0
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# Read as LBTRAIN_<NAME>: (field, type).
+_LBTRAIN_NUMBERS = (("max_body_bytes", int), ("stale_after_seconds", float), ("fetch_max_image_bytes", int),
+                    ("fetch_max_text_bytes", int), ("fetch_deadline_seconds", float), ("max_image_pixels", int))
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,16 @@ class Config:
     state_dir: str = ".lbtrain"
     # Where the CLI finds the REST API.
     api_url: str = "http://127.0.0.1:8080"
+    # Buckets (comma-separated names) whose gs:// data rows the jobs may read, besides the artifact bucket.
+    media_buckets: str = ""
+    # Row-data fetches: bytes per image / text row, seconds per fetch (all reads and redirects together).
+    fetch_max_image_bytes: int = DEFAULT_FETCH_MAX_IMAGE_BYTES
+    fetch_max_text_bytes: int = DEFAULT_FETCH_MAX_TEXT_BYTES
+    fetch_deadline_seconds: float = DEFAULT_FETCH_DEADLINE_SECONDS
+    # Tests and the local stack only: row data may be fetched over http from loopback. Never set in the cloud.
+    fetch_allow_loopback: bool = False
+    # Largest image (width × height) decoded in ETL, training and serving.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def topic(self, name: str) -> str:
         """Topic id for `runs`, `step-<stage>`, `job-events`, `dead-letter`."""
@@ -124,7 +143,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     values.pop("project", None)
     if env.get("GOOGLE_CLOUD_PROJECT"):
         values["project"] = env["GOOGLE_CLOUD_PROJECT"]
-    for name, kind in (("max_body_bytes", int), ("stale_after_seconds", float)):
+    for name, kind in _LBTRAIN_NUMBERS:
         values.pop(name, None)
         key = f"LBTRAIN_{name.upper()}"
         if env.get(key):
@@ -132,6 +151,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                 values[name] = kind(env[key])
             except ValueError:
                 raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
+            if name.startswith(("fetch_", "max_image")) and not values[name] > 0:  # type: ignore[operator]
+                raise ValueError(f"{key} must be positive, not {env[key]!r}")
+    values.pop("fetch_allow_loopback", None)
+    loopback = env.get("LBTRAIN_FETCH_ALLOW_LOOPBACK", "").strip().lower()
+    if loopback not in ("", "0", "false", "1", "true"):
+        raise ValueError(f"LBTRAIN_FETCH_ALLOW_LOOPBACK must be 1 or 0, not {loopback!r}")
+    values["fetch_allow_loopback"] = loopback in ("1", "true")
+    if values.get("media_buckets"):
+        names = [b.strip() for b in str(values["media_buckets"]).split(",") if b.strip()]
+        bad = [b for b in names if not BUCKET_NAME.match(b)]
+        if bad:
+            raise ValueError(f"MEDIA_BUCKETS: bucket names only, comma-separated (no gs://, no path): {bad[0]!r}")
+        values["media_buckets"] = ",".join(names)
     for name in ("job_python", "job_module", "api_url", "state_dir"):
         values.pop(name, None)
         if env.get(f"LBTRAIN_{name.upper()}"):
@@ -173,7 +205,10 @@ def to_env(config: Config) -> dict[str, str]:
             env["LBTRAIN_MIN_EXAMPLES"] = ",".join(f"{k}={v}" for k, v in value.items())
         elif f.name == "project":
             env["GOOGLE_CLOUD_PROJECT"] = str(value)
-        elif f.name in ("max_body_bytes", "stale_after_seconds", "job_python", "job_module", "api_url", "state_dir"):
+        elif f.name == "fetch_allow_loopback":
+            if value:
+                env["LBTRAIN_FETCH_ALLOW_LOOPBACK"] = "1"
+        elif f.name in (*(n for n, _ in _LBTRAIN_NUMBERS), "job_python", "job_module", "api_url", "state_dir"):
             env[f"LBTRAIN_{f.name.upper()}"] = str(value)
         elif value != "":
             env[f.name.upper()] = str(value)

@@ -32,7 +32,9 @@ def local_secrets(config: Config) -> Config:
     `{state_dir}/dev.json` (mode 0600) so the CLI and the demo can use them. Secrets that come
     from the environment are never written there; none is ever printed or logged."""
     path = Path(config.state_dir) / "dev.json"
-    saved: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    # A link in dev.json's place is neither read nor written through: it is replaced below.
+    saved: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and \
+        not path.is_symlink() else {}
     values = {}
     for name in ("api_token", "labelbox_webhook_secret"):
         if getattr(config, name):
@@ -41,11 +43,25 @@ def local_secrets(config: Config) -> Config:
         values[name] = saved.get(name) or secrets.token_urlsafe(32)
         saved[name] = values[name]
     saved["api_url"] = config.api_url
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(saved, fh)
+    write_private_json(path, saved)
     return config.with_overrides(**values)
+
+
+def write_private_json(path: Path, obj: object) -> None:
+    """Write `obj` to `path` readable by its owner only (0600), whatever mode, owner or link an
+    existing file had: a new file (O_EXCL, 0600, chmod'ed past any umask) replaces it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_local_secrets(state_dir: str) -> dict[str, str]:

@@ -104,13 +104,32 @@ def exists(uri: str) -> bool:
     return local_path(uri).exists()
 
 
-def read_bytes(uri: str, *, timeout: float = GCS_TIMEOUT) -> bytes:
+class TooLarge(ValueError):
+    """An object is larger than the caller's `max_bytes`."""
+
+
+def read_bytes(uri: str, *, timeout: float = GCS_TIMEOUT, max_bytes: int | None = None) -> bytes:
+    """The bytes at `uri`; with `max_bytes`, an object over it raises TooLarge before it is
+    downloaded (its size is read first, and the download pinned to that generation)."""
     if is_gcs(uri):
         try:
-            return _blob(uri).download_as_bytes(timeout=timeout, retry=_retry())
+            blob = _blob(uri)
+            if max_bytes is None:
+                return blob.download_as_bytes(timeout=timeout, retry=_retry())
+            blob.reload(timeout=timeout, retry=_retry())
+            if blob.size is not None and int(blob.size) > max_bytes:
+                raise TooLarge(f"{uri} is {blob.size} bytes, over the {max_bytes}-byte limit")
+            data = blob.download_as_bytes(timeout=timeout, retry=_retry(), if_generation_match=blob.generation)
         except _not_found():
             raise FileNotFoundError(uri) from None
-    return local_path(uri).read_bytes()
+    else:
+        if max_bytes is None:
+            return local_path(uri).read_bytes()
+        with open(local_path(uri), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(f"{uri} is over the {max_bytes}-byte limit")
+    return data
 
 
 def read_text(uri: str) -> str:

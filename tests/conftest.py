@@ -94,3 +94,30 @@ def storage_emulator(default_bucket: str = "") -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_stack_fetch_policy() -> Iterator[None]:
+    """Row data is fetched under the policy of the local stack (LABELBOX_BACKEND=file: local files
+    allowed, nothing private over the network), the one `jobs.main` builds from the default config;
+    a test that needs loopback http or a bucket says so (`policy=` or `fetch.using(...)`). Session-wide
+    so module-scoped fixtures that convert exports get it too."""
+    from lbtrain import fetch
+
+    with fetch.using(fetch.FetchPolicy(allow_files=True)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _untrusted_data_settings_restored() -> Iterator[None]:
+    """An in-process `jobs.main` run configures the process's fetch policy and pixel limit from its
+    config: put the session's back so it cannot leak into the next test."""
+    from lbtrain import fetch
+
+    policy = fetch.current()
+    yield
+    fetch.configure(policy)
+    from jobs.tasks import images
+    from lbtrain.config import DEFAULT_MAX_IMAGE_PIXELS
+
+    images.set_max_pixels(DEFAULT_MAX_IMAGE_PIXELS)

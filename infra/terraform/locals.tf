@@ -76,6 +76,8 @@ locals {
     MODEL_OPTIONS           = var.model_options
     LBTRAIN_MIN_EXAMPLES    = var.min_examples
     LABELBOX_API_KEY_SECRET = "projects/${var.project}/secrets/${var.labelbox_api_key_secret_id}/versions/latest"
+    # The only buckets (besides lbtrain's own) whose gs:// data rows the jobs fetch (lbtrain/fetch.py).
+    MEDIA_BUCKETS = join(",", var.media_buckets)
   }
 
   # Secret env var → Secret Manager secret id. Values are added with gcloud, never here.

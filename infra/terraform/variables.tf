@@ -162,6 +162,10 @@ variable "dashboard_invokers" {
   description = "IAM members allowed to open the dashboard (e.g. user:alice@example.com, group:ml@example.com)."
   type        = list(string)
   default     = []
+  validation {
+    condition     = alltrue([for m in var.dashboard_invokers : !contains(["allusers", "allauthenticatedusers"], lower(trimspace(m)))])
+    error_message = "dashboard_invokers: allUsers and allAuthenticatedUsers would open the dashboard (runs, Labelbox data) to anyone; name users, groups or domains."
+  }
 }
 
 variable "media_buckets" {

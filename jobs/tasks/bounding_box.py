@@ -406,7 +406,7 @@ class BoundingBox(Task):
         predict_only: list[dict[str, Any]] = []
         for (ref, _), media in zip(todo, fetched, strict=True):
             if isinstance(media, images.FetchError):
-                skipped.add("fetch_failed", ref.data_row_id)
+                skipped.add(media.reason, ref.data_row_id)
                 continue
             row: dict[str, Any] = {
                 "data_row_id": ref.data_row_id,

@@ -1,7 +1,7 @@
 """Reading Labelbox Export v2 rows (docs/architecture.md §11): the parts every task shares.
 
 Pure functions over dicts: where the model run sits in a row, its split, its labels, and
-fetching text that `row_data` points to. Stdlib only.
+fetching text that `row_data` points to (through lbtrain.fetch: row_data is untrusted). Stdlib only.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.tasks.base import DatasetError
+from lbtrain import fetch
+from lbtrain.fetch import FetchError
 
 # Labelbox writes "training"/"validation"/"test" (SDK enum TRAINING|VALIDATION|TEST|UNASSIGNED);
 # people and older exports use the short forms.
@@ -123,51 +122,32 @@ def is_url(value: str) -> bool:
     return v.lower().startswith(URL_SCHEMES) and not any(ch.isspace() for ch in v)
 
 
-class FetchError(Exception):
-    pass
-
-
-def _transient(exc: Exception) -> bool:
-    if isinstance(exc, urllib.error.HTTPError):
-        return exc.code >= 500 or exc.code in (408, 429)
-    return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)) and not isinstance(
-        getattr(exc, "reason", None), FileNotFoundError
-    )
-
-
 def fetch_text(
     url: str,
     *,
-    timeout: float = 20.0,
+    timeout: float | None = None,
     retries: int = 3,
     backoff: float = 0.5,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    policy: fetch.FetchPolicy | None = None,
 ) -> str:
-    """GET a text URL (http, https, file) with a timeout and `retries` retries on transient errors."""
-    last: Exception | None = None
-    for attempt in range(retries + 1):
-        try:
-            with opener(url, timeout=timeout) as resp:
-                raw = resp.read()
-                charset = None
-                headers = getattr(resp, "headers", None)
-                if headers is not None and hasattr(headers, "get_content_charset"):
-                    charset = headers.get_content_charset()
-            return raw.decode(charset or "utf-8", errors="replace")
-        except Exception as exc:  # noqa: BLE001 - classified below
-            last = exc
-            if attempt == retries or not _transient(exc):
-                break
-            time.sleep(backoff * (2**attempt))
-    raise FetchError(f"could not fetch {url}: {last}")
+    """The text a row_data URL names, under the fetch policy (the process's by default; `timeout`
+    replaces its overall deadline per attempt), retrying transient errors `retries` times. Raises
+    FetchError; a refused URL, body over the text limit or charset off the allowlist is Refused."""
+    policy = policy or fetch.current()
+    if timeout is not None:
+        policy = policy.with_overrides(deadline_seconds=timeout)
+    got = fetch.fetch_retrying(url, limit=policy.max_text_bytes, policy=policy, retries=retries, backoff=backoff)
+    return fetch.decode_text(got)
 
 
 def resolve_texts(values: Sequence[Any], *, workers: int = 8, **fetch_kw: Any) -> list[str | FetchError]:
-    """row_data values → texts, fetching URLs in a small thread pool (order preserved)."""
+    """row_data values → texts, fetching URLs in a small thread pool (order preserved); a URL that
+    could not be fetched is its FetchError (`.reason` is the skip reason)."""
     out: list[str | FetchError] = [v if isinstance(v, str) else "" for v in values]
     todo = [i for i, v in enumerate(values) if isinstance(v, str) and is_url(v)]
     if not todo:
         return out
+    fetch_kw.setdefault("policy", fetch.current())
 
     def one(i: int) -> tuple[int, str | FetchError]:
         try:

@@ -17,33 +17,38 @@ API (keep it small and stable; the image tasks and the bounding-box task build o
         #   with every row not used counted and named by reason (target_of(ref) → (fields, reason)).
     mode = guess_mode(uris)                         # "L" if the sampled images are gray, else "RGB"
 
-Sources: `https://`, `http://` (urllib, retried with exponential backoff on 5xx/408/429 and
-network errors), `file://`, plain local paths and `gs://` through lbtrain.storage (the one
-google-cloud-storage client, imported lazily, honouring STORAGE_EMULATOR_HOST; without the library
-a FetchError says what to install). Width/height come from `media_attributes` when exported, else
-from the image header. PIL and numpy are imported inside functions so importing this module stays cheap.
+Sources: whatever the process's `lbtrain.fetch` policy allows (row_data is untrusted: public
+`https://`, `gs://` in the configured buckets, local files only with the file-backed Labelbox),
+retried with exponential backoff on 5xx/408/429 and network errors; a refused row is never fetched
+and is counted under its reason (refused_scheme, refused_address, refused_too_large …). Every image
+is opened through `open_image`: allowlisted formats and at most `max_pixels` pixels (40 MP unless
+LBTRAIN_MAX_IMAGE_PIXELS says otherwise), in ETL, training and serving alike. Width/height come from
+`media_attributes` when exported, else from the image header. PIL and numpy are imported inside
+functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.tasks import exportv2
-from lbtrain import storage
+from lbtrain import fetch, storage
+from lbtrain.config import DEFAULT_MAX_IMAGE_PIXELS
 
 MEDIA_DIR = "media"
 DEFAULT_WORKERS = 8
 IMAGE_SCHEMES = ("http://", "https://", "file://", "gs://")
+# Decoders an untrusted image may reach (no TIFF, EPS, PSD … and their larger attack surface).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _EXT_BY_MIME = {
     "image/png": "png",
     "image/jpeg": "jpg",
@@ -81,12 +86,59 @@ class MediaResult:
 
 
 class FetchError(exportv2.FetchError):
-    """One row's media could not be fetched or is not an image (a per-row result, not raised)."""
+    """One row's media could not be fetched, was refused or is not an image (a per-row result, not
+    raised). `reason` is the skip reason stats.json counts it under."""
 
-    def __init__(self, message: str, data_row_id: str = "", uri: str = ""):
-        super().__init__(message)
+    def __init__(self, message: str, data_row_id: str = "", uri: str = "", reason: str = "fetch_failed"):
+        super().__init__(message, reason=reason)
         self.data_row_id = data_row_id
         self.uri = uri
+
+
+class ImageRefused(ValueError):
+    """An image over the pixel limit (reason refused_image_pixels) or not an image in an allowed
+    format (not_an_allowed_image); never decoded."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_pixels(max_pixels: int) -> None:
+    """The process's pixel limit (jobs.main sets it from LBTRAIN_MAX_IMAGE_PIXELS)."""
+    global _max_pixels
+    if max_pixels <= 0:
+        raise ValueError("the pixel limit must be positive")
+    _max_pixels = int(max_pixels)
+
+
+@contextlib.contextmanager
+def open_image(data: bytes, *, max_pixels: int | None = None) -> Iterator[Any]:
+    """PIL image of untrusted bytes: only ALLOWED_FORMATS, and refused from its header alone when
+    width × height is over the limit (a few KB of PNG can declare 12000×12000, ~600 MB decoded).
+    Pillow's own bomb check is set to the same limit and its warning raised as an error."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = max_pixels or _max_pixels
+    Image.MAX_IMAGE_PIXELS = limit
+    # Process-wide and once (catch_warnings is not thread-safe; images are decoded from a pool).
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRefused(f"image over the {limit}-pixel limit ({exc})", "refused_image_pixels") from None
+    except UnidentifiedImageError:
+        raise ImageRefused(f"not a readable image in an allowed format ({', '.join(ALLOWED_FORMATS)})",
+                           "not_an_allowed_image") from None
+    with im:
+        width, height = im.size
+        if width * height > limit:
+            raise ImageRefused(f"image of {width}×{height} pixels is over the {limit}-pixel limit",
+                               "refused_image_pixels")
+        yield im
 
 
 def _positive_int(value: Any) -> int | None:
@@ -124,70 +176,39 @@ def safe_file_name(data_row_id: str) -> str:
 # --- reading bytes -----------------------------------------------------------------------------
 
 
-def _transient(exc: BaseException) -> bool:
-    """Worth retrying: 5xx/408/429, network errors, timeouts (also from google-cloud-storage)."""
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
-        return False
-    code = getattr(exc, "code", None)
-    if isinstance(code, int) and not isinstance(exc, urllib.error.HTTPError):
-        return code >= 500 or code in (408, 429)  # google.api_core exceptions carry .code
-    if isinstance(exc, Exception) and exportv2._transient(exc):
-        return True
-    return isinstance(exc, TimeoutError | ConnectionError)
-
-
-def _read_once(uri: str, timeout: float, opener: Callable[..., Any]) -> bytes:
-    lower = uri.lower()
-    if lower.startswith(("http://", "https://")):
-        with opener(uri, timeout=timeout) as resp:
-            return resp.read()
-    if "://" in uri and not lower.startswith(("file://", "gs://")):
-        raise FetchError(f"unsupported media URI scheme in {uri!r} (use https, gs or file)")
-    try:
-        return storage.read_bytes(uri, timeout=timeout)  # gs://, file:// and plain paths
-    except ImportError as exc:  # gs:// without google-cloud-storage: retrying cannot help
-        raise FetchError(str(exc)) from None
-
-
 def read_media(
     uri: str,
     *,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     retries: int = 3,
     backoff: float = 0.5,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    policy: fetch.FetchPolicy | None = None,
 ) -> bytes:
-    """Bytes of one media URI, retrying transient errors `retries` times with exponential backoff
-    (gs:// reads are retried by lbtrain.storage with the client's retry policy instead)."""
+    """Bytes of one media URI under the fetch policy (the process's by default; `timeout` replaces
+    its overall deadline per attempt), retrying transient errors `retries` times with exponential
+    backoff. Raises lbtrain.fetch.FetchError (Refused when the policy refuses it)."""
+    policy = policy or fetch.current()
+    if timeout is not None:
+        policy = policy.with_overrides(deadline_seconds=timeout)
     if storage.is_gcs(uri):
-        retries = 0
-    last: BaseException | None = None
-    for attempt in range(retries + 1):
-        try:
-            return _read_once(uri, timeout, opener)
-        except FetchError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            last = exc
-            if attempt == retries or not _transient(exc):
-                break
-            time.sleep(backoff * (2**attempt))
-    reason = f"{type(last).__name__}: {last}" if last is not None else "unknown error"
-    raise FetchError(f"could not fetch {uri}: {reason}")
+        retries = 0  # lbtrain.storage retries with the client's retry policy
+    return fetch.fetch_retrying(uri, limit=policy.max_image_bytes, policy=policy, retries=retries,
+                                backoff=backoff).data
 
 
 # --- fetching into the run's artifacts ---------------------------------------------------------
 
 
 def _image_info(data: bytes) -> tuple[int, int, str]:
-    """(width, height, extension) from the image header; raises FetchError if it is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(width, height, extension) from the image header; raises FetchError if it is not an allowed
+    image or is over the pixel limit."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:
             width, height = im.size
             fmt = im.format or ""
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except ImageRefused as exc:
+        raise FetchError(str(exc), reason=exc.reason) from None
+    except (OSError, ValueError) as exc:
         raise FetchError(f"not a readable image ({exc})") from None
     return width, height, _EXT_BY_FORMAT.get(fmt, fmt.lower() or "img")
 
@@ -196,17 +217,18 @@ def fetch_one(
     ref: MediaRef,
     out_uri: str,
     *,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     retries: int = 3,
     backoff: float = 0.5,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    policy: fetch.FetchPolicy | None = None,
 ) -> MediaResult:
-    """Fetch one image into `{out_uri}/media/`; raises FetchError naming the row and the cause."""
+    """Fetch one image into `{out_uri}/media/`; raises FetchError naming the row, the cause and the
+    skip reason."""
     try:
-        data = read_media(ref.uri, timeout=timeout, retries=retries, backoff=backoff, opener=opener)
+        data = read_media(ref.uri, timeout=timeout, retries=retries, backoff=backoff, policy=policy)
         width, height, ext = _image_info(data)
-    except FetchError as exc:
-        raise FetchError(str(exc), ref.data_row_id, ref.uri) from None
+    except fetch.FetchError as exc:
+        raise FetchError(str(exc), ref.data_row_id, ref.uri, reason=exc.reason) from None
     if ref.width and ref.height:  # the exported media_attributes are authoritative
         width, height = ref.width, ref.height
     local_uri = storage.join(out_uri, MEDIA_DIR, f"{safe_file_name(ref.data_row_id)}.{ext}")
@@ -220,16 +242,17 @@ def fetch_media(
     out_uri: str,
     *,
     workers: int = DEFAULT_WORKERS,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     retries: int = 3,
     backoff: float = 0.5,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    policy: fetch.FetchPolicy | None = None,
     progress: Callable[..., None] | None = None,
 ) -> list[MediaResult | FetchError]:
     """Fetch every ref in a pool of at most `workers` threads; results in `refs` order, failures as
-    FetchError values (with .data_row_id) so the caller counts and names them."""
+    FetchError values (with .data_row_id and .reason) so the caller counts and names them."""
     if not refs:
         return []
+    policy = policy or fetch.current()
     done = [0]
     lock = threading.Lock()
     step = max(1, len(refs) // 10)
@@ -237,7 +260,7 @@ def fetch_media(
     def one(ref: MediaRef) -> MediaResult | FetchError:
         try:
             result: MediaResult | FetchError = fetch_one(
-                ref, out_uri, timeout=timeout, retries=retries, backoff=backoff, opener=opener
+                ref, out_uri, timeout=timeout, retries=retries, backoff=backoff, policy=policy
             )
         except FetchError as exc:
             result = exc
@@ -256,11 +279,16 @@ def fetch_media(
 
 
 def fetch_stats(results: Sequence[MediaResult | FetchError], cap: int = exportv2.MAX_NAMED_IDS) -> dict[str, Any]:
-    """For stats.json: how many fetched, how many failed, and the first `cap` failures by row id."""
+    """For stats.json: how many fetched, how many failed (and per reason), and the first `cap`
+    failures by row id."""
     failed = [r for r in results if isinstance(r, FetchError)]
+    reasons: dict[str, int] = {}
+    for f in failed:
+        reasons[f.reason] = reasons.get(f.reason, 0) + 1
     return {
         "fetched": len(results) - len(failed),
         "failed": len(failed),
+        "reasons": dict(sorted(reasons.items())),
         "failures": {f.data_row_id: str(f)[:300] for f in failed[:cap]},
     }
 
@@ -279,7 +307,7 @@ def decode_image(data: bytes, *, size: int | tuple[int, int] | None = None, mode
     import numpy as np
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    with open_image(data) as im:
         im = im.convert(mode)
         wh = _size(size)
         if wh is not None and im.size != wh:
@@ -315,6 +343,8 @@ def decode_b64(text: str, *, size: int | tuple[int, int] | None = None, mode: st
         raise ValueError(f"not valid base64: {exc}") from None
     try:
         return decode_image(data, size=size, mode=mode)
+    except ImageRefused:
+        raise
     except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad data
         raise ValueError(f"not a readable image: {type(exc).__name__}") from None
 
@@ -370,16 +400,17 @@ def convert_rows(
     progress: Callable[..., None],
     *,
     workers: int = DEFAULT_WORKERS,
-    timeout: float = 30.0,
+    timeout: float | None = None,
     retries: int = 3,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    policy: fetch.FetchPolicy | None = None,
 ) -> ImageRows:
     """Export v2 image rows → examples with the image copied under `{out_uri}/media/`.
 
     Each row of the model run becomes exactly one of: an example (split + usable target), a
     predict-only row (`reason` no_split/unassigned_split/unknown_split or the task's reason such as
     no_label/no_answer: still predicted by evaluate), or a skipped row (not_in_model_run,
-    no_data_row_id, duplicate_data_row, no_media, fetch_failed: nothing to predict on).
+    no_data_row_id, duplicate_data_row, no_media, fetch_failed or a refusal such as refused_address,
+    refused_too_large, refused_image_pixels: nothing to predict on).
     `target_of(ref)` → (target fields to add, e.g. {"target": "cat"}, reason or None)."""
     skipped = exportv2.SkipLog()
     refs: list[tuple[exportv2.RowRef, MediaRef]] = []
@@ -402,14 +433,14 @@ def convert_rows(
     if refs:
         progress(f"fetching {len(refs)} images ({workers} at a time)", images=len(refs))
     results = fetch_media(
-        [m for _, m in refs], out_uri, workers=workers, timeout=timeout, retries=retries, opener=opener,
+        [m for _, m in refs], out_uri, workers=workers, timeout=timeout, retries=retries, policy=policy,
         progress=progress,
     )
     examples: list[dict[str, Any]] = []
     predict_only: list[dict[str, Any]] = []
     for (ref, _), result in zip(refs, results, strict=True):
         if isinstance(result, FetchError):
-            skipped.add("fetch_failed", ref.data_row_id)
+            skipped.add(result.reason, ref.data_row_id)
             continue
         item: dict[str, Any] = {
             "data_row_id": ref.data_row_id,

@@ -55,7 +55,7 @@ def text_rows(
             continue
         seen.add(ref.data_row_id)
         if isinstance(text, exportv2.FetchError):
-            skipped.add("fetch_failed", ref.data_row_id)
+            skipped.add(text.reason, ref.data_row_id)
             continue
         if not text.strip():
             skipped.add("no_text", ref.data_row_id)

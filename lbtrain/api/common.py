@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import io
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -43,9 +45,47 @@ def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
+class BoundedBody:
+    """WSGI middleware: a streamed (chunked) request body over `limit` bytes is answered 413.
+
+    Werkzeug applies MAX_CONTENT_LENGTH to a body without Content-Length by reading at most that
+    many bytes and stopping there, so an over-limit chunked body reached the handlers silently cut
+    (a webhook then failed its signature, a JSON body its parsing). Here such a body is read up to
+    limit + 1 bytes first: over the limit it is a 413 and the handlers never run; within it, the
+    handlers get it as a plain body with its Content-Length."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int):
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        from werkzeug.wsgi import get_content_length
+
+        if environ.get("wsgi.input_terminated") and get_content_length(environ) is None:
+            stream = environ["wsgi.input"]
+            buf = bytearray()
+            while len(buf) <= self.limit:
+                chunk = stream.read(min(64 * 1024, self.limit + 1 - len(buf)))
+                if not chunk:
+                    break
+                buf += chunk
+            if len(buf) > self.limit:
+                body = json.dumps({"error": f"request body is larger than {self.limit} bytes"}).encode()
+                start_response("413 Request Entity Too Large", [("Content-Type", "application/json"),
+                                                                ("Content-Length", str(len(body))),
+                                                                ("Connection", "close")])
+                return [body]
+            environ["wsgi.input"] = io.BytesIO(bytes(buf))
+            environ["CONTENT_LENGTH"] = str(len(buf))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ.pop("wsgi.input_terminated", None)
+        return self.app(environ, start_response)
+
+
 def install(app: Flask, deps: Deps) -> None:
-    """Error handlers, per-request log context and config on the app."""
+    """Error handlers, per-request log context, body limits and config on the app."""
     app.config["MAX_CONTENT_LENGTH"] = deps.config.max_body_bytes
+    app.wsgi_app = BoundedBody(app.wsgi_app, deps.config.max_body_bytes)  # type: ignore[method-assign]
     app.extensions["lbtrain"] = deps
 
     @app.before_request

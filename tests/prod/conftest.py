@@ -20,9 +20,13 @@ def gcs_host() -> Iterator[str]:
 def deployment(emulator_hosts: dict[str, str], gcs_host: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("prod")
-    # A Terraform variable a small test project sets: the reference data here is a few hundred rows.
-    dep = Deployment(root, project=fresh_id("proj"), deployment=fresh_id("p"), emulator_hosts=emulator_hosts,
-                     gcs_host=gcs_host, variables={"min_examples": "train=1,validation=0,test=0"})
+    # Terraform variables a small test project sets: the reference data here is a few hundred rows, and
+    # its image rows live in the project's own media bucket (Deployment.media_bucket), which jobs may read.
+    project = fresh_id("proj")
+    dep = Deployment(root, project=project, deployment=fresh_id("p"), emulator_hosts=emulator_hosts,
+                     gcs_host=gcs_host, variables={"min_examples": "train=1,validation=0,test=0",
+                                                   "media_buckets": [f"{project}-media"]})
+    assert dep.media_bucket == f"{project}-media"
     try:
         yield dep.start()
     finally:

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from jobs.tasks import images
-from lbtrain import storage
+from lbtrain import fetch, storage
 
+# The explicit test-only allowance for http servers on 127.0.0.1 (never set in production config).
+LOOPBACK = fetch.FetchPolicy(allow_files=True, allow_loopback=True)
 DATA = Path(__file__).resolve().parent.parent / "data" / "images"
 RED = DATA / "red_8x6.png"  # 8 wide, 6 high, RGB
 BAR = DATA / "bar_10x10.png"  # 10×10 grayscale
@@ -76,7 +78,8 @@ def test_gs_without_client_library_says_what_to_install(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(builtins, "__import__", no_gcs)
     monkeypatch.setattr(storage, "_gcs_client", None)
-    (res,) = images.fetch_media([images.MediaRef("g", "gs://bucket/a.png")], str(tmp_path))
+    policy = fetch.FetchPolicy(gcs_buckets=frozenset({"bucket"}))
+    (res,) = images.fetch_media([images.MediaRef("g", "gs://bucket/a.png")], str(tmp_path), policy=policy)
     assert isinstance(res, images.FetchError) and "pip install google-cloud-storage" in str(res)
 
 
@@ -139,7 +142,7 @@ def test_http_retries_transient_then_succeeds(tmp_path: Path, server: str) -> No
         images.MediaRef("g", f"{server}/gone.png"),
         images.MediaRef("n", "http://127.0.0.1:9/nothing-listens"),
     ]
-    f, g, n = images.fetch_media(refs, str(tmp_path), timeout=2, retries=2, backoff=0.01)
+    f, g, n = images.fetch_media(refs, str(tmp_path), timeout=2, retries=2, backoff=0.01, policy=LOOPBACK)
     assert isinstance(f, images.MediaResult) and (f.width, f.height) == (8, 6)
     assert Path(f.local_uri).read_bytes() == RED.read_bytes()
     assert isinstance(g, images.FetchError) and "404" in str(g)  # not transient: no retry
@@ -149,7 +152,7 @@ def test_http_retries_transient_then_succeeds(tmp_path: Path, server: str) -> No
 def test_parallelism_is_bounded(tmp_path: Path, server: str) -> None:
     _Server.delay = 0.05
     refs = [images.MediaRef(f"r{i}", f"{server}/img{i}.png") for i in range(12)]
-    out = images.fetch_media(refs, str(tmp_path), workers=3, timeout=5)
+    out = images.fetch_media(refs, str(tmp_path), workers=3, timeout=5, policy=LOOPBACK)
     assert all(isinstance(r, images.MediaResult) for r in out)
     assert [r.data_row_id for r in out] == [f"r{i}" for i in range(12)]  # order kept
     assert 2 <= _Server.peak <= 3

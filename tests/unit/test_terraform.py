@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field, fields
@@ -102,6 +103,7 @@ class Ctx:
 
 _STEP = re.compile(r'\.?([A-Za-z_][\w-]*)|\["([^"]+)"\]|\[([\w.]+)\]')
 _TERNARY_DEFAULT = re.compile(r'^var\.(\w+) != "" \? var\.\1 : "(.*)"$')
+_JOIN = re.compile(r'^join\("([^"]*)", ([\w.]+)\)$')
 
 
 def _is_whole_expr(s: str) -> bool:
@@ -135,6 +137,9 @@ def resolve(expr: str, ctx: Ctx) -> Any:
     if m:
         own = ctx.vars[m.group(1)]
         return own if own != "" else render(m.group(2), ctx)
+    m = _JOIN.match(expr)
+    if m:
+        return m.group(1).join(str(v) for v in resolve(m.group(2), ctx))
     parts, pos = [], 0
     while pos < len(expr):
         m = _STEP.match(expr, pos)
@@ -813,3 +818,53 @@ def test_media_buckets_are_readable_by_the_jobs_only():
     others = [n for n, r in tf.of_type("google_storage_bucket_iam_member").items()
               if "var.media_buckets" in str(r.get("for_each", "")) and n != "jobs_media"]
     assert others == []
+
+
+def test_launchers_pass_media_buckets_to_the_fetch_policy():
+    """var.media_buckets reaches the launchers as MEDIA_BUCKETS, the jobs' only readable foreign buckets."""
+    from lbtrain import fetch
+    from lbtrain.adapters.vertex_backend import JOB_ENV_KEYS
+
+    assert "MEDIA_BUCKETS" in JOB_ENV_KEYS
+    for key, svc in services("prod", media_buckets=["rows-a", "rows.b"]).items():
+        plain, _ = svc.env()
+        if not key.startswith("launcher-"):
+            assert "MEDIA_BUCKETS" not in plain, key
+            continue
+        assert plain["MEDIA_BUCKETS"] == "rows-a,rows.b"
+        config = configmod.from_env({k: str(v) for k, v in plain.items()})
+        policy = fetch.policy_from_config(config)
+        assert policy.gcs_buckets == {"rows-a", "rows.b", fetch.bucket_of(config.artifact_root)}
+        assert not policy.allow_files and not policy.allow_loopback  # LABELBOX_BACKEND=sdk in the cloud
+    assert all("MEDIA_BUCKETS" not in svc.env()[0] for svc in services("prod").values())  # none: unset
+
+
+def _plan_dashboard_invokers(tmp_path: Path, members: list[str]) -> subprocess.CompletedProcess[str]:
+    """`terraform plan` of a module holding only the real dashboard_invokers variable block (offline)."""
+    text = (TF_DIR / "variables.tf").read_text(encoding="utf-8")
+    block = re.search(r'^variable "dashboard_invokers" \{.*?^\}\n', text, re.S | re.M)
+    assert block, "variables.tf declares no dashboard_invokers"
+    (tmp_path / "main.tf").write_text(block.group(0), encoding="utf-8")
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"}
+    subprocess.run([str(TERRAFORM), "init", "-backend=false", "-input=false", "-no-color"], cwd=tmp_path,
+                   env=env, capture_output=True, text=True, timeout=120, check=True)
+    return subprocess.run([str(TERRAFORM), "plan", "-input=false", "-lock=false", "-no-color",
+                           "-var", f"dashboard_invokers={json.dumps(members)}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("member", ["allUsers", "allAuthenticatedUsers", " ALLUSERS "])
+def test_dashboard_invokers_refuse_the_public(tmp_path, member):
+    if not TERRAFORM.exists():
+        pytest.skip(f"{TERRAFORM} is not installed; the validation is unchecked")
+    result = _plan_dashboard_invokers(tmp_path, ["user:alice@example.com", member])
+    assert result.returncode != 0
+    assert "allUsers and allAuthenticatedUsers would open the" in result.stdout + result.stderr
+
+
+def test_dashboard_invokers_accept_named_members(tmp_path):
+    if not TERRAFORM.exists():
+        pytest.skip(f"{TERRAFORM} is not installed; the validation is unchecked")
+    members = ["user:alice@example.com", "group:ml@example.com", "domain:example.com"]
+    result = _plan_dashboard_invokers(tmp_path, members)
+    assert result.returncode == 0, result.stdout + result.stderr

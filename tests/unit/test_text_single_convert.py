@@ -13,6 +13,7 @@ import pytest
 from jobs.tasks import exportv2
 from jobs.tasks.base import DatasetError, loads_jsonl, read_dataset, write_dataset
 from jobs.tasks.text_single_classification import TASK
+from lbtrain import fetch
 from lbtrain.adapters.labelbox import FileLabelbox
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "export_text_single.ndjson"
@@ -196,7 +197,8 @@ def test_fetch_over_http_retries_transient_errors() -> None:
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         values = [f"{base}/a", "inline text", f"{base}/b", "http://127.0.0.1:9/nothing-listens-here"]
-        out = exportv2.resolve_texts(values, timeout=2, retries=2, backoff=0.01)
+        loopback = fetch.FetchPolicy(allow_loopback=True)  # the test-only allowance for 127.0.0.1
+        out = exportv2.resolve_texts(values, timeout=2, retries=2, backoff=0.01, policy=loopback)
         assert out[0] == "text of /a – ok"
         assert out[1] == "inline text"
         assert out[2] == "text of /b – ok"
