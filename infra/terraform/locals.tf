@@ -86,13 +86,15 @@ locals {
     LABELBOX_WEBHOOK_SECRET = var.labelbox_webhook_secret_secret_id
     API_TOKEN               = var.api_token_secret_id
   }
-  # Which secrets each service mounts (latest version, as env vars).
+  # Which secrets each service mounts (latest version, as env vars); its account may read exactly
+  # these (secrets.tf). LABELBOX_API_KEY: reporting.report_status (every service reports a run's
+  # Labelbox status somewhere) and the dashboard's Labelbox status history.
   service_secrets = {
-    ingress    = ["LABELBOX_API_KEY", "LABELBOX_WEBHOOK_SECRET", "API_TOKEN"]
-    launcher   = ["LABELBOX_API_KEY"]
-    job_events = ["LABELBOX_API_KEY"]
-    reconciler = ["LABELBOX_API_KEY"]
-    dashboard  = ["LABELBOX_API_KEY", "API_TOKEN"]
+    ingress    = ["LABELBOX_API_KEY", "LABELBOX_WEBHOOK_SECRET", "API_TOKEN"] # refusals, cancel/retry, dead letters; signature.verify; REST API
+    launcher   = ["LABELBOX_API_KEY"]                                         # launch_step: TRAINING_MODEL/… statuses
+    job_events = ["LABELBOX_API_KEY"]                                         # completion: COMPLETE/FAILED, model_run_created
+    reconciler = ["LABELBOX_API_KEY"]                                         # a lost event completed via handle_job_event
+    dashboard  = ["LABELBOX_API_KEY", "API_TOKEN"]                            # Labelbox status history, cancel/retry; actions' token
   }
 
   # Vertex state-change entries of custom jobs (task "service"; container output is task workerpoolN-M),

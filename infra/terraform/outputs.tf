@@ -38,9 +38,13 @@ output "topics" {
 
 output "service_accounts" {
   value = {
-    runtime = google_service_account.runtime.email
-    jobs    = google_service_account.jobs.email
-    invoker = google_service_account.invoker.email
+    ingress    = google_service_account.ingress.email
+    launcher   = google_service_account.launcher.email
+    job_events = google_service_account.job_events.email
+    reconciler = google_service_account.reconciler.email
+    dashboard  = google_service_account.dashboard.email
+    jobs       = google_service_account.jobs.email
+    invoker    = google_service_account.invoker.email
   }
 }
 

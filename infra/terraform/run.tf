@@ -18,7 +18,7 @@ resource "google_cloud_run_v2_service" "ingress" {
   custom_audiences    = ["${local.audience_prefix}/ingress"]
 
   template {
-    service_account                  = google_service_account.runtime.email
+    service_account                  = google_service_account.ingress.email
     max_instance_request_concurrency = 8
     timeout                          = "60s"
     scaling {
@@ -71,7 +71,7 @@ resource "google_cloud_run_v2_service" "ingress" {
       }
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.runtime, google_project_service.apis]
+  depends_on = [google_secret_manager_secret_iam_member.service, google_project_service.apis]
   lifecycle {
     ignore_changes = [client, client_version]
   }
@@ -88,7 +88,7 @@ resource "google_cloud_run_v2_service" "launcher" {
   custom_audiences    = ["${local.audience_prefix}/launcher-${each.key}"]
 
   template {
-    service_account                  = google_service_account.runtime.email
+    service_account                  = google_service_account.launcher.email
     max_instance_request_concurrency = 8
     timeout                          = "120s"
     scaling {
@@ -151,7 +151,7 @@ resource "google_cloud_run_v2_service" "launcher" {
       }
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.runtime, google_service_account_iam_member.runtime_acts_as_jobs]
+  depends_on = [google_secret_manager_secret_iam_member.service, google_service_account_iam_member.launcher_acts_as_jobs]
   lifecycle {
     ignore_changes = [client, client_version]
   }
@@ -168,7 +168,7 @@ resource "google_cloud_run_v2_service" "job_events" {
   custom_audiences    = ["${local.audience_prefix}/job-events"]
 
   template {
-    service_account                  = google_service_account.runtime.email
+    service_account                  = google_service_account.job_events.email
     max_instance_request_concurrency = 8
     timeout                          = "120s"
     scaling {
@@ -215,7 +215,7 @@ resource "google_cloud_run_v2_service" "job_events" {
       }
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.runtime, google_project_service.apis]
+  depends_on = [google_secret_manager_secret_iam_member.service, google_project_service.apis]
   lifecycle {
     ignore_changes = [client, client_version]
   }
@@ -231,7 +231,7 @@ resource "google_cloud_run_v2_service" "reconciler" {
   custom_audiences    = ["${local.audience_prefix}/reconciler"]
 
   template {
-    service_account                  = google_service_account.runtime.email
+    service_account                  = google_service_account.reconciler.email
     max_instance_request_concurrency = 1
     timeout                          = "300s"
     scaling {
@@ -278,7 +278,7 @@ resource "google_cloud_run_v2_service" "reconciler" {
       }
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.runtime, google_project_service.apis]
+  depends_on = [google_secret_manager_secret_iam_member.service, google_project_service.apis]
   lifecycle {
     ignore_changes = [client, client_version]
   }
@@ -295,7 +295,7 @@ resource "google_cloud_run_v2_service" "dashboard" {
   deletion_protection = false
 
   template {
-    service_account                  = google_service_account.runtime.email
+    service_account                  = google_service_account.dashboard.email
     max_instance_request_concurrency = 8
     timeout                          = "60s"
     scaling {
@@ -328,7 +328,7 @@ resource "google_cloud_run_v2_service" "dashboard" {
       }
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.runtime, google_project_service.apis]
+  depends_on = [google_secret_manager_secret_iam_member.service, google_project_service.apis]
   lifecycle {
     ignore_changes = [client, client_version]
   }

@@ -11,10 +11,11 @@ resource "google_secret_manager_secret" "secret" {
   depends_on = [google_project_service.apis]
 }
 
-resource "google_secret_manager_secret_iam_member" "runtime" {
-  for_each  = local.secrets
+# Each service may read exactly the secrets it mounts (local.service_secrets), no other.
+resource "google_secret_manager_secret_iam_member" "service" {
+  for_each  = { for p in flatten([for svc, names in local.service_secrets : [for n in names : { svc = svc, name = n }]]) : "${p.svc} ${p.name}" => p }
   project   = var.project
-  secret_id = google_secret_manager_secret.secret[each.key].secret_id
+  secret_id = google_secret_manager_secret.secret[each.value.name].secret_id
   role      = "roles/secretmanager.secretAccessor"
-  member    = google_service_account.runtime.member
+  member    = local.service_members[each.value.svc]
 }

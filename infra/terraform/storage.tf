@@ -11,7 +11,7 @@ resource "google_artifact_registry_repository" "images" {
 }
 
 resource "google_storage_bucket" "artifacts" {
-  #checkov:skip=CKV_GCP_62:usage logs would need a second bucket; only lbtrain's runtime and jobs accounts hold object roles, and IAM or bucket changes are in the Admin Activity audit log (turn on Data Access audit logs for storage where object reads must be logged)
+  #checkov:skip=CKV_GCP_62:usage logs would need a second bucket; only lbtrain's own service accounts hold object roles (iam.tf: write only the launchers and jobs), and IAM or bucket changes are in the Admin Activity audit log (turn on Data Access audit logs for storage where object reads must be logged)
   #checkov:skip=CKV_GCP_78:objects are written once per attempt path (runs/{run}/{stage}/a{attempt}) and re-created by re-running; versioning would only keep copies, and soft delete (on by default, 7 days) already keeps deleted objects
   project                     = var.project
   name                        = local.bucket

@@ -66,10 +66,54 @@ variable "api_token_secret_id" {
   default     = "lbtrain-api-token"
 }
 
-variable "runtime_service_account_id" {
-  description = "Account id of the services' and functions' runtime service account (cloudbuild.yaml's _RUNTIME_SA)."
+variable "ingress_service_account_id" {
+  description = "Account id (6-30 characters) of the service account the ingress run(s) as."
   type        = string
-  default     = "lbtrain-runtime"
+  default     = "lbtrain-ingress"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.ingress_service_account_id))
+    error_message = "A service account id is 6-30 characters: lowercase letters, digits and hyphens."
+  }
+}
+
+variable "launcher_service_account_id" {
+  description = "Account id (6-30 characters) of the service account the launchers (all stages) run(s) as."
+  type        = string
+  default     = "lbtrain-launcher"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.launcher_service_account_id))
+    error_message = "A service account id is 6-30 characters: lowercase letters, digits and hyphens."
+  }
+}
+
+variable "job_events_service_account_id" {
+  description = "Account id (6-30 characters) of the service account the job-events function run(s) as."
+  type        = string
+  default     = "lbtrain-job-events"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.job_events_service_account_id))
+    error_message = "A service account id is 6-30 characters: lowercase letters, digits and hyphens."
+  }
+}
+
+variable "reconciler_service_account_id" {
+  description = "Account id (6-30 characters) of the service account the reconciler run(s) as."
+  type        = string
+  default     = "lbtrain-reconciler"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.reconciler_service_account_id))
+    error_message = "A service account id is 6-30 characters: lowercase letters, digits and hyphens."
+  }
+}
+
+variable "dashboard_service_account_id" {
+  description = "Account id (6-30 characters) of the service account the dashboard run(s) as."
+  type        = string
+  default     = "lbtrain-dashboard"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.dashboard_service_account_id))
+    error_message = "A service account id is 6-30 characters: lowercase letters, digits and hyphens."
+  }
 }
 
 variable "jobs_service_account_id" {

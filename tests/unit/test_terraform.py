@@ -428,9 +428,7 @@ def test_secrets_come_from_secret_manager_never_as_values():
     for name in tf.variables:
         if re.search(r"secret|token|api_key|password", name):
             assert name.endswith("_secret_id"), f"variable {name} looks like a secret value, not a secret id"
-    accessor = tf.resource("google_secret_manager_secret_iam_member", "runtime")
-    assert accessor["for_each"] == "${local.secrets}" and accessor["member"] == \
-        "${google_service_account.runtime.member}"
+    # Each service's accessor grants are its mounts (test_each_service_account_holds_exactly_its_grants).
     secret_res = tf.resource("google_secret_manager_secret", "secret")
     assert secret_res["for_each"] == "${local.secrets}" and secret_res["secret_id"] == "${each.value}"
     assert one(secret_res["replication"], "replication")
@@ -645,8 +643,6 @@ def test_every_image_is_built_by_cloudbuild_under_the_same_names():
     # Defaults agree with cloudbuild.yaml's, so both address the same resources.
     assert variables["deployment_name"] == subs["_DEPLOYMENT"]
     assert f"gs://{render(tf.locals['bucket'], base)}" == cb(subs["_ARTIFACT_ROOT"])
-    assert f"{variables['runtime_service_account_id']}@{SAMPLE['project']}.iam.gserviceaccount.com" == \
-        cb(subs["_RUNTIME_SA"])
     deploy_text = json.dumps([s for s in doc["steps"] if s["id"].startswith("deploy-")])
     names = {svc.name for svc in services("prod").values()}
     for pattern in re.findall(r"\$\{_DEPLOYMENT\}-[\w$-]+", deploy_text):
@@ -673,7 +669,9 @@ def test_private_services_are_called_only_by_the_invoker_with_their_audience():
         # reachable from the internet; everything else only from Google's own callers.
         reachable = key in ("ingress", "dashboard")
         assert svc.body["ingress"] == ("INGRESS_TRAFFIC_ALL" if reachable else "INGRESS_TRAFFIC_INTERNAL_ONLY"), key
-        assert one(svc.body["template"], "template")["service_account"] == "${google_service_account.runtime.email}"
+        # Each runs as its own account (test_each_cloud_run_service_runs_as_its_own_account), never the invoker.
+        assert one(svc.body["template"], "template")["service_account"] == \
+            f"${{google_service_account.{svc.resource}.email}}"
     members = tf.of_type("google_cloud_run_v2_service_iam_member")
     assert members["ingress_public"]["member"] == "allUsers"
     assert [k for k, m in members.items() if m["member"] == "allUsers"] == ["ingress_public"]  # dashboard: IAM
@@ -747,13 +745,10 @@ def test_jobs_identity_can_do_what_jobs_do_and_launchers_can_use_it():
     bucket = tf.resource("google_storage_bucket_iam_member", "jobs_artifacts")
     assert bucket["role"] == "roles/storage.objectAdmin" and bucket["member"] == "${google_service_account.jobs.member}"
     assert bucket["bucket"] == "${google_storage_bucket.artifacts.name}"
-    acts_as = tf.resource("google_service_account_iam_member", "runtime_acts_as_jobs")
+    acts_as = tf.resource("google_service_account_iam_member", "launcher_acts_as_jobs")
     assert acts_as["service_account_id"] == "${google_service_account.jobs.name}"
-    assert acts_as["member"] == "${google_service_account.runtime.member}"
-    # Services publish step messages for every stage (intake.publish_step); jobs publish job events.
-    publish = tf.resource("google_pubsub_topic_iam_member", "runtime_publisher")
-    assert publish["for_each"] == '${toset(concat(["runs"], [for s in local.stages : "step-${s}"]))}'
-    assert publish["topic"] == "${google_pubsub_topic.topic[each.value].name}"
+    assert acts_as["member"] == "${google_service_account.launcher.member}"
+    # Jobs publish job events (the services' step publishing: test_each_service_account_holds_exactly_its_grants).
     events = tf.resource("google_pubsub_topic_iam_member", "jobs_publish_events")
     assert events["topic"] == '${google_pubsub_topic.topic["job-events"].name}'
     bucket_res = tf.resource("google_storage_bucket", "artifacts")
@@ -868,3 +863,178 @@ def test_dashboard_invokers_accept_named_members(tmp_path):
     members = ["user:alice@example.com", "group:ml@example.com", "domain:example.com"]
     result = _plan_dashboard_invokers(tmp_path, members)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- least privilege: one identity per piece -------------------------------------------------------
+
+STEPS = tuple(f"step-{s}" for s in all_stages())
+
+# Account → what it may do, each grant with the code path that needs it. Kinds: project roles, roles
+# on the artifact bucket, topics it publishes to, secrets it reads, accounts it may act as.
+EXPECTED_GRANTS: dict[str, dict[str, dict[str, str]]] = {
+    "ingress": {
+        "roles": {"roles/datastore.user": "intake.start_run, cancel_run/retry_run, process_dead_letter",
+                  "roles/logging.logWriter": "structured logs"},
+        "bucket": {"roles/storage.objectViewer": "GET /runs/<id>: progress.of_running_step"},
+        "topics": {t: "intake.publish_step: start_run, retry/cancel, dead letter → triggers.release" for t in STEPS},
+        "secrets": {"LABELBOX_WEBHOOK_SECRET": "signature.verify on /model_run, /webhooks/labelbox",
+                    "API_TOKEN": "REST API (common auth)",
+                    "LABELBOX_API_KEY": "reporting.report_status: refusals, retry, dead letters"},
+        "acts_as": {},
+    },
+    "launcher": {
+        "roles": {"roles/datastore.user": "launch.launch_step claims the step",
+                  "roles/logging.logWriter": "structured logs",
+                  "roles/aiplatform.user": "VertexBackend.submit/find_by_name/cancel"},
+        "bucket": {"roles/storage.objectUser": "launch_step writes runs/<id>/inputs/<stage>-a<n>.json"},
+        "topics": {},
+        "secrets": {"LABELBOX_API_KEY": "launch_step reports the stage's status"},
+        "acts_as": {"jobs": "VertexBackend.submit: the CustomJob runs as JOB_SERVICE_ACCOUNT"},
+    },
+    "job_events": {
+        "roles": {"roles/datastore.user": "completion.handle_job_event",
+                  "roles/logging.logWriter": "structured logs",
+                  "roles/aiplatform.viewer": "VertexBackend.get_status (the event is only a hint)"},
+        "bucket": {"roles/storage.objectViewer": "completion.read_outputs/read_error"},
+        "topics": {t: "publish_step: the next stage; triggers.on_run_finished releases a held run" for t in STEPS},
+        "secrets": {"LABELBOX_API_KEY": "completion._report_end, triggers.model_run_created"},
+        "acts_as": {},
+    },
+    "reconciler": {
+        "roles": {"roles/datastore.user": "reconcile_once, triggers.sweep",
+                  "roles/logging.logWriter": "structured logs",
+                  "roles/aiplatform.user": "reconcile_once: get_status, cancel re-sent"},
+        "bucket": {"roles/storage.objectViewer": "reconcile_once → handle_job_event reads outputs"},
+        "topics": {t: "reconcile_once re-drives lost steps; triggers.sweep" for t in STEPS},
+        "secrets": {"LABELBOX_API_KEY": "reconcile_once → handle_job_event reports the end"},
+        "acts_as": {},
+    },
+    "dashboard": {
+        "roles": {"roles/datastore.user": "views, and the cancel/retry actions write",
+                  "roles/logging.logWriter": "structured logs"},
+        "bucket": {"roles/storage.objectViewer": "dashboard champion.json, progress"},
+        "topics": {t: "actions: ingress.cancel_run/retry_run → publish_step" for t in STEPS},
+        "secrets": {"API_TOKEN": "actions check the API token",
+                    "LABELBOX_API_KEY": "_labelbox_history; retry reports to Labelbox"},
+        "acts_as": {},
+    },
+    "jobs": {
+        "roles": {"roles/aiplatform.user": "deploy stage: upload models, deploy endpoints",
+                  "roles/logging.logWriter": "job logs"},
+        "bucket": {"roles/storage.objectAdmin": "jobs read inputs, write outputs, models, predictions"},
+        "topics": {"job-events": "jobs publish their end event"},
+        "secrets": {"LABELBOX_API_KEY": "modelrun/etl/evaluate read it by name (lbtrain/secrets.py)"},
+        "acts_as": {},
+    },
+    "invoker": {"roles": {}, "bucket": {}, "topics": {}, "secrets": {}, "acts_as": {}},
+}
+
+_FLATTEN = re.compile(r'\$\{\{for p in flatten\(\[for svc, (\w+) in local\.(\w+) : \[for (\w) in \1 : '
+                      r'\{svc = svc, (\w+) = \3\}\]\]\) : "\$\{p\.svc\} \$\{p\.\4\}" => p\}\}')
+_ACCOUNT_MEMBER = re.compile(r"\$\{google_service_account\.(\w+)\.member\}")
+
+
+def account_grants() -> dict[str, dict[str, set[str]]]:
+    """Every grant to one of lbtrain's service accounts, evaluated from the IAM resources."""
+    tf = load()
+    base = Ctx(tf, tf.defaults())
+    members = {svc: _ACCOUNT_MEMBER.fullmatch(m).group(1) for svc, m in tf.locals["service_members"].items()}
+    out = {name: {kind: set() for kind in ("roles", "bucket", "topics", "secrets", "acts_as")}
+           for name in tf.of_type("google_service_account")}
+    kinds = {"google_project_iam_member": ("roles", "role"),
+             "google_storage_bucket_iam_member": ("bucket", "role"),
+             "google_pubsub_topic_iam_member": ("topics", "topic"),
+             "google_secret_manager_secret_iam_member": ("secrets", "secret_id"),
+             "google_service_account_iam_member": ("acts_as", "service_account_id")}
+    for (rtype, name), body in tf.resources.items():
+        if rtype not in kinds:
+            continue
+        kind, attr = kinds[rtype]
+        flat = _FLATTEN.fullmatch(str(body.get("for_each", "")))
+        if flat:  # one grant per (service, item) of a local table
+            assert body["member"] == "${local.service_members[each.value.svc]}", name
+            field_name = flat.group(4)
+            pairs = [(members[svc], item) for svc, items in tf.locals[flat.group(2)].items() for item in items]
+            for account, item in pairs:
+                value = {"roles": "${each.value.role}", "topics": "${google_pubsub_topic.topic[each.value.topic].name}",
+                         "secrets": "${google_secret_manager_secret.secret[each.value.name].secret_id}"}[kind]
+                assert body[attr] == value and f"each.value.{field_name}" in value, (name, body[attr])
+                out[account][kind].add(item)
+            continue
+        if body.get("member") == "${local.service_members[each.key]}":  # a map service → one value
+            assert body["for_each"] == "${local.service_bucket_roles}" and body[attr] == "${each.value}", name
+            assert body["bucket"] == "${google_storage_bucket.artifacts.name}", name
+            for svc, role in tf.locals["service_bucket_roles"].items():
+                out[members[svc]][kind].add(role)
+            continue
+        m = _ACCOUNT_MEMBER.fullmatch(str(body.get("member", "")))
+        if not m:  # allUsers, the Pub/Sub service agent, var.dashboard_invokers: not our accounts
+            assert "google_service_account." not in str(body.get("member", "")), name
+            continue
+        account = m.group(1)
+        if kind == "roles":
+            items = re.findall(r'"(roles/[\w.]+)"', body["for_each"]) if "for_each" in body else [body["role"]]
+        elif kind == "bucket":
+            if body["bucket"] != "${google_storage_bucket.artifacts.name}":
+                continue  # jobs_media: the customer's media buckets (test_media_buckets_are_readable_by_the_jobs_only)
+            items = [body["role"]]
+        elif kind == "topics":
+            items = [re.fullmatch(r'\$\{google_pubsub_topic\.topic\["([\w-]+)"\]\.name\}', body["topic"]).group(1)]
+            assert body["role"] == "roles/pubsub.publisher", name
+        elif kind == "secrets":
+            items = [re.fullmatch(r'\$\{google_secret_manager_secret\.secret\["(\w+)"\]\.secret_id\}',
+                                  body["secret_id"]).group(1)]
+            assert body["role"] == "roles/secretmanager.secretAccessor", name
+        else:
+            assert body["role"] == "roles/iam.serviceAccountUser", name
+            items = [re.fullmatch(r"\$\{google_service_account\.(\w+)\.name\}", body["service_account_id"]).group(1)]
+        out[account][kind].update(items)
+    assert render(tf.locals["stages"], base) == list(all_stages())
+    return out
+
+
+def test_each_service_account_holds_exactly_its_grants():
+    """Least privilege: each account's project roles, artifact bucket roles, topics, secrets and actAs
+    grants are exactly the table above (each entry names the code that needs it)."""
+    got = account_grants()
+    assert set(got) == set(EXPECTED_GRANTS), "one account per piece, and no shared runtime account"
+    for account, kinds in EXPECTED_GRANTS.items():
+        for kind, expected in kinds.items():
+            assert got[account][kind] == set(expected), (account, kind)
+
+
+def test_each_cloud_run_service_runs_as_its_own_account():
+    tf = load()
+    svcs = services(deploy_dashboard=True)
+    accounts = {}
+    for key, svc in svcs.items():
+        sa = one(svc.body["template"], "template")["service_account"]
+        expected = "launcher" if svc.resource == "launcher" else svc.resource
+        assert sa == f"${{google_service_account.{expected}.email}}", (key, sa)
+        accounts.setdefault(sa, set()).add(svc.resource)
+    assert all(len(resources) == 1 for resources in accounts.values())
+    ids = [render(body["account_id"], Ctx(tf, tf.defaults())) for body in tf.of_type("google_service_account").values()]
+    assert len(set(ids)) == len(ids) and all(6 <= len(i) <= 30 for i in ids), ids
+    outputs = next(o["service_accounts"] for o in tf.blocks["output"] if "service_accounts" in o)["value"]
+    assert set(outputs) == set(tf.of_type("google_service_account"))
+
+
+def test_only_launchers_act_as_the_jobs_account_and_public_pieces_cannot_launch():
+    got = account_grants()
+    assert {a for a, kinds in got.items() if kinds["acts_as"]} == {"launcher"}
+    assert got["launcher"]["acts_as"] == {"jobs"}
+    for account in ("ingress", "dashboard"):
+        assert not [r for r in got[account]["roles"] if "aiplatform" in r], account
+    # Nobody may mint tokens for (impersonate) a service account but Pub/Sub for the invoker.
+    tokens = [b for b in load().of_type("google_service_account_iam_member").values()
+              if b["role"] == "roles/iam.serviceAccountTokenCreator"]
+    assert [(b["service_account_id"], b["member"]) for b in tokens] == \
+        [("${google_service_account.invoker.name}", "${local.pubsub_service_agent}")]
+
+
+def test_each_service_reads_exactly_the_secrets_it_mounts():
+    got = account_grants()
+    for key, svc in services(deploy_dashboard=True).items():
+        sa = re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
+                          one(svc.body["template"], "template")["service_account"]).group(1)
+        assert set(svc.env()[1]) == got[sa]["secrets"], key
