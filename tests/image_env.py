@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DROPPED_PIP_OPTIONS = ("--index-url", "-i", "--extra-index-url")
+# An environment no test has used for this long is deleted (each pyproject change makes new ones: GBs).
+STALE_AFTER_SECONDS = 14 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,27 @@ def build(dockerfile: str, app_dir: Path) -> ImageEnv:
         if not (venv / ".complete").exists():
             shutil.rmtree(venv, ignore_errors=True)
             _create(spec, venv, app)
+        (venv / ".last_used").touch()
+    prune(venv.parent, keep=venv)
     return ImageEnv(spec, venv, app)
+
+
+def prune(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Delete cached environments unused for STALE_AFTER_SECONDS (never `keep`, never one being built)."""
+    now = time.time() if now is None else now
+    removed = []
+    for env in root.glob("env-*"):
+        marker = env / ".last_used"
+        if env == keep or not marker.exists() or now - marker.stat().st_mtime < STALE_AFTER_SECONDS:
+            continue
+        with open(root / f".{env.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use by another test process
+            shutil.rmtree(env, ignore_errors=True)
+            removed.append(env)
+    return removed
 
 
 def _create(spec: ImageSpec, venv: Path, app: Path) -> None:

@@ -159,3 +159,21 @@ def test_dashboard_rollout_only_when_the_dashboard_is_deployed():
     assert guard < script.index("exit 0") < update
     variables = (ROOT / "infra" / "terraform" / "variables.tf").read_text()
     assert 'variable "deploy_dashboard"' in variables
+
+
+def test_unused_image_environments_are_pruned(tmp_path):
+    import os
+    import time
+
+    from tests import image_env
+
+    now = time.time()
+    for name, age in (("env-old", image_env.STALE_AFTER_SECONDS + 60), ("env-recent", 60), ("env-kept", 10 ** 8)):
+        (tmp_path / name).mkdir()
+        marker = tmp_path / name / ".last_used"
+        marker.touch()
+        os.utime(marker, (now - age, now - age))
+    (tmp_path / "env-building").mkdir()  # no marker yet: being created
+    removed = image_env.prune(tmp_path, keep=tmp_path / "env-kept", now=now)
+    assert removed == [tmp_path / "env-old"]
+    assert sorted(p.name for p in tmp_path.glob("env-*")) == ["env-building", "env-kept", "env-recent"]
