@@ -130,15 +130,20 @@ def test_the_scan_sees_the_repository() -> None:
     assert not any(part in SKIP_DIRS for n in names for part in n.parts[:-1])
 
 
+# The references the scan must catch, assembled here so this file itself names no path outside the repo.
+SIBLING = "../" + "shared"
+WORK = "/" + "work"
+
+
 def test_the_walk_finds_the_same_files_without_git(tmp_path: Path) -> None:
     """A copy without .git (an archive, a CI copy) is scanned too, build outputs left out."""
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     (tmp_path / ".venv" / "lib").mkdir(parents=True)
-    (tmp_path / ".venv" / "lib" / "b.py").write_text("y = '../shared/x'\n")
+    (tmp_path / ".venv" / "lib" / "b.py").write_text(f"y = '{SIBLING}/x'\n")
     (tmp_path / "lbtrain.egg-info").mkdir()
-    (tmp_path / "lbtrain.egg-info" / "PKG-INFO").write_text("see ../shared/x\n")
-    (tmp_path / "README.md").write_text("see ../shared/DESIGN.md\n")
+    (tmp_path / "lbtrain.egg-info" / "PKG-INFO").write_text(f"see {SIBLING}/x\n")
+    (tmp_path / "README.md").write_text(f"see {SIBLING}/DESIGN.md\n")
     assert repo_files(tmp_path) == [PurePosixPath("README.md"), PurePosixPath("pkg/a.py")]
     assert {f.path for f in scan(tmp_path)} == {"README.md"}
 
@@ -147,8 +152,8 @@ FILES = {PurePosixPath(p) for p in ("README.md", "docs/architecture.md", "bench/
 
 
 @pytest.mark.parametrize("line", [
-    "[`../shared/DESIGN.md`](../shared/DESIGN.md) (kept beside this repo).",
-    'FIXTURES = Path("/work/shared/fixtures/labelbox")',
+    f"[`{SIBLING}/DESIGN.md`]({SIBLING}/DESIGN.md) (kept beside this repo).",
+    f'FIXTURES = Path("{WORK}/shared/fixtures/labelbox")',
     "(d / 'shared' / 'fixtures') or shared/fixtures/vertex",
     "see `shared/wire-testing.md`",
     "(DESIGN §4)",
