@@ -3,6 +3,9 @@
 The model file's SHA-256 goes into outputs.json; job-events records it on the run and later stages
 load the file only when it still has that digest (jobs/tasks/base.py, "the model file's digest").
 
+The torch trainers checkpoint under `checkpoints/` of this attempt and resume from the newest
+checkpoint an earlier attempt (or an earlier execution of this one) left (jobs/tasks/trainloop.py).
+
 A model type configured for AutoML (MODEL_OPTIONS) trains on Vertex AI instead (jobs/automl.py).
 """
 
@@ -18,10 +21,25 @@ def run(ctx: StageContext) -> StageResult:
 
     if automl.enabled(ctx):
         return automl.train(ctx)
+    from jobs.tasks import trainloop
+
     dataset = read_dataset(ctx.upstream_uri("etl"))
     model_dir = ctx.out(MODEL_DIR)
-    metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)
+    session = trainloop.session_for_job(ctx.config.artifact_root, ctx.run_id, ctx.stage, ctx.attempt,
+                                        ctx.outputs_uri, max_hours=_max_hours(ctx))
+    with trainloop.using(session):
+        metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)
     metrics_uri = ctx.out("train_metrics.json")
     storage.write_json(metrics_uri, metrics)
     return StageResult(uris={"model": model_dir, "train_metrics": metrics_uri}, metrics=scalars(metrics),
                        model_sha256=model_digest(model_dir))
+
+
+def _max_hours(ctx: StageContext) -> float | None:
+    """The stage's max_hours (JOB_MACHINES): a GPU trainer's default time budget stays inside it."""
+    try:
+        from lbtrain.adapters.vertex_backend import machine_for
+
+        return float(machine_for(ctx.config, ctx.model_type, ctx.stage).max_hours)
+    except (ValueError, TypeError):
+        return None

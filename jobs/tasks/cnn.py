@@ -18,15 +18,12 @@ channel layout are handled here.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lbtrain import progress as progress_file
 from lbtrain import storage
 
 WEIGHTS_FILE = "weights.pt"
@@ -46,6 +43,10 @@ class FitConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     max_seconds: float = 240.0  # epochs are cut to fit this (the train job's budget is 5 minutes)
     threads: int = 0  # 0: cpu count // 2, between 1 and 4 (see `threads`)
+    device: str = ""  # "" : CUDA when present, else the CPU (jobs/tasks/torch_device.py)
+    precision: str = ""  # "": bf16/fp16 on a GPU, fp32 on the CPU
+    processes: int = 0  # data-parallel processes; 0: one per GPU, 1 on the CPU
+    loader_workers: int = -1  # DataLoader workers; -1: 4 on a GPU, 0 (in process) on the CPU
 
 
 def threads(n: int = 0) -> int:
@@ -122,7 +123,10 @@ def to_tensor(images: Any) -> Any:
         arr = arr[:, None, :, :]
     else:
         arr = arr.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # a read-only memmap of the decoded-image cache
+        arr = arr.copy()
+    return torch.from_numpy(arr).float().div_(255.0)
 
 
 def augment(x: Any, gen: Any, cfg: FitConfig) -> Any:
@@ -137,6 +141,7 @@ def augment(x: Any, gen: Any, cfg: FitConfig) -> Any:
     t = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * cfg.shift)  # grid units: side = 2
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    theta = theta.to(x.device)  # drawn on the CPU generator: the same augmentation on any device
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -173,9 +178,10 @@ def predict_logits(model: Any, images: Any, batch_size: int = 256) -> Any:
 
     model.eval()
     out = []
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            out.append(model(to_tensor(images[i : i + batch_size])).numpy())
+            out.append(model(to_tensor(images[i : i + batch_size]).to(dev)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.head.out_features), dtype=np.float32)
 
 
@@ -185,6 +191,24 @@ def lr_at(peak: float, step: int, total: int, warmup: float = 0.2) -> float:
     if frac < warmup:
         return peak * (0.04 + 0.96 * frac / warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (frac - warmup) / (1.0 - warmup))))
+
+
+def _fingerprint(model: Any, x: Any, y: Any, cfg: FitConfig, loss: str) -> str:
+    """What a checkpoint must match to be resumed: the layer shapes, the data and the params that
+    change the result (not threads, processes or the time budget)."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()]).encode())
+    h.update(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("threads", "processes", "max_seconds",
+                                                                          "loader_workers")}, default=str).encode())
+    h.update(f"{loss}{tuple(np.shape(x))}".encode())
+    h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
+    h.update(np.ascontiguousarray(x[: min(len(x), 64)]).tobytes())
+    return h.hexdigest()
 
 
 def fit(
@@ -199,95 +223,136 @@ def fit(
     cfg: FitConfig,
     progress: Callable[..., None],
     metric: str = "score",
+    arch: Mapping[str, Any] | None = None,
+    device: Any = None,
 ) -> dict[str, Any]:
-    """Train with AdamW and a warm-up + cosine LR; after each epoch score the validation split with
-    `score(logits, y_val)` (higher is better) and keep the best weights; stop early after
-    `patience` epochs without improvement. `loss` is "ce" (y: int class indices) or "bce" (y: float
-    0/1 matrix). Time budget: after each epoch the number of epochs is cut to what fits in
-    `max_seconds` and the LR schedule is shortened with it, so a slow (shared) machine still ends
-    on an annealed model rather than mid-schedule; on a machine where the budget does not bind, a
-    run is deterministic for a given seed. Each epoch is reported (lbtrain.progress: loss, validation
-    `metric`, ETA) against the planned epochs as they stand after it. Returns the history and the
-    best epoch."""
+    """Train with AdamW and a warm-up + cosine LR through the shared loop (jobs/tasks/trainloop.py):
+    after each epoch score the validation split with `score(logits, y_val)` (higher is better) and
+    keep the best weights; stop early after `patience` epochs without improvement; cut the epochs
+    (and the LR schedule with them) to fit `max_seconds`, so a slow machine still ends on an
+    annealed model. `loss` is "ce" (y: int class indices) or "bce" (y: float 0/1 matrix).
+    `x_train` may be a memmapped cache (trainloop.open_cache). Checkpoints and resume come from
+    the job's trainloop session; with `cfg.processes` > 1 (or several GPUs) training runs
+    data-parallel in that many processes, which needs `arch` (and a picklable `score`)."""
+    from jobs.tasks import torch_device
+
+    device = device or torch_device.select({"device": cfg.device or None, "precision": cfg.precision or None})
+    used_threads = threads(cfg.threads)
+    world = cfg.processes or (device.count if device.cuda else 1)
+    if world > 1 and arch is None:
+        raise ValueError("data-parallel training needs the model's arch")
+    if world > 1:
+        result = _fit_parallel(model, arch or {}, x_train, y_train, x_val, y_val, loss=loss, score=score, cfg=cfg,
+                               progress=progress, metric=metric, device=device, world=world)
+    else:
+        result = _fit_here(model, x_train, y_train, x_val, y_val, loss=loss, score=score, cfg=cfg,
+                           progress=progress, metric=metric, device=device)
+        model.to("cpu")
+    model.eval()
+    return {**result, "threads": used_threads, **device.describe(),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+
+
+def _fit_here(model: Any, x_train: Any, y_train: Any, x_val: Any, y_val: Any, *, loss: str,
+              score: Callable[[Any, Any], float], cfg: FitConfig, progress: Callable[..., None], metric: str,
+              device: Any, rank: int = 0, world: int = 1, fingerprint: str = "") -> dict[str, Any]:
+    """One process's share of the training (all of it when world == 1)."""
     import numpy as np
     import torch
     from torch import nn
 
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    used_threads = threads(cfg.threads)
-    x_all = to_tensor(x_train)
-    y_all = torch.as_tensor(np.asarray(y_train), dtype=torch.long if loss == "ce" else torch.float32)
+    from jobs.tasks import torch_device, trainloop
+
+    fingerprint = fingerprint or _fingerprint(model, x_train, y_train, cfg, loss)
+    y = np.asarray(y_train, dtype=np.int64 if loss == "ce" else np.float32)
+    data = x_train if isinstance(x_train, trainloop.ArrayData) else trainloop.ArrayData(x_train, y)
+    model = torch_device.prepare_model(model, device, rank)
     criterion = nn.CrossEntropyLoss() if loss == "ce" else nn.BCEWithLogitsLoss()
-    steps = max(1, math.ceil(len(x_all) / cfg.batch_size))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     has_val = x_val is not None and len(x_val) > 0
-    best: tuple[float, int, dict[str, Any]] | None = None
-    history: list[dict[str, Any]] = []
-    started = time.monotonic()
-    stopped = "epochs"
-    planned = cfg.epochs
-    step_no = 0
-    epoch = 0
-    progress_file.report(progress, f"training {planned} epochs", unit="epoch", done=0, total=planned, metric=metric)
-    while epoch < planned:
-        epoch += 1
-        model.train()
-        order = torch.randperm(len(x_all), generator=gen)
-        total = 0.0
-        for i in range(steps):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one example
-                continue
-            xb = x_all[idx]
-            if cfg.augment:
-                xb = augment(xb, gen, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg.lr, step_no, planned * steps)
-            step_no += 1
-            opt.zero_grad(set_to_none=True)
-            batch_loss = criterion(model(xb), y_all[idx])
-            batch_loss.backward()
-            opt.step()
-            total += float(batch_loss.detach()) * len(idx)
-        entry: dict[str, Any] = {"epoch": epoch, "loss": round(total / len(x_all), 5)}
-        recalibrate_bn(model, x_all[order[:1024]])
-        if has_val:
-            entry["validation_score"] = round(float(score(predict_logits(model, x_val), y_val)), 5)
-            if best is None or entry["validation_score"] > best[0]:
-                best = (entry["validation_score"], epoch, copy.deepcopy(model.state_dict()))
-        entry["seconds"] = round(time.monotonic() - started, 1)
-        history.append(entry)
-        early = best is not None and epoch - best[1] >= cfg.patience and epoch < planned
-        if early:
-            stopped, planned = "early_stopping", epoch
-        else:
-            elapsed = time.monotonic() - started
-            fits = epoch + int(max(0.0, cfg.max_seconds - elapsed) // max(elapsed / epoch, 1e-6))
-            if fits < planned:
-                planned = max(epoch, fits)
-                stopped = "time_budget"
-        note = {"early_stopping": f"stopped early: no better validation {metric} in {cfg.patience} epochs",
-                "time_budget": f"epochs cut to fit the {cfg.max_seconds:.0f}s budget"}.get(stopped, "")
-        progress_file.report(
-            progress, f"epoch {epoch}/{planned}: " + " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"),
-            unit="epoch", done=epoch, total=planned, loss=entry["loss"], metric=metric,
-            value=entry.get("validation_score"), note=note, extra=entry)
-        if early:
-            break
-    if best is not None:
-        model.load_state_dict(best[2])
-    model.eval()
-    return {
-        "epochs_run": len(history),
-        "best_epoch": best[1] if best else len(history),
-        "best_validation_score": best[0] if best else None,
-        "stopped_by": stopped,
-        "history": history,
-        "threads": used_threads,
-        "fit_seconds": round(time.monotonic() - started, 2),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-    }
+
+    def transform(xb: Any, gen: Any) -> Any:
+        return augment(xb, gen, cfg) if cfg.augment else xb
+
+    def step_loss(net: Any, xb: Any, yb: Any, gen: Any) -> Any:
+        return criterion(net(xb).float(), yb)
+
+    def after_epoch(m: Any, d: Any, epoch: int) -> None:
+        # The same images on every process (a seeded draw), so every replica ends with the same stats.
+        idx = torch.randperm(len(d), generator=torch.Generator().manual_seed(cfg.seed + epoch))[:1024]
+        xb, _ = d[np.sort(idx.numpy())]
+        recalibrate_bn(m, trainloop.images_to_float(torch_device.to_device(xb, device, rank)))
+
+    def validate(m: Any) -> float | None:
+        return float(score(predict_logits(m, x_val), y_val)) if has_val else None
+
+    loop_cfg = trainloop.LoopConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        patience=cfg.patience, seed=cfg.seed, max_seconds=cfg.max_seconds,
+        loader_workers=max(0, cfg.loader_workers if cfg.loader_workers >= 0 else (4 if device.cuda else 0)),
+        lr_schedule=lr_at)
+    return trainloop.run(model, data, step_loss=step_loss, validate=validate, cfg=loop_cfg, device=device,
+                         progress=progress, metric=metric, fingerprint=fingerprint, after_epoch=after_epoch,
+                         transform=transform, rank=rank, world=world)
+
+
+def _fit_parallel(model: Any, arch: Mapping[str, Any], x_train: Any, y_train: Any, x_val: Any, y_val: Any, *,
+                  loss: str, score: Callable[[Any, Any], float], cfg: FitConfig, progress: Callable[..., None],
+                  metric: str, device: Any, world: int) -> dict[str, Any]:
+    """Spawn `world` processes (trainloop.spawn) that train replicas of `model` (same initial
+    weights) on disjoint shards of each epoch; rank 0's best weights come back into `model`."""
+    import json
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from jobs.tasks import trainloop
+
+    with tempfile.TemporaryDirectory(prefix="lbtrain-ddp-") as tmp:
+        paths = {}
+        for name, arr in (("x_train", x_train), ("x_val", x_val)):
+            if arr is None:
+                paths[name] = ""
+            elif isinstance(arr, np.memmap) and str(arr.filename or "").endswith(".npy"):
+                paths[name] = str(arr.filename)
+            else:
+                paths[name] = f"{tmp}/{name}.npy"
+                np.save(paths[name], np.asarray(arr))
+        torch.save(model.state_dict(), f"{tmp}/init.pt")
+        payload = {"arch": dict(arch), "paths": paths, "y_train": np.asarray(y_train), "y_val": y_val,
+                   "loss": loss, "score": score, "cfg": cfg, "metric": metric, "dir": tmp,
+                   "fingerprint": _fingerprint(model, x_train, y_train, cfg, loss)}
+        trainloop.spawn(world, device, _parallel_worker, payload, progress)
+        model.load_state_dict(torch.load(f"{tmp}/final.pt", map_location="cpu", weights_only=True))
+        with open(f"{tmp}/result.json") as fh:
+            return json.load(fh)
+
+
+def _parallel_worker(rank: int, world: int, device: Any, payload: dict[str, Any],
+                     progress: Callable[..., None]) -> None:
+    """One data-parallel process (module level: spawn pickles it by name)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from jobs.tasks import trainloop
+
+    cfg: FitConfig = payload["cfg"]
+    threads(cfg.threads)
+    model = build(payload["arch"])
+    model.load_state_dict(torch.load(f"{payload['dir']}/init.pt", map_location="cpu", weights_only=True))
+    y = np.asarray(payload["y_train"], dtype=np.int64 if payload["loss"] == "ce" else np.float32)
+    data = trainloop.ArrayData(payload["paths"]["x_train"], y)
+    x_val = np.load(payload["paths"]["x_val"], mmap_mode="r") if payload["paths"]["x_val"] else None
+    result = _fit_here(model, data, y, x_val, payload["y_val"], loss=payload["loss"], score=payload["score"], cfg=cfg,
+                       progress=progress, metric=payload["metric"], device=device, rank=rank, world=world,
+                       fingerprint=payload["fingerprint"])
+    if rank == 0:
+        model.to("cpu")
+        torch.save(model.state_dict(), f"{payload['dir']}/final.pt")
+        with open(f"{payload['dir']}/result.json", "w") as fh:
+            json.dump(result, fh)
 
 
 def save(model_dir: str, model: Any) -> str:

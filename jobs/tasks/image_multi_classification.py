@@ -21,13 +21,15 @@ from typing import Any
 from jobs.tasks import cnn, exportv2, images, multilabel
 from jobs.tasks.base import SPLITS, Dataset, DatasetError, Evaluation, ParamError, Progress, Task
 from jobs.tasks.image_single_classification import (
+    cache_arrays,
     check_meta,
     fetch_workers,
     fit_config,
+    fit_metrics,
     image_side,
     load_arrays,
+    machine_params,
     parse_image_instances,
-    train_params,
     write_model,
 )
 
@@ -78,6 +80,12 @@ def tune_threshold(probs: Any, y: Any, classes: Sequence[str], mode: str, min_on
         if f1 > best[0]:
             best = (f1, t)
     return best[1], best[0]
+
+
+def tuned_f1(logits: Any, y: Any, classes: Sequence[str], mode: str, min_one: bool) -> float:
+    """The validation score while training (module level, bound with functools.partial: data-parallel
+    workers pickle it)."""
+    return tune_threshold(_sigmoid(logits), y, classes, mode, min_one)[1] if len(y) else 0.0
 
 
 def _sigmoid(x: Any) -> Any:
@@ -235,9 +243,11 @@ class ImageMultiClassification(Task):
     def train(
         self, dataset: Dataset, model_dir: str, params: Mapping[str, Any], progress: Progress
     ) -> dict[str, Any]:
+        import functools
+
         import numpy as np
 
-        cfg = train_params(params, epochs=20, patience=5)
+        cfg, device, cap = machine_params(params, epochs=20, patience=5)
         fixed = params.get("threshold")
         if fixed is not None and (not isinstance(fixed, int | float) or isinstance(fixed, bool) or not 0 < fixed < 1):
             raise ParamError(f"param threshold must be a number between 0 and 1, not {fixed!r}")
@@ -246,14 +256,15 @@ class ImageMultiClassification(Task):
         classes = list(dataset.label_map["classes"])
         mode = dataset.label_map.get("mode", "checklist")
         index = {c: i for i, c in enumerate(classes)}
-        side = image_side(train, cfg["image_size"])
+        side = image_side(train, cfg["image_size"], cap)
         channels = cfg["channels"] or images.guess_mode([e["image"] for e in train])
         progress(
-            f"loading {len(train)} train + {len(val)} validation images at {side}px {channels}",
+            f"decoding {len(train)} train + {len(val)} validation images once at {side}px {channels}",
             train_size=len(train),
             validation_size=len(val),
         )
-        x_train, x_val = load_arrays(train, side, channels), load_arrays(val, side, channels)
+        x_train = cache_arrays(train, side, channels, "train")
+        x_val = cache_arrays(val, side, channels, "validation")
 
         def onehot(rows: Sequence[Mapping[str, Any]]) -> Any:
             y = np.zeros((len(rows), len(classes)), dtype=np.float32)
@@ -265,9 +276,7 @@ class ImageMultiClassification(Task):
         y_train, y_val = onehot(train), onehot(val)
         min_one = all(e["targets"] for e in train)
 
-        def score(logits: Any, y: Any) -> float:
-            return tune_threshold(_sigmoid(logits), y, classes, mode, min_one)[1] if len(y) else 0.0
-
+        score = functools.partial(tuned_f1, classes=classes, mode=mode, min_one=min_one)
         arch = cnn.default_arch(side, 1 if channels == "L" else 3, len(classes), pool="max", dropout=0.1)
         model = cnn.build(arch, seed=cfg["seed"])
         # Canvases put objects near the border: shift and rotate less than for centred single objects.
@@ -282,6 +291,8 @@ class ImageMultiClassification(Task):
             cfg=fit_config(cfg, rotate=8.0, shift=0.04, scale=(0.95, 1.05)),
             progress=progress,
             metric="micro_f1",
+            arch=arch,
+            device=device,
         )
         if fixed is not None:
             threshold, val_f1 = float(fixed), None
@@ -329,6 +340,7 @@ class ImageMultiClassification(Task):
             "train_seconds": seconds,
             "history": fit["history"],
             "fit_config": fit["config"],
+            **fit_metrics(fit),
         }
 
     def load_predictor(self, model_dir: str, sha256: str = "") -> MultiLabelImageClassifier:

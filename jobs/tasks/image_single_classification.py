@@ -15,6 +15,13 @@ Run params understood (all optional):
                 train job has 5 minutes)
   threads       torch threads (default: half the cores, 1..4); seed (default 0)
   fetch_workers parallel media downloads in ETL (default 8)
+  device        "cpu" or "cuda" (default: CUDA when present); precision: "fp32", "bf16" or "fp16"
+                (default: bf16 on GPUs that support it, else fp16; fp32 on the CPU)
+  processes     data-parallel training processes (default: one per GPU, 1 on the CPU)
+  loader_workers DataLoader worker processes (default: 4 on a GPU, 0 on the CPU)
+On a GPU the defaults follow the machine (jobs/tasks/torch_device.machine_defaults): the images'
+own size up to 320 px, batch 256, up to 200 epochs with patience 12, and a time budget from the
+stage's max_hours; on the CPU they stay the quick ones above.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ def train_params(params: Mapping[str, Any], **defaults: Any) -> dict[str, Any]:
         "threads": _int_param(params, "threads", 0, 0, 64),
         "seed": _int_param(params, "seed", 0, 0, 2**31 - 1),
         "image_size": _int_param(params, "image_size", 0, 0, 512) or None,
+        "processes": _int_param(params, "processes", 0, 0, 64),
+        "loader_workers": _int_param(params, "loader_workers", -1, -1, 64),
     }
     augment = params.get("augment", True)
     if not isinstance(augment, bool):
@@ -87,17 +96,65 @@ def fetch_workers(params: Mapping[str, Any]) -> int:
 
 
 def fit_config(cfg: Mapping[str, Any], **overrides: Any) -> cnn.FitConfig:
-    keys = ("epochs", "patience", "batch_size", "lr", "max_seconds", "threads", "seed", "augment")
-    return cnn.FitConfig(**{k: cfg[k] for k in keys}, **overrides)
+    keys = ("epochs", "patience", "batch_size", "lr", "max_seconds", "threads", "seed", "augment", "processes",
+            "loader_workers")
+    return cnn.FitConfig(**{k: cfg[k] for k in keys}, device=cfg.get("device", ""),
+                         precision=cfg.get("precision", ""), **overrides)
 
 
-def image_side(examples: Sequence[Mapping[str, Any]], requested: int | None) -> int:
-    """The side images are resized to: the param, else the most common width/height (≤ MAX_SIDE)."""
+def image_side(examples: Sequence[Mapping[str, Any]], requested: int | None, cap: int = MAX_SIDE) -> int:
+    """The side images are resized to: the param, else the most common width/height (≤ cap)."""
     if requested:
         return requested
     sizes = Counter((int(e.get("width") or 0), int(e.get("height") or 0)) for e in examples)
     (w, h), _ = sizes.most_common(1)[0]
-    return max(8, min(MAX_SIDE, max(w, h) or 28))
+    return max(8, min(cap, max(w, h) or 28))
+
+
+def machine_params(params: Mapping[str, Any], *, epochs: int = 15, patience: int = 6) -> tuple[dict[str, Any], Any,
+                                                                                                   int]:
+    """(validated params, device, image side cap): the defaults come from the device the job got
+    (torch_device.machine_defaults) and the stage's max_hours, each still settable per run."""
+    from jobs.tasks import torch_device, trainloop
+
+    device = torch_device.select(params)
+    md = torch_device.machine_defaults(device, trainloop.current().max_hours, cpu_epochs=epochs,
+                                       cpu_patience=patience)
+    cfg = train_params(params, epochs=md.epochs, patience=md.patience, batch_size=md.batch_size,
+                       max_seconds=md.max_seconds)
+    if cfg["loader_workers"] < 0:
+        cfg["loader_workers"] = md.loader_workers
+    cfg["device"], cfg["precision"] = device.kind, device.precision
+    return cfg, device, md.max_side
+
+
+def cache_arrays(rows: Sequence[Mapping[str, Any]], side: int, mode: str, name: str, chunk: int = 512) -> Any:
+    """Decode and resize every image once into a uint8 .npy memmap (trainloop.cache_path): the
+    trainer streams batches from it, no image file is decoded again per epoch."""
+    from jobs.tasks import trainloop
+
+    shape = (len(rows), side, side) if mode == "L" else (len(rows), side, side, 3)
+    path = trainloop.cache_path(f"{name}-{side}-{mode}.npy")
+    array, tmp = trainloop.open_cache(path, shape)
+    for i in range(0, len(rows), chunk):
+        array[i : i + chunk] = load_arrays(rows[i : i + chunk], side, mode)
+    return trainloop.finish_cache(array, tmp, path)
+
+
+def fit_metrics(fit: Mapping[str, Any]) -> dict[str, Any]:
+    """What every torch trainer adds to its train metrics: the device and a resume, if any."""
+    keys = ("device", "device_name", "device_count", "device_memory_gb", "device_precision", "processes",
+            "resumed_from")
+    out = {k: fit.get(k) for k in keys}
+    if fit.get("resumed_from"):
+        out["resumed_from_attempt"] = fit["resumed_from"]["attempt"]
+        out["resumed_from_epoch"] = fit["resumed_from"]["epoch"]
+    return out
+
+
+def accuracy_score(logits: Any, y: Any) -> float:
+    """Validation accuracy of logits (module level: data-parallel workers pickle it by name)."""
+    return float((logits.argmax(axis=1) == y).mean()) if len(y) else 0.0
 
 
 def load_arrays(rows: Sequence[Mapping[str, Any]], side: int, mode: str) -> Any:
@@ -272,30 +329,27 @@ class ImageSingleClassification(Task):
     ) -> dict[str, Any]:
         import numpy as np
 
-        cfg = train_params(params)
+        cfg, device, cap = machine_params(params)
         started = time.monotonic()
         train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         index = {c: i for i, c in enumerate(classes)}
-        side = image_side(train, cfg["image_size"])
+        side = image_side(train, cfg["image_size"], cap)
         mode = cfg["channels"] or images.guess_mode([e["image"] for e in train])
         progress(
-            f"loading {len(train)} train + {len(val)} validation images at {side}px {mode}",
+            f"decoding {len(train)} train + {len(val)} validation images once at {side}px {mode}",
             train_size=len(train),
             validation_size=len(val),
         )
-        x_train, x_val = load_arrays(train, side, mode), load_arrays(val, side, mode)
+        x_train, x_val = cache_arrays(train, side, mode, "train"), cache_arrays(val, side, mode, "validation")
         y_train = np.array([index[e["target"]] for e in train], dtype=np.int64)
         y_val = np.array([index[e["target"]] for e in val], dtype=np.int64)
-
-        def score(logits: Any, y: Any) -> float:
-            return float((logits.argmax(axis=1) == y).mean()) if len(y) else 0.0
 
         arch = cnn.default_arch(side, 1 if mode == "L" else 3, len(classes), pool="avg")
         model = cnn.build(arch, seed=cfg["seed"])
         fit = cnn.fit(
-            model, x_train, y_train, x_val, y_val, loss="ce", score=score, cfg=fit_config(cfg), progress=progress,
-            metric="accuracy",
+            model, x_train, y_train, x_val, y_val, loss="ce", score=accuracy_score, cfg=fit_config(cfg),
+            progress=progress, metric="accuracy", arch=arch, device=device,
         )
         val_pred = [classes[i] for i in cnn.predict_logits(model, x_val).argmax(axis=1)] if len(val) else []
         val_m = classification.metrics([e["target"] for e in val], val_pred, classes) if val else {}
@@ -334,6 +388,7 @@ class ImageSingleClassification(Task):
             "train_seconds": seconds,
             "history": fit["history"],
             "fit_config": fit["config"],
+            **fit_metrics(fit),
         }
 
     def load_predictor(self, model_dir: str, sha256: str = "") -> ImageClassifier:
