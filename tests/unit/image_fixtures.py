@@ -97,32 +97,41 @@ class JobEnv:
 
         return Path(storage.run_dir(str(self.artifacts), run_id, stage, attempt))
 
-    def run(self, run_id: str, stage: str, params: dict[str, Any] | None = None,
-            env: dict[str, str] | None = None) -> Any:
+    def command(self, run_id: str, stage: str, params: dict[str, Any] | None = None,
+                env: dict[str, str] | None = None, attempt: int = 1,
+                upstream_attempts: dict[str, int] | None = None) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment the local launcher would start attempt `attempt` of `stage` with."""
         import json
         import os
-        import subprocess
         import sys
 
         before = {"etl": [], "train": ["etl"], "evaluate": ["etl", "train"], "deploy": ["etl", "train", "evaluate"]}
-        inputs = self.root / "inputs" / f"{run_id}-{stage}.json"
+        upstream = {s: str(self.out(run_id, s, (upstream_attempts or {}).get(s, 1))) for s in before[stage]}
+        inputs = self.root / "inputs" / f"{run_id}-{stage}-a{attempt}.json"
         inputs.parent.mkdir(parents=True, exist_ok=True)
         inputs.write_text(json.dumps({
             "run_id": run_id, "model_type": self.model_type, "model_run_id": self.model_run_id, "model_id": "m",
-            "params": params or {}, "stage": stage, "attempt": 1,
-            "upstream": {s: str(self.out(run_id, s)) for s in before[stage]},
+            "params": params or {}, "stage": stage, "attempt": attempt, "upstream": upstream,
         }))
         child_env = {**os.environ, "ARTIFACT_ROOT": str(self.artifacts), "LABELBOX_BACKEND": "file",
                      "LABELBOX_DIR": str(self.labelbox), "JOB_BACKEND": "local", **(env or {})}
-        args = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", "1",
-                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage)),
-                *recorded_args(stage, {s: str(self.out(run_id, s)) for s in before[stage]})]
+        args = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", str(attempt),
+                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage, attempt)),
+                *recorded_args(stage, upstream)]
+        return args, child_env
+
+    def run(self, run_id: str, stage: str, params: dict[str, Any] | None = None,
+            env: dict[str, str] | None = None, attempt: int = 1,
+            upstream_attempts: dict[str, int] | None = None) -> Any:
+        import subprocess
+
+        args, child_env = self.command(run_id, stage, params, env, attempt, upstream_attempts)
         return subprocess.run(args, env=child_env, capture_output=True, text=True, timeout=180)
 
-    def outputs(self, run_id: str, stage: str) -> dict[str, Any]:
+    def outputs(self, run_id: str, stage: str, attempt: int = 1) -> dict[str, Any]:
         import json
 
-        return json.loads((self.out(run_id, stage) / "outputs.json").read_text())
+        return json.loads((self.out(run_id, stage, attempt) / "outputs.json").read_text())
 
 
 def has_nested_array(value: Any, in_array: bool = False) -> bool:
