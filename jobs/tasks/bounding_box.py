@@ -47,7 +47,6 @@ from jobs.tasks.base import (
     verify_digest,
 )
 from lbtrain import storage
-from lbtrain.progress import report
 
 MODEL_TYPE = "bounding_box"
 MODEL_FILE = "model.pt"
@@ -275,13 +274,26 @@ def to_tensor(batch: Any) -> Any:
 
 
 def _load_split(
-    examples: Sequence[Mapping[str, Any]], classes: Sequence[str], size: int, mode: str
+    examples: Sequence[Mapping[str, Any]], classes: Sequence[str], size: int, mode: str, name: str = ""
 ) -> tuple[Any, list[list[tuple[float, ...]]], list[list[int]]]:
-    """Images resized to size² (uint8) and their boxes in input pixels with class indices."""
+    """Images resized to size² (uint8), decoded once (into the trainloop's memmap cache when `name`
+    is given), and their boxes in input pixels with class indices."""
     import numpy as np
 
+    from jobs.tasks import trainloop
+
     index = {c: i for i, c in enumerate(classes)}
-    arrays = images.load_images([e["image"] for e in examples], size=(size, size), mode=mode)
+    if name:
+        shape = (len(examples), size, size) if mode == "L" else (len(examples), size, size, 3)
+        path = trainloop.cache_path(f"boxes-{name}-{size}-{mode}.npy")
+        cache, tmp = trainloop.open_cache(path, shape)
+        for i in range(0, len(examples), 512):
+            chunk = examples[i : i + 512]
+            cache[i : i + len(chunk)] = np.stack(
+                images.load_images([e["image"] for e in chunk], size=(size, size), mode=mode))
+        arrays = trainloop.finish_cache(cache, tmp, path)
+    else:
+        arrays = np.stack(images.load_images([e["image"] for e in examples], size=(size, size), mode=mode))
     boxes, labels = [], []
     for e in examples:
         sx, sy = size / float(e["width"]), size / float(e["height"])
@@ -293,7 +305,7 @@ def _load_split(
                 ls.append(index[b["name"]])
         boxes.append(bs)
         labels.append(ls)
-    return np.stack(arrays), boxes, labels
+    return arrays, boxes, labels
 
 
 def _is_gray(examples: Sequence[Mapping[str, Any]], limit: int = 200) -> bool:
@@ -332,16 +344,67 @@ def _augment(img: Any, boxes: list[tuple[float, ...]], rng: Any, hflip: bool, ma
     return out, moved
 
 
+class BoxData:
+    """The training images (uint8, memmapped cache) with per-batch augmentation and CenterNet
+    targets, indexed a batch at a time for trainloop's DataLoader; the augmentation draws from a
+    generator seeded by the batch's indices, so it is the same with or without loader workers."""
+
+    def __init__(self, x: Any, boxes: list[list[tuple[float, ...]]], labels: list[list[int]], num_classes: int,
+                 size: int, cfg: Mapping[str, Any]):
+        self.x, self.boxes, self.labels = x, boxes, labels
+        self.num_classes, self.size = num_classes, size
+        self.seed, self.augment, self.hflip = int(cfg["seed"]), bool(cfg["augment"]), bool(cfg["hflip"])
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, idx: Any) -> tuple[Any, dict[str, Any]]:
+        import numpy as np
+        import torch
+
+        from jobs.tasks import detector
+
+        rng = np.random.default_rng([self.seed, *[int(i) for i in idx]])
+        imgs, targets = [], []
+        for i in idx:
+            img, bs = np.asarray(self.x[i]), self.boxes[i]
+            if self.augment:
+                img, bs = _augment(img, bs, rng, self.hflip)
+            imgs.append(img)
+            targets.append(detector.make_targets(bs, self.labels[i], self.num_classes, self.size))
+        t = {k: torch.from_numpy(np.stack([tt[k] for tt in targets])) for k in targets[0]}
+        return torch.from_numpy(np.stack(imgs)), t
+
+
+def _fingerprint(model: Any, x: Any, boxes: Any, cfg: Mapping[str, Any]) -> str:
+    """What a checkpoint must match to be resumed (layer shapes, data, params but the budget)."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()]).encode())
+    h.update(json.dumps({k: v for k, v in cfg.items() if k not in ("threads", "max_seconds")}, default=str).encode())
+    h.update(json.dumps(boxes).encode())
+    h.update(np.ascontiguousarray(x[: min(len(x), 64)]).tobytes())
+    return h.hexdigest()
+
+
 def _val_map(model: Any, x_val: Any, gts: list[list[dict]], classes: Sequence[str]) -> float:
+    import numpy as np
     import torch
 
     from jobs.tasks import box_metrics, detector
 
     model.eval()
     pairs = []
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(x_val), 64):
-            decoded = detector.decode(model(to_tensor(x_val[start : start + 64])), MAX_DETECTIONS, EVAL_MIN_SCORE)
+            out = model(to_tensor(np.array(x_val[start : start + 64])).to(dev))
+            out = tuple(o.float().cpu() for o in out)
+            decoded = detector.decode(out, MAX_DETECTIONS, EVAL_MIN_SCORE)
             for dets, gt in zip(decoded, gts[start : start + 64], strict=True):
                 preds = [{"name": classes[c], "score": s, "box": (x1, y1, x2, y2)} for c, s, x1, y1, x2, y2 in dets]
                 pairs.append((gt, preds))
@@ -523,23 +586,26 @@ class BoundingBox(Task):
         # cores (measured here: 1.7 s/step spinning vs 0.6 s passive, 2 threads, 3 trainers on 2 cores).
         # Read by libgomp when torch loads, so it only takes effect if torch is not imported yet.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import numpy as np
         import torch
 
-        from jobs.tasks import detector
+        from jobs.tasks import detector, torch_device, trainloop
 
         cfg = train_params(params)
+        device = torch_device.select(params)
+        md = torch_device.machine_defaults(device, trainloop.current().max_hours)
+        if device.cuda:  # GPU defaults (each still a param): batch and budget from the machine
+            cfg["batch_size"] = int(params.get("batch_size", 128))
+            cfg["max_seconds"] = float(params.get("max_seconds", md.max_seconds))
         started = time.monotonic()
         torch.set_num_threads(cfg["threads"])
         torch.manual_seed(cfg["seed"])
-        rng = np.random.default_rng(cfg["seed"])
         train, val = dataset.train_validation()
         classes = list(dataset.label_map["classes"])
         size = cfg["input_size"]
         channels = 1 if _is_gray(train) else 3
         mode = "L" if channels == 1 else "RGB"
-        x_train, b_train, l_train = _load_split(train, classes, size, mode)
-        x_val, b_val, l_val = _load_split(val, classes, size, mode) if val else (None, [], [])
+        x_train, b_train, l_train = _load_split(train, classes, size, mode, "train")
+        x_val, b_val, l_val = _load_split(val, classes, size, mode, "validation") if val else (None, [], [])
         val_gt = [
             [{"name": classes[c], "box": b} for b, c in zip(bs, ls, strict=True)]
             for bs, ls in zip(b_val, l_val, strict=True)
@@ -551,74 +617,31 @@ class BoundingBox(Task):
             validation_size=len(val),
         )
         model = detector.CenterNet(len(classes), channels, cfg["width"])
-        steps_per_epoch = max(1, -(-len(train) // cfg["batch_size"]))
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-        total_steps = cfg["epochs"] * steps_per_epoch
-        step = 0
-        best_map, best_epoch, best_state = -1.0, 0, None
-        history = []
-        epochs_run, stopped_early = 0, False
-        report(progress, f"training {cfg['epochs']} epochs", unit="epoch", done=0, total=cfg["epochs"],
-               metric="map50")
-        model.train()
-        for epoch in range(1, cfg["epochs"] + 1):
-            order = rng.permutation(len(train))
-            total = 0.0
-            seen = 0
-            for start in range(0, len(order), cfg["batch_size"]):
-                elapsed = time.monotonic() - started
-                if elapsed > cfg["max_seconds"]:
-                    stopped_early = True
-                    break
-                idx = order[start : start + cfg["batch_size"]]
-                imgs, targets = [], []
-                for i in idx:
-                    img, bs = x_train[i], b_train[i]
-                    if cfg["augment"]:
-                        img, bs = _augment(img, bs, rng, cfg["hflip"])
-                    imgs.append(img)
-                    targets.append(detector.make_targets(bs, l_train[i], len(classes), size))
-                t = {k: torch.from_numpy(np.stack([tt[k] for tt in targets])) for k in targets[0]}
-                loss, _ = detector.loss(model(to_tensor(np.stack(imgs))), t)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg["lr"], step / total_steps, elapsed / cfg["max_seconds"])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
-                total += loss.item() * len(idx)
-                seen += len(idx)
-            if not seen:
-                report(progress, f"stopped before epoch {epoch}: the {cfg['max_seconds']:.0f}s training budget is used",
-                       unit="epoch", done=epochs_run, total=epochs_run, metric="map50",
-                       loss=history[-1]["loss"] if history else None,
-                       value=history[-1]["val_map50"] if history else None,
-                       note=f"stopped: the {cfg['max_seconds']:.0f}s training budget is used")
-                break
-            epochs_run = epoch
-            val_map = _val_map(model, x_val, val_gt, classes) if val else None
-            history.append({"epoch": epoch, "loss": round(total / seen, 4), "val_map50": val_map})
-            report(
-                progress,
-                f"epoch {epoch}/{cfg['epochs']}: loss={total / seen:.4f}"
-                + (f" validation map50={val_map:.4f}" if val_map is not None else ""),
-                unit="epoch",
-                done=epoch,
-                total=epoch if stopped_early else cfg["epochs"],
-                loss=round(total / seen, 4),
-                metric="map50",
-                value=val_map,
-                note=f"stopped: the {cfg['max_seconds']:.0f}s training budget is used" if stopped_early else "",
-                extra=history[-1],
-            )
-            if val_map is None or val_map >= best_map:
-                best_map, best_epoch = (val_map if val_map is not None else -1.0), epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if stopped_early:
-                progress(f"stopped in epoch {epoch}: the {cfg['max_seconds']:.0f}s training budget is used")
-                break
-        assert best_state is not None
-        model.load_state_dict(best_state)
+        model = torch_device.prepare_model(model, device)
+        data = BoxData(x_train, b_train, l_train, len(classes), size, cfg)
+        loop_cfg = trainloop.LoopConfig(
+            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=1e-4,
+            patience=cfg["epochs"] + 1, seed=cfg["seed"], max_seconds=cfg["max_seconds"],
+            loader_workers=int(params.get("loader_workers", md.loader_workers)),
+            lr_schedule=lambda peak, step, total, used: lr_at(peak, step / max(1, total), used),
+            stop_mid_epoch=True, ties_to_later=True)
+        fingerprint = _fingerprint(model, x_train, b_train, cfg)
+
+        def step_loss(net: Any, xb: Any, targets: Any, gen: Any) -> Any:
+            out = net(xb)
+            return detector.loss(tuple(o.float() for o in out), targets)[0]
+
+        fit = trainloop.run(
+            model, data, step_loss=step_loss,
+            validate=lambda m: _val_map(m, x_val, val_gt, classes) if val else None,
+            cfg=loop_cfg, device=device, progress=progress, metric="map50", fingerprint=fingerprint)
+        model.to("cpu")
+        history = [{"epoch": h["epoch"], "loss": h["loss"], "val_map50": h.get("validation_score")}
+                   for h in fit["history"]]
+        best_epoch = fit["best_epoch"]
+        best_map = fit["best_validation_score"] if fit["best_validation_score"] is not None else -1.0
+        epochs_run = fit["epochs_run"]
+        stopped_early = fit["stopped_by"] == "time_budget"
 
         with storage.staged(storage.join(model_dir, MODEL_FILE)) as tmp:
             torch.save(model.state_dict(), tmp)
@@ -653,6 +676,11 @@ class BoundingBox(Task):
             "n_params": detector.n_params(model),
             "train_seconds": seconds,
             "history": history,
+            **device.describe(),
+            "processes": 1,
+            "resumed_from": fit["resumed_from"],
+            **({"resumed_from_attempt": fit["resumed_from"]["attempt"],
+                "resumed_from_epoch": fit["resumed_from"]["epoch"]} if fit["resumed_from"] else {}),
         }
 
     def load_predictor(self, model_dir: str, sha256: str = "") -> BoxPredictor:

@@ -289,7 +289,7 @@ def _fit_here(model: Any, x_train: Any, y_train: Any, x_val: Any, y_val: Any, *,
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         patience=cfg.patience, seed=cfg.seed, max_seconds=cfg.max_seconds,
         loader_workers=max(0, cfg.loader_workers if cfg.loader_workers >= 0 else (4 if device.cuda else 0)),
-        lr_schedule=lr_at)
+        lr_schedule=lambda peak, step, total, used: lr_at(peak, step, total))
     return trainloop.run(model, data, step_loss=step_loss, validate=validate, cfg=loop_cfg, device=device,
                          progress=progress, metric=metric, fingerprint=fingerprint, after_epoch=after_epoch,
                          transform=transform, rank=rank, world=world)

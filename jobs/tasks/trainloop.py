@@ -27,7 +27,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jobs.tasks import torch_device
@@ -220,8 +220,10 @@ class LoopConfig:
     seed: int = 0
     max_seconds: float = 240.0
     loader_workers: int = 0
-    lr_schedule: Callable[[float, int, int], float] | None = None  # (peak, step, total) → lr
-    extra: dict[str, Any] = field(default_factory=dict)
+    # (peak, step, total steps, fraction of the time budget used) → lr; constant when None
+    lr_schedule: Callable[[float, int, int, float], float] | None = None
+    stop_mid_epoch: bool = False  # stop at the first batch past max_seconds (else epochs are cut between epochs)
+    ties_to_later: bool = False  # an equal validation score replaces the best weights
 
 
 def _broadcast(values: list[float], world: int) -> list[float]:
@@ -288,7 +290,7 @@ def run(
     per_rank = max(2, cfg.batch_size // world)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
     steps = max(1, math.ceil(len(sampler) / per_rank))
-    schedule = cfg.lr_schedule or (lambda peak, step, total: peak)
+    schedule = cfg.lr_schedule or (lambda peak, step, total, used: peak)
     gen = torch.Generator()
 
     history: list[dict[str, Any]] = []
@@ -358,15 +360,22 @@ def run(
                             pin_memory=device.cuda, persistent_workers=False)
         if skip == 0:
             loss_sum, seen = 0.0, 0
+        out_of_time = False
         for i, (xb, yb) in enumerate(loader, start=skip + 1):
+            if cfg.stop_mid_epoch and elapsed() > cfg.max_seconds:
+                out_of_time = True
+                break
             xb = images_to_float(torch_device.to_device(xb, device, rank))
             if device.cuda:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = torch_device.to_device(yb, device, rank)
+            if isinstance(yb, dict):
+                yb = {k: torch_device.to_device(v, device, rank) for k, v in yb.items()}
+            else:
+                yb = torch_device.to_device(yb, device, rank)
             if transform is not None:  # augmentation, in fp32 outside autocast
                 xb = transform(xb, gen)
             for group in opt.param_groups:
-                group["lr"] = schedule(cfg.lr, step_no, planned * steps)
+                group["lr"] = schedule(cfg.lr, step_no, planned * steps, elapsed() / max(cfg.max_seconds, 1e-9))
             step_no += 1
             opt.zero_grad(set_to_none=True)
             with torch_device.autocast(device):
@@ -374,24 +383,35 @@ def run(
             scaler.scale(batch_loss).backward()
             scaler.step(opt)
             scaler.update()
-            loss_sum += float(batch_loss.detach()) * len(yb)
-            seen += len(yb)
+            loss_sum += float(batch_loss.detach()) * len(xb)
+            seen += len(xb)
             if time.monotonic() - last_ckpt >= session.checkpoint_seconds and i < steps:
                 checkpoint(i)
         skip = 0
+        out_of_time = bool(_broadcast([float(out_of_time)], world)[0])
         total_loss, total_seen = _all_sum([loss_sum, float(seen)], world)
+        if out_of_time and total_seen == 0:  # the budget ran out before this epoch began
+            epoch -= 1
+            planned, stopped = epoch, "time_budget"
+            say(f"stopped before epoch {epoch + 1}: the {cfg.max_seconds:.0f}s training budget is used",
+                iteration={"unit": "epoch", "done": epoch, "total": epoch, "loss": None, "metric": metric,
+                           "value": None, "note": f"stopped: the {cfg.max_seconds:.0f}s training budget is used"})
+            break
         entry: dict[str, Any] = {"epoch": epoch, "loss": round(total_loss / max(1.0, total_seen), 5)}
         if after_epoch is not None:
             after_epoch(model, data, epoch)
         score = validate(model)
         if score is not None:
             entry["validation_score"] = round(float(score), 5)
-            if best is None or entry["validation_score"] > best[0]:
+            if best is None or entry["validation_score"] > best[0] or (
+                    cfg.ties_to_later and entry["validation_score"] == best[0]):
                 best = (entry["validation_score"], epoch, _state_to_cpu(model.state_dict()))
         entry["seconds"] = round(elapsed(), 1)
         history.append(entry)
         early = best is not None and epoch - best[1] >= cfg.patience and epoch < planned
-        if early:
+        if out_of_time:
+            new_planned, code = epoch, 2.0
+        elif early:
             new_planned, code = epoch, 1.0
         else:
             spent = elapsed()
@@ -411,7 +431,7 @@ def run(
             say, f"epoch {epoch}/{planned}: " + " ".join(f"{k}={v}" for k, v in entry.items() if k != "epoch"),
             unit="epoch", done=epoch, total=planned, loss=entry["loss"], metric=metric,
             value=entry.get("validation_score"), note=note, extra=entry)
-        if code == 1.0:
+        if code == 1.0 or out_of_time:
             break
     if best is not None:
         model.load_state_dict(best[2])
