@@ -636,8 +636,8 @@ class BoundingBox(Task):
             validate=lambda m: _val_map(m, x_val, val_gt, classes) if val else None,
             cfg=loop_cfg, device=device, progress=progress, metric="map50", fingerprint=fingerprint)
         model.to("cpu")
-        history = [{"epoch": h["epoch"], "loss": h["loss"], "val_map50": h.get("validation_score")}
-                   for h in fit["history"]]
+        history = [{"epoch": h["epoch"], "loss": h["loss"], "val_map50": h.get("validation_score"),
+                    "seconds": h["seconds"]} for h in fit["history"]]
         best_epoch = fit["best_epoch"]
         best_map = fit["best_validation_score"] if fit["best_validation_score"] is not None else -1.0
         epochs_run = fit["epochs_run"]
