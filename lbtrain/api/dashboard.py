@@ -197,8 +197,22 @@ def _run_context(run_id: str) -> dict[str, Any] | None:
         "scalars": v.scalar_metrics(metrics), "class_columns": columns, "class_rows": class_rows,
         "bar_key": bar_key, "bars": bars, "labelbox": _labelbox_history(run),
         "headline_metric": pipelines.get(run["model_type"]).headline_metric if known else "",
-        "active": active, "poll_ms": POLL_MS,
+        "active": active, "poll_ms": POLL_MS, "train_device": _train_device(steps),
     }
+
+
+DEVICE_KEYS = ("device", "device_name", "device_count", "device_memory_gb", "device_precision", "processes",
+               "resumed_from_attempt", "resumed_from_epoch")
+
+
+def _train_device(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the train step ran and whether it resumed a checkpoint (its step metrics, from the
+    job's outputs.json): shown on the run page."""
+    for step in steps:
+        if step.get("stage") == "train":
+            metrics = step.get("metrics") or {}
+            return {k: metrics[k] for k in DEVICE_KEYS if metrics.get(k) is not None}
+    return {}
 
 
 @bp.get("/runs/<run_id>")

@@ -97,3 +97,16 @@ def test_svg_progress_scales_both_series():
     xs = [float(x) for x in re.findall(r'<circle class="loss" cx="([\d.]+)"', svg)]
     assert xs[0] == 48.0 and xs[1] < 640 - 48  # x runs to the planned total (3), not to the last point
     assert "validation map50" in svg and "epoch 3" in svg
+
+
+def test_the_train_step_shows_its_device_and_resume(page):
+    client, store, _ = page
+    assert 'id="train-device"' not in client.get("/dashboard/runs/r1").get_data(as_text=True)
+    store.steps[1] = {**store.steps[1], "state": "SUCCEEDED", "attempt": 2, "metrics": {
+        "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device_count": 2, "device_memory_gb": 79.1,
+        "device_precision": "bf16", "processes": 2, "resumed_from_attempt": 1, "resumed_from_epoch": 7}}
+    html = client.get("/dashboard/runs/r1").get_data(as_text=True)
+    line = html[html.index('id="train-device"'):]
+    line = re.sub(r"<[^>]+>", "", line[line.index(">") + 1:line.index("</p>")])
+    assert line == ("Trained on cuda (NVIDIA H100 80GB HBM3), 2 GPU(s), 79.1 GiB each, bf16, 2 data-parallel "
+                    "processes; resumed from attempt 1's checkpoint after epoch 7.")
