@@ -27,8 +27,14 @@ def run(ctx: StageContext) -> StageResult:
     model_dir = ctx.out(MODEL_DIR)
     session = trainloop.session_for_job(ctx.config.artifact_root, ctx.run_id, ctx.stage, ctx.attempt,
                                         ctx.outputs_uri, max_hours=_max_hours(ctx))
-    with trainloop.using(session):
-        metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)
+    try:
+        with trainloop.using(session):
+            metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)
+    finally:  # the decoded-image cache is rebuilt by a retry: it need not stay in the artifacts
+        if session.cache_dir:
+            import shutil
+
+            shutil.rmtree(storage.local_path(session.cache_dir), ignore_errors=True)
     metrics_uri = ctx.out("train_metrics.json")
     storage.write_json(metrics_uri, metrics)
     return StageResult(uris={"model": model_dir, "train_metrics": metrics_uri}, metrics=scalars(metrics),
