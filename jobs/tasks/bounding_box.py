@@ -21,12 +21,18 @@ Run params understood (all optional):
   annealed model inside the stage's 5-minute budget; only then is the run not bit-reproducible,
   `stopped_early` says so), augment (true: random shifts that keep every box inside the image),
   hflip (false: digits and text must not be mirrored), score_threshold (0.3: boxes uploaded to
-  Labelbox, served, and counted in the confusion rows; mAP uses every detection ≥ 0.01).
+  Labelbox, served, and counted in the confusion rows; mAP uses every detection ≥ 0.01),
+  device / precision (jobs/tasks/torch_device.py: CUDA when present, bf16/fp16 autocast there),
+  processes (data-parallel processes; default one per GPU, 1 on the CPU), loader_workers (DataLoader
+  workers; default 0 on the CPU). On a GPU batch_size defaults to 128 and max_seconds to the
+  stage's budget (docs/architecture.md §4, "Torch training"). Training runs through the shared
+  loop (jobs/tasks/trainloop.py): checkpoints every epoch, resumed by a later attempt.
 torch, numpy and PIL are imported inside functions: importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -56,7 +62,8 @@ IOU_THRESHOLD = 0.5
 EVAL_MIN_SCORE = 0.01  # detections kept for the AP curve (AP needs the low-score tail)
 MAX_DETECTIONS = 100
 
-_INT_PARAMS = {"epochs": (20, 1), "batch_size": (32, 1), "input_size": (128, 32), "width": (32, 8), "seed": (0, 0)}
+_INT_PARAMS = {"epochs": (20, 1), "batch_size": (32, 1), "input_size": (128, 32), "width": (32, 8), "seed": (0, 0),
+               "processes": (0, 0), "loader_workers": (-1, -1)}
 _FLOAT_PARAMS = {"lr": (0.002, 1e-6), "max_seconds": (240.0, 1.0)}
 
 
@@ -385,7 +392,8 @@ def _fingerprint(model: Any, x: Any, boxes: Any, cfg: Mapping[str, Any]) -> str:
 
     h = hashlib.sha256()
     h.update(json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()]).encode())
-    h.update(json.dumps({k: v for k, v in cfg.items() if k not in ("threads", "max_seconds")}, default=str).encode())
+    skip = ("threads", "max_seconds", "processes", "loader_workers")
+    h.update(json.dumps({k: v for k, v in cfg.items() if k not in skip}, default=str).encode())
     h.update(json.dumps(boxes).encode())
     h.update(np.ascontiguousarray(x[: min(len(x), 64)]).tobytes())
     return h.hexdigest()
@@ -420,6 +428,52 @@ def lr_at(base: float, step_fraction: float, time_fraction: float, warmup: float
     if progress < warmup:
         return base * (0.1 + 0.9 * progress / warmup)
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))))
+
+
+def _fit(model: Any, data: BoxData, x_val: Any, val_gt: list[list[dict]], classes: Sequence[str],
+         cfg: Mapping[str, Any], workers: int, device: Any, progress: Progress, fingerprint: str,
+         rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """The detector through the shared loop (jobs/tasks/trainloop.py): the LR schedule follows the
+    larger of the step and time fractions, and training stops at the first batch past the budget."""
+    from jobs.tasks import detector, torch_device, trainloop
+
+    model = torch_device.prepare_model(model, device, rank)
+    loop_cfg = trainloop.LoopConfig(
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=1e-4,
+        patience=cfg["epochs"] + 1, seed=cfg["seed"], max_seconds=cfg["max_seconds"], loader_workers=workers,
+        lr_schedule=lambda peak, step, total, used: lr_at(peak, step / max(1, total), used),
+        stop_mid_epoch=True, ties_to_later=True)
+
+    def step_loss(net: Any, xb: Any, targets: Any, gen: Any) -> Any:
+        return detector.loss(tuple(o.float() for o in net(xb)), targets)[0]
+
+    return trainloop.run(model, data, step_loss=step_loss,
+                         validate=lambda m: _val_map(m, x_val, val_gt, classes) if len(val_gt) else None,
+                         cfg=loop_cfg, device=device, progress=progress, metric="map50", fingerprint=fingerprint,
+                         rank=rank, world=world)
+
+
+def _parallel_worker(rank: int, world: int, device: Any, payload: dict[str, Any], progress: Progress) -> None:
+    """One data-parallel detector process (module level: spawn pickles it by name)."""
+    import numpy as np
+    import torch
+
+    from jobs.tasks import detector
+
+    cfg = payload["cfg"]
+    torch.set_num_threads(cfg["threads"])
+    model = detector.CenterNet(len(payload["classes"]), payload["channels"], cfg["width"])
+    model.load_state_dict(torch.load(f"{payload['dir']}/init.pt", map_location="cpu", weights_only=True))
+    x = np.load(payload["x_train"], mmap_mode="r")
+    x_val = np.load(payload["x_val"], mmap_mode="r") if payload["x_val"] else None
+    data = BoxData(x, payload["b_train"], payload["l_train"], len(payload["classes"]), payload["size"], cfg)
+    result = _fit(model, data, x_val, payload["val_gt"], payload["classes"], cfg, payload["workers"], device,
+                  progress, payload["fingerprint"], rank, world)
+    if rank == 0:
+        model.to("cpu")
+        torch.save(model.state_dict(), f"{payload['dir']}/final.pt")
+        with open(f"{payload['dir']}/result.json", "w") as fh:
+            json.dump(result, fh)
 
 
 # --- the task ---------------------------------------------------------------------------------
@@ -617,24 +671,25 @@ class BoundingBox(Task):
             validation_size=len(val),
         )
         model = detector.CenterNet(len(classes), channels, cfg["width"])
-        model = torch_device.prepare_model(model, device)
-        data = BoxData(x_train, b_train, l_train, len(classes), size, cfg)
-        loop_cfg = trainloop.LoopConfig(
-            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=1e-4,
-            patience=cfg["epochs"] + 1, seed=cfg["seed"], max_seconds=cfg["max_seconds"],
-            loader_workers=int(params.get("loader_workers", md.loader_workers)),
-            lr_schedule=lambda peak, step, total, used: lr_at(peak, step / max(1, total), used),
-            stop_mid_epoch=True, ties_to_later=True)
+        workers = cfg["loader_workers"] if cfg["loader_workers"] >= 0 else md.loader_workers
         fingerprint = _fingerprint(model, x_train, b_train, cfg)
+        world = cfg["processes"] or (device.count if device.cuda else 1)
+        if world > 1:
+            import tempfile
 
-        def step_loss(net: Any, xb: Any, targets: Any, gen: Any) -> Any:
-            out = net(xb)
-            return detector.loss(tuple(o.float() for o in out), targets)[0]
-
-        fit = trainloop.run(
-            model, data, step_loss=step_loss,
-            validate=lambda m: _val_map(m, x_val, val_gt, classes) if val else None,
-            cfg=loop_cfg, device=device, progress=progress, metric="map50", fingerprint=fingerprint)
+            with tempfile.TemporaryDirectory(prefix="lbtrain-ddp-") as tmp:
+                torch.save(model.state_dict(), f"{tmp}/init.pt")
+                payload = {"classes": classes, "channels": channels, "cfg": cfg, "workers": workers, "size": size,
+                           "x_train": str(x_train.filename), "b_train": b_train, "l_train": l_train,
+                           "x_val": str(x_val.filename) if val else "", "val_gt": val_gt,
+                           "fingerprint": fingerprint, "dir": tmp}
+                trainloop.spawn(world, device, _parallel_worker, payload, progress)
+                model.load_state_dict(torch.load(f"{tmp}/final.pt", map_location="cpu", weights_only=True))
+                with open(f"{tmp}/result.json") as fh:
+                    fit = json.load(fh)
+        else:
+            fit = _fit(model, BoxData(x_train, b_train, l_train, len(classes), size, cfg), x_val, val_gt, classes,
+                       cfg, workers, device, progress, fingerprint)
         model.to("cpu")
         history = [{"epoch": h["epoch"], "loss": h["loss"], "val_map50": h.get("validation_score"),
                     "seconds": h["seconds"]} for h in fit["history"]]
@@ -677,7 +732,7 @@ class BoundingBox(Task):
             "train_seconds": seconds,
             "history": history,
             **device.describe(),
-            "processes": 1,
+            "processes": fit["processes"],
             "resumed_from": fit["resumed_from"],
             **({"resumed_from_attempt": fit["resumed_from"]["attempt"],
                 "resumed_from_epoch": fit["resumed_from"]["epoch"]} if fit["resumed_from"] else {}),

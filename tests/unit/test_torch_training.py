@@ -153,3 +153,18 @@ def test_two_gloo_processes_train_to_the_same_bar_as_one(tmp_path: Path) -> None
     assert any("2 processes" in m for m in messages) and any(m.startswith("epoch 1/") for m in messages)
     ev = TASK.evaluate(ds, TASK.load_predictor(str(tmp_path / "ddp")), _quiet)
     assert ev.metrics["accuracy"] > 0.5  # the one-process bar of test_image_single_model
+
+
+def test_detector_trains_data_parallel_too(tmp_path: Path) -> None:
+    from jobs.tasks import bounding_box
+    from lbtrain.adapters.labelbox import FileLabelbox
+    from lbtrain.datasets import mnist_boxes
+
+    mnist_boxes.build("bounding_box", str(tmp_path / "lb"), "mr-tiny", limit=30)
+    rows = list(FileLabelbox(str(tmp_path / "lb")).export_rows("mr-tiny"))
+    dataset = bounding_box.TASK.convert(rows, "mr-tiny", {}, str(tmp_path / "etl"), _quiet)
+    tiny = {"epochs": 2, "width": 8, "input_size": 64, "threads": 1, "processes": 2}
+    metrics = bounding_box.TASK.train(dataset, str(tmp_path / "model"), tiny, _quiet)
+    assert metrics["processes"] == 2 and metrics["epochs_run"] == 2 and metrics["device"] == "cpu"
+    predictor = bounding_box.TASK.load_predictor(str(tmp_path / "model"))
+    assert 0.0 <= bounding_box.TASK.evaluate(dataset, predictor, _quiet).metrics["map50"] <= 1.0
