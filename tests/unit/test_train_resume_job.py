@@ -66,6 +66,7 @@ def test_killed_train_job_resumes_in_attempt_2(env: JobEnv) -> None:
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, metrics["epochs_run"] + 1))
     progress = json.loads((env.out("r", "train", 2) / "progress.json").read_text())
     assert progress["done"] == progress["total"] == metrics["epochs_run"]
+    assert progress["note"] == f"resumed from attempt 1 after epoch {killed_after}"  # what the run page shows
     assert (env.out("r", "train", 2) / "checkpoints" / "last.pt").exists()
 
     ev = env.run("r", "evaluate", PARAMS, upstream_attempts={"train": 2})
