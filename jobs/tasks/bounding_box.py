@@ -725,6 +725,7 @@ class BoundingBox(Task):
             "best_epoch": best_epoch,
             "epochs_run": epochs_run,
             "stopped_early": stopped_early,
+            "stopped_by": fit["stopped_by"],
             "train_size": len(train),
             "validation_size": len(val),
             "train_boxes": sum(map(len, b_train)),

@@ -1,7 +1,8 @@
 """A small BatchNorm CNN for the image classification tasks, in plain torch (no torchvision, no
-downloads): model definition from a JSON-able config, a training loop with a fixed seed, light
-random affine augmentation, validation-based early stopping (best weights kept), and save/load of
-`weights.pt` (state_dict) next to model.json.
+downloads): model definition from a JSON-able config, training with a fixed seed through the loop
+the torch tasks share (jobs/tasks/trainloop.py: device, mixed precision, checkpoints and resume,
+data-parallel processes), light random affine augmentation on the device, validation-based early
+stopping (best weights kept), and save/load of `weights.pt` (state_dict) next to model.json.
 
 torch is imported inside functions only: the task modules import this module, and the services
 must never load torch (docs/architecture.md §2).

@@ -5,7 +5,8 @@ tuned on the validation split, and at least the most likely class is predicted f
 (the ETL keeps only examples with at least one answer, so an empty prediction is never right).
 
 Params: as image_single_classification (image_size, channels, epochs=20, patience=5, batch_size,
-lr, augment, max_seconds, threads, seed, fetch_workers) plus
+lr, augment, max_seconds, threads, seed, fetch_workers, device, precision, processes,
+loader_workers; on a GPU the defaults follow the machine) plus
   question    the checklist question to learn (default: the first checklist answered)
   questions   radio questions to learn as `question/answer` targets (default, when the run has no
               checklist: every radio question answered)
