@@ -58,7 +58,7 @@ class Stack:
     def start(self, timeout: float = 60.0) -> None:
         log = open(self.root / f"dev-{self.starts}.log", "wb")  # noqa: SIM115 - kept open by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbtrain.cli", "dev", "--port", str(self.port), "--reconcile-interval", "2"],
+            [sys.executable, "-m", "lbtrain.cli", "dev", "--port", str(self.port), "--reconcile-interval", "5"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root)
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -144,7 +144,7 @@ def model_run(labelbox_dir: Path) -> str:
     return mr
 
 
-def deliver_three_times(url: str, secret: str, mr: str, answers: Counter[str]) -> None:
+def deliver_three_times(url: str, secret: str, mr: str, answers: Counter[str], lock: threading.Lock) -> None:
     """The same delivery three times at once; each sender retries while the stack is down."""
     body = {"modelId": "m1", "modelRunId": mr, "modelType": MODEL_TYPE}
     delivery = f"delivery-{mr}"
@@ -154,11 +154,16 @@ def deliver_three_times(url: str, secret: str, mr: str, answers: Counter[str]) -
         while True:
             try:
                 status, _ = Client(url, retries=0, timeout=10).send_webhook("/model_run", body, secret, delivery)
-                answers[str(status)] += 1
+                with lock:
+                    answers[str(status)] += 1
                 return
             except ApiError as exc:
-                answers[str(exc.status) if exc.status else "unreachable"] += 1
-                if exc.status and exc.status < 500 or time.monotonic() > deadline:
+                outcome = str(exc.status) if exc.status else "unreachable (retried)"
+                if not exc.status or exc.status >= 500:
+                    outcome = "gave up" if time.monotonic() > deadline else outcome
+                with lock:
+                    answers[outcome] += 1
+                if exc.status and exc.status < 500 or outcome == "gave up":
                     return
                 time.sleep(0.5)
 
@@ -207,7 +212,8 @@ def phase(stack: Stack, secret: str, labelbox_dir: Path, runs: int, kills: int, 
     if kills:
         kill_thread.start()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(lambda mr: deliver_three_times(stack.url, secret, mr, answers), model_runs))
+        lock = threading.Lock()
+        list(pool.map(lambda mr: deliver_three_times(stack.url, secret, mr, answers, lock), model_runs))
     found = wait_all(api, model_runs, timeout)
     killer_done.set()
     if kills:
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                "LBTRAIN_STATE_DIR": str(root / "state"), "ARTIFACT_ROOT": str(root / "artifacts"),
                "LABELBOX_DIR": str(root / "labelbox"), "LBTRAIN_JOB_MODULE": "lbtrain.noop_job",
                "API_TOKEN": secrets.token_urlsafe(24), "LABELBOX_WEBHOOK_SECRET": secret,
-               "LBTRAIN_STALE_AFTER_SECONDS": "10", "PYTHONUNBUFFERED": "1"}
+               "LBTRAIN_STALE_AFTER_SECONDS": "30", "PYTHONUNBUFFERED": "1"}
         stack = Stack(root, env, emulators.free_port())
         stack.start()
         api = Client(stack.url, token=env["API_TOKEN"], retries=2, timeout=10)
