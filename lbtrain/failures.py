@@ -122,7 +122,8 @@ def classify_exception(exc: BaseException) -> Failure | None:
         code = int(grpc_code.value[0])
     elif exc.code is not None:
         code = HTTP_TO_RPC.get(int(exc.code), 0)
-    message = str(exc.message or exc)
+    # REST errors read "POST https://…/customJobs?…: <Vertex's message>": keep Vertex's words.
+    message = re.sub(r"^(GET|POST|PUT|PATCH|DELETE) \S+: ", "", str(exc.message or exc))
     failure = classify(message, code=code)
     if failure.reason == "failed" and code in (0,) and int(exc.code or 0) >= 500:
         return Failure(TRANSIENT, "backend error", message)
