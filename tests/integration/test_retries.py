@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,11 @@ def test_a_local_job_killed_mid_train_succeeds_on_attempt_2(stack_factory, tmp_p
     assert stack.statuses(mr)[-1] == "COMPLETE"
     lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "retry"]
     assert lines and lines[0].fields["failure_reason"] == "killed by SIGKILL" and lines[0].fields["next_attempt"] == 2
+    # And on the dashboard's run page timeline.
+    with urllib.request.urlopen(f"{stack.dev.url}/dashboard/runs/{run_id}", timeout=30) as resp:
+        page = resp.read().decode()
+    assert 'data-stage="train" data-attempt="1"' in page and "on local" in page
+    assert "killed by SIGKILL, retried automatically" in page
 
 
 def test_a_data_error_fails_once_without_a_retry(stack_factory):
@@ -221,3 +227,24 @@ def test_a_job_that_failed_on_its_data_is_not_retried_on_vertex(vertex_retry_sta
     assert run["status"] == "FAILED"
     assert run["error"]["message"] == f"class 'b' has no test example ({EXIT_1})"
     assert len(train_creates(fake)) == 1 and steps_of(run)["train"]["attempts"] == []
+
+
+def test_flex_start_and_spot_reach_the_custom_jobs_scheduling(vertex):
+    from lbtrain.adapters.backend import JobSpec
+    from lbtrain.config import Config
+
+    fake, endpoint = vertex
+    machines = {"*/train": [L4, {**CPU, "strategy": "FLEX_START", "max_wait_hours": 0.5, "max_hours": 2}]}
+    backend = VertexBackend(Config(project="p1", region="us-central1", artifact_root="gs://b/l", job_image="img:1",
+                                   job_image_gpu="img-gpu:1", vertex_api_endpoint=endpoint,
+                                   job_machines=json.dumps(machines)))
+    for index in (0, 1):
+        backend.submit(JobSpec(name=f"dev-r1-train-a{index + 1}", run_id="r1", stage="train", attempt=index + 1,
+                               model_type="ner", inputs_uri="gs://b/l/in.json", outputs_uri=f"gs://b/l/a{index}",
+                               machine_index=index))
+    spot, flex = fake.created()
+    assert strategy_of(spot) == "SPOT"
+    assert spot["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == "img-gpu:1"
+    assert strategy_of(flex) == "FLEX_START" and machine_of(flex) == ("n1-standard-8", "")
+    assert flex["jobSpec"]["scheduling"]["maxWaitDuration"] == "1800s"
+    assert flex["jobSpec"]["scheduling"]["timeout"] == "7200s"
