@@ -130,3 +130,17 @@ def test_a_permanent_failure_is_not_retried_and_a_manual_retry_starts_a_new_seri
     lost = f.classify("", exit_code=-9).to_dict()
     assert d.failed_attempt(step(4, retry_from=4), "killed", lost, policy, AT).retry_at is not None
     assert d.failed_attempt(step(6, retry_from=4), "killed", lost, policy, AT).retry_at is None
+
+
+def test_retry_settings_are_lbtrain_variables():
+    from lbtrain.config import Config, from_env, to_env
+
+    assert Config().retry_policy() == d.RetryPolicy(max_attempts=3, base_seconds=30.0, cap_seconds=600.0)
+    cfg = from_env({"LBTRAIN_MAX_ATTEMPTS": "5", "LBTRAIN_RETRY_BASE_SECONDS": "2.5",
+                    "LBTRAIN_RETRY_CAP_SECONDS": "60"})
+    assert cfg.retry_policy() == d.RetryPolicy(5, 2.5, 60.0)
+    assert from_env(to_env(cfg)).retry_policy() == cfg.retry_policy()  # jobs and the dev stack get the same
+    for var, value in (("LBTRAIN_MAX_ATTEMPTS", "0"), ("LBTRAIN_MAX_ATTEMPTS", "three"),
+                       ("LBTRAIN_RETRY_BASE_SECONDS", "-1"), ("LBTRAIN_RETRY_CAP_SECONDS", "soon")):
+        with pytest.raises(ValueError, match=var):
+            from_env({var: value})
