@@ -248,3 +248,34 @@ def test_flex_start_and_spot_reach_the_custom_jobs_scheduling(vertex):
     assert strategy_of(flex) == "FLEX_START" and machine_of(flex) == ("n1-standard-8", "")
     assert flex["jobSpec"]["scheduling"]["maxWaitDuration"] == "1800s"
     assert flex["jobSpec"]["scheduling"]["timeout"] == "7200s"
+
+
+def test_a_long_back_off_is_left_to_the_reconciler(vertex_retry_stack):
+    """A retry due later than the launcher holds a message: acknowledged, then offered by the
+    reconciler once due (and not before)."""
+    from datetime import timedelta
+
+    from lbtrain import domain as d
+    from lbtrain.adapters.firestore_store import RUNS, STEPS
+    from lbtrain.launch import HOLD_SECONDS, handle_step
+    from lbtrain.messages import StepMessage
+    from lbtrain.reconcile import reconcile_once
+
+    stack, fake = vertex_retry_stack({"train": [("create", 503, "The service is currently unavailable.")]},
+                                     retry_base_seconds=4 * HOLD_SECONDS, retry_cap_seconds=4 * HOLD_SECONDS)
+    mr = stack.model_run()
+    run_id = stack.api.start_run("text_single_classification", mr)["run_id"]
+    train = stack.wait_for(lambda: (lambda s: s if s["attempt"] == 2 else None)(
+        steps_of(stack.api.get_run(run_id))["train"]), what="train attempt 2 scheduled")
+    assert train["state"] == "PENDING" and train["attempts"][0]["failure"]["reason"] == "Vertex unavailable"
+    assert "creating the job failed: Vertex unavailable" in train["attempts"][0]["error"]
+    assert handle_step(stack.deps, StepMessage(run_id, "train", 2)).startswith("no-op: train attempt 2 is due at")
+    assert not [a for a in reconcile_once(stack.deps) if run_id in a]  # not due: nothing offered
+    # Time passes: the back-off is over.
+    ref = stack.deps.store.db.collection(RUNS).document(run_id).collection(STEPS).document("train")
+    ref.update({"not_before": d.now() - timedelta(seconds=1)})
+    actions = reconcile_once(stack.deps)
+    assert any(f"{run_id}: retry due: re-drove train a2" in a for a in actions), actions
+    run = stack.wait(run_id, timeout=60)
+    assert run["status"] == "SUCCEEDED" and steps_of(run)["train"]["attempt"] == 2
+    assert len(train_creates(fake)) == 2
