@@ -44,6 +44,9 @@ def model_run_inputs(deployment: str, run: dict[str, Any], attempt: int) -> dict
     }
 
 
+# Stages that load the trained model: they get its recorded digest (jobs/tasks/base.py verifies it).
+LOADS_MODEL = frozenset({"evaluate", "deploy"})
+
 # Jobs that run another program than the stages' (JOB_MODULE, the jobs image's entrypoint).
 JOB_MODULES = {d.MODELRUN: "jobs.modelrun"}
 
@@ -71,7 +74,8 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
                    model_type=run["model_type"], inputs_uri=in_uri,
                    outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
                    labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt),
-                   module=JOB_MODULES.get(msg.stage, ""), machine_index=int(claim.step.get("machine_index") or 0))
+                   module=JOB_MODULES.get(msg.stage, ""), machine_index=int(claim.step.get("machine_index") or 0),
+                   model_sha256=str(run.get("model_sha256") or "") if msg.stage in LOADS_MODEL else "")
     machine = machine_label(deps, spec)
     job = deps.backend.find_by_name(name) if claim.kind == "reclaim" else None
     if job is None:
