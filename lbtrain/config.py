@@ -10,6 +10,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lbtrain.domain import RetryPolicy
 
 DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
 PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
@@ -23,7 +27,8 @@ DEFAULT_FETCH_DEADLINE_SECONDS = 60.0
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 # Read as LBTRAIN_<NAME>: (field, type).
 _LBTRAIN_NUMBERS = (("max_body_bytes", int), ("stale_after_seconds", float), ("fetch_max_image_bytes", int),
-                    ("fetch_max_text_bytes", int), ("fetch_deadline_seconds", float), ("max_image_pixels", int))
+                    ("fetch_max_text_bytes", int), ("fetch_deadline_seconds", float), ("max_image_pixels", int),
+                    ("max_attempts", int), ("retry_base_seconds", float), ("retry_cap_seconds", float))
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ class Config:
     fetch_allow_loopback: bool = False
     # Largest image (width × height) decoded in ETL, training and serving.
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # Automatic retries of infrastructure failures (lbtrain/failures.py): attempts per stage, and the
+    # back-off before the n-th retry, min(cap, base·2^(n-1)) seconds with jitter.
+    max_attempts: int = 3
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 600.0
 
     def topic(self, name: str) -> str:
         """Topic id for `runs`, `step-<stage>`, `job-events`, `dead-letter`."""
@@ -101,6 +111,11 @@ class Config:
 
     def with_overrides(self, **kwargs: object) -> Config:
         return replace(self, **kwargs)
+
+    def retry_policy(self) -> RetryPolicy:
+        from lbtrain.domain import RetryPolicy
+
+        return RetryPolicy(self.max_attempts, self.retry_base_seconds, self.retry_cap_seconds)
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, messages or documents."""
@@ -151,7 +166,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                 values[name] = kind(env[key])
             except ValueError:
                 raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
-            if name.startswith(("fetch_", "max_image")) and not values[name] > 0:  # type: ignore[operator]
+            if name.startswith(("fetch_", "max_image", "max_attempts", "retry_")) and \
+                    not values[name] > 0:  # type: ignore[operator]
                 raise ValueError(f"{key} must be positive, not {env[key]!r}")
     values.pop("fetch_allow_loopback", None)
     loopback = env.get("LBTRAIN_FETCH_ALLOW_LOOPBACK", "").strip().lower()

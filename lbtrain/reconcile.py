@@ -39,6 +39,11 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
                 elif run["status"] == d.CANCELLING and not status.terminal:
                     deps.backend.cancel(job["id"])
                     actions.append(f"{run_id}: cancel re-sent to {job['id']}")
+            elif step["state"] == d.PENDING and step.get("not_before") and run["status"] != d.CANCELLING:
+                # An automatic retry (§7.8): offered once its back-off is over, not before.
+                if step["not_before"] <= at:
+                    publish_step(deps, run_id, step["stage"], step["attempt"])
+                    actions.append(f"{run_id}: retry due: re-drove {step['stage']} a{step['attempt']}")
             elif step["state"] in (d.PENDING, d.LAUNCHING) and old and run["status"] != d.CANCELLING:
                 publish_step(deps, run_id, step["stage"], step["attempt"])
                 actions.append(f"{run_id}: re-drove {step['stage']} a{step['attempt']}")

@@ -51,6 +51,8 @@ class Completion:
     finished: str | None = None  # run's terminal status if it ended (now or earlier)
     reason: str = ""
     waiting: str = ""  # a failed modelrun step: the run waits (QUEUED) with this reason for a relaunch
+    retry_at: Any = None  # a failed attempt will be retried (next_stage, next_attempt) from this time
+    machine: str = ""  # the machine the failed attempt ran on
 
 
 @dataclass
@@ -208,7 +210,7 @@ class FirestoreStore:
 
         return self._run(txn)
 
-    def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef) -> LaunchRecord:
+    def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef, machine: str = "") -> LaunchRecord:
         """LAUNCHING → RUNNING with the job, plus the jobs/ reverse index."""
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
         job_ref = self.db.collection(JOBS).document(_job_doc_id(job.id))
@@ -228,7 +230,8 @@ class FirestoreStore:
             t.set(job_ref, {"run_id": run_id, "stage": stage, "attempt": attempt,
                             "job_name": job.name, "backend": job.backend, "created_at": at})
             t.update(step_ref, {"state": d.RUNNING, "job": job.to_dict(), "started_at": at,
-                                "lease_until": None, "updated_at": at})
+                                "lease_until": None, "updated_at": at, "machine": machine or None,
+                                "not_before": None})
             t.update(run_ref, {"updated_at": at})
             self._count(3)
             return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
@@ -237,8 +240,13 @@ class FirestoreStore:
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
-                      stages: tuple[str, ...], model_run_id: str = "", model_sha256: str = "") -> Completion:
+                      stages: tuple[str, ...], model_run_id: str = "", model_sha256: str = "",
+                      failure: dict[str, Any] | None = None, policy: d.RetryPolicy | None = None) -> Completion:
         """Move a RUNNING step with this job to its terminal state and advance or end the run.
+
+        A failed job whose `failure` (lbtrain/failures.py) is retryable, with attempts left under
+        `policy`, puts the step back to PENDING as attempt + 1 due at `not_before` (docs/architecture.md
+        §7.8); the run stays RUNNING and `next_stage`/`next_attempt` name the retry to publish.
 
         The modelrun step (a rule run's first) is different: its success gives the run `model_run_id`
         (and the model run's single flight) in the same transaction that moves the run on; its
@@ -308,8 +316,8 @@ class FirestoreStore:
             elif new_state == d.CANCELLED:
                 result.finished = d.CANCELLED
             else:
-                result.finished = d.FAILED
-                run_update["error"] = {"stage": stage, "message": error or f"job {job_state.lower()}"}
+                self._failed(step, stage, error or f"job {job_state.lower()}", failure, policy, at,
+                             step_update, run_update, result)
             if result.finished:
                 run_update.update({"status": result.finished, "finished_at": at})
                 self._release_model_run(t, run, at)
@@ -317,6 +325,55 @@ class FirestoreStore:
             t.update(run_ref, run_update)
             self._count(2)
             result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
+            return result
+
+        return self._run(txn)
+
+    @staticmethod
+    def _failed(step: dict[str, Any], stage: str, error: str, failure: dict[str, Any] | None,
+                policy: d.RetryPolicy | None, at: Any, step_update: dict[str, Any], run_update: dict[str, Any],
+                result: Completion) -> None:
+        """A failed attempt: another one (retryable, attempts left) or the run FAILS naming them all."""
+        outcome = d.failed_attempt(step, error, failure, policy or d.RetryPolicy(max_attempts=1), at)
+        result.machine = step.get("machine") or ""
+        if outcome.retry_at is not None:  # a fresh attempt: nothing of this one stays on the step
+            step_update.clear()
+        step_update.update({**outcome.step_update, "updated_at": at})
+        if outcome.retry_at is not None:
+            result.next_stage, result.next_attempt, result.retry_at = stage, step_update["attempt"], outcome.retry_at
+            run_update.update({"status": d.RUNNING, "stage": stage})
+        else:
+            result.finished = d.FAILED
+            run_update["error"] = {"stage": stage, "message": outcome.message}
+
+    def fail_launch(self, run_id: str, stage: str, attempt: int, *, error: str, failure: dict[str, Any],
+                    policy: d.RetryPolicy, machine: str = "") -> Completion:
+        """A job that could not be created (quota, capacity, Vertex unavailable, a bad request): the
+        LAUNCHING step's attempt fails as if its job had, so it is retried or ends the run; the
+        launcher never answers 500 forever."""
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> Completion:
+            at = d.now()
+            run = run_ref.get(transaction=t).to_dict()
+            step = step_ref.get(transaction=t).to_dict()
+            if step["attempt"] != attempt or step["state"] != d.LAUNCHING:
+                return Completion(False, run, reason=f"step is {step['state']} a{step['attempt']}")
+            step_update: dict[str, Any] = {}
+            run_update: dict[str, Any] = {"updated_at": at}
+            result = Completion(True, run)
+            self._failed({**step, "machine": machine or step.get("machine")}, stage, error, failure, policy, at,
+                         step_update, run_update, result)
+            if result.next_stage is None:
+                step_update["machine"] = machine or step.get("machine")
+            if result.finished:
+                run_update.update({"status": result.finished, "finished_at": at})
+                self._release_model_run(t, run, at)
+            t.update(step_ref, step_update)
+            t.update(run_ref, run_update)
+            self._count(2)
+            result.run = {**run, **run_update}
             return result
 
         return self._run(txn)
@@ -388,7 +445,8 @@ class FirestoreStore:
             t.update(steps_ref.document(step["stage"]), {
                 "state": d.PENDING, "attempt": attempt, "job": None, "launched_at": None,
                 "started_at": None, "ended_at": None, "lease_until": None, "error": None,
-                "outputs_uri": None, "metrics": {}, "updated_at": at,
+                "outputs_uri": None, "metrics": {}, "updated_at": at, "machine": None, "failure": None,
+                "not_before": None, "retry_from": attempt, "machine_index": 0,
                 "attempts": [*step.get("attempts", []), d.history_entry(step)],
             })
             # Later stages cancelled along with the run go back to PENDING.

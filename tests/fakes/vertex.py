@@ -67,6 +67,9 @@ class FakeVertex:
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # Called (outside the lock) with each CustomJob just created: lets a test or the local stack run it.
     on_job_created: Callable[[dict[str, Any]], None] | None = None
+    # Failure injection: called with each CustomJob create body; an answer (status, google error body)
+    # is sent instead of creating the job, as Vertex answers a quota or capacity refusal.
+    create_error: Callable[[dict[str, Any]], tuple[int, Any] | None] | None = None
 
     def new_id(self) -> str:
         with self.lock:
@@ -93,13 +96,14 @@ class FakeVertex:
         """Bodies of every create request, in order."""
         return [body for method, path, body in self.requests if method == "POST" and path.endswith("/customJobs")]
 
-    def set_state(self, job_id: str, state: str, error: str = "") -> None:
+    def set_state(self, job_id: str, state: str, error: str = "", code: int = 3) -> None:
+        """`code` is the google.rpc code Vertex puts beside the error (3 for a replica's non-zero exit)."""
         with self.lock:
             job = self.jobs[job_id]
             job["state"] = f"JOB_STATE_{state}"
             job["updateTime"] = _now()
             if error:
-                job["error"] = {"code": 3, "message": error}
+                job["error"] = {"code": code, "message": error}
 
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         created: dict[str, Any] | None = None
@@ -126,6 +130,9 @@ class FakeVertex:
         project, location, job_id, cancel = m.groups()
         parent = f"projects/{project}/locations/{location}"
         if method == "POST" and job_id is None:
+            refused = self.create_error(body) if self.create_error is not None else None
+            if refused is not None:
+                return (*refused, None)
             new_id = self.new_id()
             job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
                    "createTime": _now(), "updateTime": _now()}
