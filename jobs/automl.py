@@ -54,6 +54,9 @@ TRAINING_SCHEMA = {
     "object_detection": "gs://google-cloud-aiplatform/schema/trainingjob/definition/"
     "automl_image_object_detection_1.0.0.yaml",
 }
+# trainingTaskInputs.modelType: the enums of AutoMlImageClassificationInputs and
+# AutoMlImageObjectDetectionInputs differ (detection has no CLOUD; the SDK maps CLOUD to this too).
+MODEL_TYPE = {"classification": "CLOUD", "object_detection": "CLOUD_HIGH_ACCURACY_1"}
 PIPELINE_DONE = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
 JOB_DONE = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 TIMEOUT = 60.0  # seconds per API call
@@ -207,7 +210,9 @@ def create_pipeline(aip: Any, config: Config, display_name: str, dataset_id: str
     from google.protobuf import json_format, struct_pb2
 
     detection = model_type == "bounding_box"
-    inputs: dict[str, Any] = {"modelType": "CLOUD", "budgetMilliNodeHours": budget, "disableEarlyStopping": False}
+    task = "object_detection" if detection else "classification"
+    inputs: dict[str, Any] = {"modelType": MODEL_TYPE[task], "budgetMilliNodeHours": budget,
+                              "disableEarlyStopping": False}
     if not detection:
         inputs["multiLabel"] = model_type == "image_multi_classification"
 
@@ -216,7 +221,7 @@ def create_pipeline(aip: Any, config: Config, display_name: str, dataset_id: str
 
     pipeline = gca_pipeline.TrainingPipeline(
         display_name=display_name,
-        training_task_definition=TRAINING_SCHEMA["object_detection" if detection else "classification"],
+        training_task_definition=TRAINING_SCHEMA[task],
         training_task_inputs=json_format.ParseDict(inputs, struct_pb2.Value()),
         input_data_config=gca_pipeline.InputDataConfig(
             dataset_id=dataset_id,

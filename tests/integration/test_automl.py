@@ -166,7 +166,9 @@ def test_train_imports_the_snapshot_and_runs_the_pipeline(vertex, gcs_bucket, tm
     assert pipeline["trainingTaskDefinition"] == automl.TRAINING_SCHEMA[
         "object_detection" if detection else "classification"]
     inputs = pipeline["trainingTaskInputs"]
-    assert inputs["modelType"] == "CLOUD" and inputs["budgetMilliNodeHours"] == BUDGET[model_type]
+    # detection has no CLOUD model type (AutoMlImageObjectDetectionInputs): the SDK's mapping
+    assert inputs["modelType"] == ("CLOUD_HIGH_ACCURACY_1" if detection else "CLOUD")
+    assert inputs["budgetMilliNodeHours"] == BUDGET[model_type]
     assert inputs.get("multiLabel") == (None if detection else model_type == MULTI)
     assert pipeline["inputDataConfig"] == {"datasetId": dataset_id, "filterSplit": {
         "trainingFilter": "labels.aiplatform.googleapis.com/ml_use=training",
