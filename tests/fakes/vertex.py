@@ -132,6 +132,8 @@ class FakeVertex:
     # inject(): target → [[failure, times left], …]; and what is fated for created resources (name → failure).
     injected: dict[str, list[list[Any]]] = field(default_factory=dict)
     fated: dict[str, Failure] = field(default_factory=dict)
+    # Every job state change, in order: (resource name, state) — CustomJobs, pipelines, batch jobs.
+    history: list[tuple[str, str]] = field(default_factory=list)
 
     def new_id(self) -> str:
         with self.lock:
@@ -238,6 +240,7 @@ class FakeVertex:
             job = self.jobs[job_id]
             job["state"] = f"JOB_STATE_{state}"
             job["updateTime"] = _now()
+            self.history.append((job["name"], job["state"]))
             if state == "RUNNING":
                 job.setdefault("startTime", _now())
             if job["state"] in TERMINAL:
@@ -286,6 +289,7 @@ class FakeVertex:
             job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
                    "createTime": _now(), "updateTime": _now()}
             self.jobs[new_id] = job
+            self.history.append((job["name"], job["state"]))
             fate = self.fate("customJobs")
             if fate is not None:
                 self.fated[job["name"]] = fate

@@ -136,6 +136,7 @@ def _create(fake: FakeVertex, parent: str, family: str, body: dict[str, Any]) ->
         return not_found(f"Model {body.get('model')}")
     table[new_id] = record
     record["state"] = "PIPELINE_STATE_PENDING" if family == "trainingPipelines" else "JOB_STATE_PENDING"
+    fake.history.append((record["name"], record["state"]))
     fate = fake.fate(family)
     if fate is not None:
         fake.fated[record["name"]] = fate
@@ -152,6 +153,7 @@ def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: st
         record = fake.table("automl_pipelines")[pipeline_id]
         record["state"] = f"PIPELINE_STATE_{state}"
         record["updateTime"] = _now()
+        fake.history.append((record["name"], record["state"]))
         if state == "RUNNING":
             record.setdefault("startTime", _now())
         if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
@@ -248,6 +250,7 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     """One state per read: PENDING → RUNNING → the configured (or injected) outcome."""
     if record["state"] == "JOB_STATE_PENDING":
         record.update(state="JOB_STATE_RUNNING", updateTime=_now(), startTime=_now())
+        fake.history.append((record["name"], record["state"]))
         return
     if record["state"] != "JOB_STATE_RUNNING":
         return
@@ -257,6 +260,7 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     if outcome not in ("SUCCEEDED", "PARTIALLY_SUCCEEDED"):
         error = fate.error() if fate is not None else {"code": 3, "message": s["error"]}
         record.update(state=f"JOB_STATE_{outcome}", updateTime=_now(), endTime=_now(), error=error)
+        fake.history.append((record["name"], record["state"]))
         return
     truth, detection = _truth(fake, record["model"])
     labels = sorted({a["displayName"] for item in truth.values()
@@ -293,6 +297,7 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     record.update(state=f"JOB_STATE_{outcome}", updateTime=_now(), endTime=_now(),
                   outputInfo={"gcsOutputDirectory": directory},
                   completionStats={"successfulCount": str(len(out)), "failedCount": str(len(errors))})
+    fake.history.append((record["name"], record["state"]))
     if errors:
         _write_gcs(f"{directory}/errors_00001.jsonl", "\n".join(errors) + "\n")
     if outcome == "PARTIALLY_SUCCEEDED":
