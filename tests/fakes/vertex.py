@@ -253,9 +253,25 @@ class FakeVertex:
         with self.lock:
             self.requests.append((method, path, body))
             status, answer, created = self._handle(method, path, query, body)
+            if status == 200:
+                status, answer = self._checked(method, path, answer)
         if created is not None and self.on_job_created is not None:
             self.on_job_created(dict(created))
         return status, answer
+
+    def _checked(self, method: str, path: str, answer: Any) -> tuple[int, Any]:
+        """The fake's own answer must be a valid message of its type: else a 500 naming the fake's bug."""
+        from tests.fakes import vertex_schema
+
+        r = RESOURCE.match(unquote(path))
+        kind = "Operation" if OPERATION.match(path) else \
+            vertex_schema.response_type(method, r.group(2), r.group(3) or "", r.group(4) or "") if r else ""
+        if kind:
+            try:
+                vertex_schema.check_response(kind, answer)
+            except ValueError as exc:
+                return 500, {"error": {"code": 500, "message": f"fake bug: {exc}", "status": "INTERNAL"}}
+        return 200, answer
 
     def _handle(self, method: str, path: str, query: dict[str, list[str]],
                 body: Any) -> tuple[int, Any, dict[str, Any] | None]:

@@ -182,3 +182,45 @@ def parse_instance(instance: Any, detection: bool) -> Message:
     if not msg.content:  # type: ignore[attr-defined]
         raise Invalid([("instance.content", "Required field is not set.")])
     return msg
+
+
+# What each answered request returns (aiplatform_v1), for the fakes' own answers to be checked too:
+# a field the client would silently drop (REST clients parse with ignore_unknown_fields=True) is a fake bug.
+RESOURCE_TYPE = {"customJobs": "CustomJob", "trainingPipelines": "TrainingPipeline",
+                 "batchPredictionJobs": "BatchPredictionJob", "datasets": "Dataset", "models": "Model",
+                 "endpoints": "Endpoint"}
+OPERATION_VERBS = {"import", "upload", "deployModel", "undeployModel"}
+
+
+def response_type(method: str, family: str, rid: str, verb: str) -> str:
+    """The v1 message name of the answer ("Operation" for a long-running one, "" if not known)."""
+    if family not in RESOURCE_TYPE:
+        return ""
+    if verb in OPERATION_VERBS or method == "DELETE" or (
+            method == "POST" and not rid and family in ("datasets", "endpoints")):
+        return "Operation"
+    if verb == "cancel":
+        return "Empty"
+    if method == "GET" and not rid:
+        return f"List{family[0].upper()}{family[1:]}Response"
+    if method == "POST" and not rid or method == "GET":
+        return RESOURCE_TYPE[family]
+    return ""
+
+
+def check_response(type_name: str, answer: Any) -> None:
+    """Raise ValueError if `answer` is not a valid `type_name` (v1 message, "Operation" or "Empty")."""
+    if type_name == "Operation":
+        from google.longrunning import operations_pb2
+
+        msg: Message = operations_pb2.Operation()
+    elif type_name == "Empty":
+        from google.protobuf import empty_pb2
+
+        msg = empty_pb2.Empty()
+    else:
+        msg = getattr(_types(), type_name).pb()()
+    try:
+        json_format.ParseDict(answer, msg, ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        raise ValueError(f"the fake's answer is not a valid {type_name}: {str(exc).splitlines()[0]}") from None
