@@ -143,8 +143,41 @@ def check(method: str, family: str, verb: str, resource: str, body: Any) -> None
     if url_field:
         body = {**body, _camel(url_field): resource} if isinstance(body, dict) else body
     msg = parse(type_name, body, body_field)
+    bad = _labels_and_names(body, body_field)
+    if bad:
+        raise Invalid(bad)
     if type_name == "TrainingPipeline":
         _check_task_inputs(msg)
+
+
+LABEL = re.compile(r"^[a-z0-9_-]{0,63}$")  # ≤ 63 chars of lowercase letters, digits, '_' and '-'
+
+
+def _labels_and_names(body: Any, path: str) -> list[tuple[str, str]]:
+    """Vertex's rules for `labels` (≤ 64; keys 1-63 chars starting with a lowercase letter; values
+    ≤ 63 chars; lowercase letters, digits, '_' and '-') and `displayName` (≤ 128 characters)."""
+    out: list[tuple[str, str]] = []
+    if isinstance(body, list):
+        for i, item in enumerate(body):
+            out += _labels_and_names(item, f"{path}[{i}]")
+        return out
+    if not isinstance(body, dict):
+        return out
+    for key, value in body.items():
+        where = f"{path}.{_snake(key)}" if path else _snake(key)
+        if key == "labels" and isinstance(value, dict):
+            if len(value) > 64:
+                out.append((where, f"At most 64 labels are allowed, got {len(value)}."))
+            for k, v in value.items():
+                if not (re.match(r"^[a-z]", k) and LABEL.match(k)) or not isinstance(v, str) or not LABEL.match(v):
+                    out.append((where, f"Label {k!r}: {v!r} is invalid: keys must start with a lowercase letter; "
+                                       "keys and values can only contain lowercase letters, numeric characters, "
+                                       "underscores and dashes, at most 63 characters."))
+        elif key == "displayName" and isinstance(value, str) and len(value) > 128:
+            out.append((where, f"The display name can be up to 128 characters long, got {len(value)}."))
+        elif isinstance(value, dict | list):
+            out += _labels_and_names(value, where)
+    return out
 
 
 def _camel(name: str) -> str:

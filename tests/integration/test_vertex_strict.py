@@ -102,6 +102,17 @@ INVALID: dict[str, tuple[str, Any, str]] = {
                                     "model.display_name; Message: Required field is not set."),
     "endpoint unknown field": ("/endpoints", lambda d: {"displayName": "e", "trafficSplit": {"0": 100},
                                                         "machineType": "n1"}, 'no field named "machineType"'),
+    "uppercase label value": ("/customJobs", lambda d: job_body(labels={"run_id": "Run-1"}),
+                              "Label 'run_id': 'Run-1' is invalid"),
+    "label value too long": ("/endpoints", lambda d: {"displayName": "e", "labels": {"model_type": "x" * 64}},
+                             "endpoint.labels"),
+    "nested model label key": ("/trainingPipelines", lambda d: {
+        "displayName": "p", "trainingTaskDefinition": CLS, "inputDataConfig": {"datasetId": d},
+        "trainingTaskInputs": {"modelType": "CLOUD"}, "modelToUpload": {"displayName": "m", "labels": {"1st": "a"}}},
+        "training_pipeline.model_to_upload.labels"),
+    "display name too long": ("/batchPredictionJobs", lambda d: {
+        "displayName": "b" * 129, "model": "m", "inputConfig": {"instancesFormat": "jsonl"},
+        "outputConfig": {"predictionsFormat": "jsonl"}}, "up to 128 characters"),
     "deploy without model resources type": ("/endpoints/1:deployModel", lambda d: {
         "deployedModel": {"model": "m", "dedicatedResources": {"minReplicaCount": 1}}},
         "deployed_model.dedicated_resources.machine_spec"),
