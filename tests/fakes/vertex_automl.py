@@ -45,14 +45,16 @@ def _now() -> str:
 
 def settings(fake: FakeVertex) -> dict[str, Any]:
     return fake.table("automl").setdefault("settings", {"pipeline_outcome": "SUCCEEDED", "error": "", "wrong": [],
-                                                         "missing": [], "batch_outcome": "SUCCEEDED"})
+                                                         "missing": [], "batch_outcome": "SUCCEEDED",
+                                                         "progress": True})
 
 
 def configure(fake: FakeVertex, **values: Any) -> None:
     """pipeline_outcome (SUCCEEDED|FAILED|CANCELLED|RUNNING), error (message of a failed pipeline or
     batch job), wrong (URI substrings predicted wrongly), missing (URI substrings left without a
     prediction, counted as failed and listed in the errors file), batch_outcome
-    (SUCCEEDED|FAILED|PARTIALLY_SUCCEEDED)."""
+    (SUCCEEDED|FAILED|PARTIALLY_SUCCEEDED), progress (True: one state per read, PENDING → RUNNING →
+    end; False: the end on the first read, for a stack whose jobs poll every automl_poll_seconds=60)."""
     settings(fake).update(values)
 
 
@@ -176,7 +178,8 @@ def _advance_pipeline(fake: FakeVertex, record: dict[str, Any]) -> None:
     pipeline_id = record["name"].rsplit("/", 1)[-1]
     if record["state"] == "PIPELINE_STATE_PENDING":
         set_pipeline_state(fake, pipeline_id, "RUNNING")
-        return
+        if settings(fake)["progress"]:
+            return
     if record["state"] != "PIPELINE_STATE_RUNNING" or record.get("endTime"):
         return
     fate = fake.fated.get(record["name"])
@@ -251,7 +254,8 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     if record["state"] == "JOB_STATE_PENDING":
         record.update(state="JOB_STATE_RUNNING", updateTime=_now(), startTime=_now())
         fake.history.append((record["name"], record["state"]))
-        return
+        if settings(fake)["progress"]:
+            return
     if record["state"] != "JOB_STATE_RUNNING":
         return
     s = settings(fake)
