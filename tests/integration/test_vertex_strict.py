@@ -289,3 +289,31 @@ def test_injected_operation_failure_fails_the_operation_the_client_waits_on(vert
         aip.Endpoint.create(display_name=f"e-{fresh()}")
     assert not fake.table("endpoints")
     assert JOB_INTERNAL.http == 0 and JOB_INTERNAL.code == 13  # the job-ending internal error
+
+
+def test_the_job_runner_ends_a_fated_job_as_vertex_reports_it(vertex, emulator_hosts, tmp_path):
+    """With the local job runner attached (the stack's JOB_BACKEND=vertex), a fated CustomJob starts no
+    process: it goes RUNNING and ends as injected, and the log sink publishes both."""
+    import time
+
+    from google.cloud import pubsub_v1
+
+    from tests.fakes.vertex_runner import JobRunner
+
+    fake, endpoint = vertex
+    project = f"p-{fresh()}"
+    topic = f"projects/{project}/topics/job-events"
+    pubsub_v1.PublisherClient().create_topic(name=topic)
+    runner = JobRunner(project=project, job_events_topic=topic, log_dir=tmp_path / "jobs")
+    runner.attach(fake)
+    fake.inject("customJobs", STOCKOUT)
+    try:
+        ref = VertexBackend(config(endpoint)).submit(spec(fresh()))
+        deadline = time.monotonic() + 30
+        while len(runner.sink_entries) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [e["textPayload"] for e in runner.sink_entries] == ["Job is running.", "Job failed."]
+        assert runner.sink_entries[-1]["severity"] == "ERROR"
+        assert fake.jobs[ref.id]["error"] == STOCKOUT.error() and not runner.procs
+    finally:
+        runner.stop()
