@@ -125,6 +125,10 @@ class FakeVertex:
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # Called (outside the lock) with each CustomJob just created: lets a test or the local stack run it.
     on_job_created: Callable[[dict[str, Any]], None] | None = None
+    # Failure injection: called with each CustomJob create body; an answer (status, google error body)
+    # is sent instead of creating the job, as Vertex answers a quota or capacity refusal. (The callback
+    # form of `inject("customJobs", QUOTA)`, for a test that decides by the body, e.g. the machine asked.)
+    create_error: Callable[[dict[str, Any]], tuple[int, Any] | None] | None = None
     # Polls a long-running operation answers `done: false` before it completes (0: done in its POST).
     lro_polls: int = 0
     # Operations not done yet: name → [polls left, the effect that completes it → (response, error)].
@@ -236,6 +240,7 @@ class FakeVertex:
         return [body for method, path, body in self.requests if method == "POST" and path.endswith("/customJobs")]
 
     def set_state(self, job_id: str, state: str, error: str = "", code: int = 3) -> None:
+        """`code` is the google.rpc code Vertex puts beside the error (3 for a replica's non-zero exit)."""
         with self.lock:
             job = self.jobs[job_id]
             job["state"] = f"JOB_STATE_{state}"
@@ -301,6 +306,9 @@ class FakeVertex:
         project, location, job_id, cancel = m.groups()
         parent = f"projects/{project}/locations/{location}"
         if method == "POST" and job_id is None:
+            refused = self.create_error(body) if self.create_error is not None else None
+            if refused is not None:
+                return (*refused, None)
             new_id = self.new_id()
             job = {**body, "name": f"{parent}/customJobs/{new_id}", "state": "JOB_STATE_PENDING",
                    "createTime": _now(), "updateTime": _now()}

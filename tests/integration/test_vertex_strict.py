@@ -317,3 +317,19 @@ def test_the_job_runner_ends_a_fated_job_as_vertex_reports_it(vertex, emulator_h
         assert fake.jobs[ref.id]["error"] == STOCKOUT.error() and not runner.procs
     finally:
         runner.stop()
+
+
+def test_a_create_error_callback_decides_by_the_body(vertex):
+    """The callback form of injection: refuse creates by what they ask for (here: an L4 GPU)."""
+    fake, endpoint = vertex
+
+    def quota_for_l4(body: dict[str, Any]) -> tuple[int, Any] | None:
+        machine = body["jobSpec"]["workerPoolSpecs"][0]["machineSpec"]
+        return QUOTA.answer() if machine.get("acceleratorType") in ("NVIDIA_L4", 11) else None  # enum name or number
+
+    fake.create_error = quota_for_l4
+    gpu = config(endpoint, job_machines='{"*": {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4", '
+                                        '"accelerator_count": 1}}', job_image_gpu=IMAGE)
+    with pytest.raises(gexc.TooManyRequests, match="custom_model_training_nvidia_l4_gpus"):
+        VertexBackend(gpu).submit(spec(fresh()))
+    assert VertexBackend(config(endpoint)).submit(spec(fresh())).id in fake.jobs
