@@ -93,3 +93,12 @@ def test_a_run_waiting_for_admission_may_not_launch():
     run = {"model_run_id": "mr1", "admission": d.ADMISSION_QUEUED, "waiting": "waiting for a slot: 2 runs ahead"}
     assert d.launch_blocker(run, "etl") == "run is waiting: waiting for a slot: 2 runs ahead"
     assert d.launch_blocker({**run, "admission": d.ADMISSION_ADMITTED}, "etl") == ""
+
+
+def test_cli_shows_why_a_run_waits():
+    from lbtrain.cli import describe_run
+
+    run = {"run_id": "r1", "status": d.QUEUED, "model_type": "ner", "model_run_id": "mr1", "steps": [],
+           "waiting": "waiting for a slot: 3 runs ahead (2 of 2 runs active in the deployment)"}
+    assert describe_run(run).splitlines()[1] == f"  {run['waiting']}"
+    assert "waiting" not in describe_run({**run, "status": d.SUCCEEDED})
