@@ -222,6 +222,8 @@ class AdmissionStore:
                     month = month_of(at)
                     doc["node_hours"][month] = float(doc["node_hours"].get(month, 0.0)) + delta
                     t.update(run_ref, {"node_hours": hours})
+            if run is not None and run.get("waiting"):  # an ended run waits for nothing (the dashboard shows it)
+                t.update(run_ref, {"waiting": None})
             doc["active"].pop(run_id, None)
             doc["queue"] = [e for e in doc["queue"] if e["run_id"] != run_id]
             return self._round(t, doc, at)

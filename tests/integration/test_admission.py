@@ -121,6 +121,7 @@ def test_cancel_leaves_the_queue_and_retry_enters_it_again(stack_factory):
     cancelled = stack.api.cancel(b)
     assert cancelled["status"] == d.CANCELLED and cancelled["steps"][0]["state"] == d.CANCELLED
     assert [e["run_id"] for e in admission_doc(stack)["queue"]] == [c]
+    assert stack.api.get_run(b).get("waiting") is None  # a cancelled run waits for nothing
     assert stack.api.get_run(c)["waiting"].startswith("waiting for a slot: 0 runs ahead")
     # B's retry joins the queue behind C; A's end admits C, C's admits B.
     stack.api.retry(b)
