@@ -166,3 +166,38 @@ def test_reconciler_enters_a_run_whose_admission_was_lost(stack_factory):
     actions = reconcile_once(stack.deps, at=d.now() + timedelta(seconds=7200))
     assert f"{res.run_id}: entered admission (admitted)" in actions, actions
     assert stack.wait(res.run_id)["status"] == d.SUCCEEDED
+
+
+class DroppingBus:
+    """Loses the messages of some topics, as a crash between a commit and its publish would."""
+
+    def __init__(self, bus, drop: set[str]):  # noqa: ANN001
+        self.bus, self.drop = bus, drop
+
+    def publish(self, name, data, attributes=None):  # noqa: ANN001, ANN201
+        return "dropped" if name in self.drop else self.bus.publish(name, data, attributes)
+
+
+def test_reconciler_repairs_a_lost_release_and_a_lost_publish(stack_factory, monkeypatch):
+    stack = stack_factory(max_active_runs=1)
+    first = start(stack)
+    second = start(stack)
+    assert stack.api.get_run(second)["admission"] == d.ADMISSION_QUEUED
+    # The first run ends but its slot is never given back (the release transaction was lost).
+    monkeypatch.setattr(admission, "finished", lambda deps, run: [])
+    assert stack.wait(first)["status"] == d.SUCCEEDED
+    time.sleep(0.5)
+    assert stack.api.get_run(second)["waiting"].startswith("waiting for a slot: 0 runs ahead")
+    monkeypatch.undo()
+    # The reconciler gives the slot back and admits the second run, whose step message is lost too.
+    real_bus = stack.deps.bus
+    stack.deps.bus = DroppingBus(real_bus, {"step-etl"})
+    actions = reconcile_once(stack.deps)
+    assert f"{first}: released its admission slot (SUCCEEDED); admitted {second}" in actions, actions
+    run = stack.api.get_run(second)
+    assert run["admission"] == d.ADMISSION_ADMITTED and run["steps"][0]["state"] == d.PENDING
+    stack.deps.bus = real_bus
+    actions = reconcile_once(stack.deps, at=d.now() + timedelta(seconds=7200))
+    assert f"{second}: re-drove etl a1" in actions, actions
+    assert stack.wait(second)["status"] == d.SUCCEEDED
+    assert admission_doc(stack)["active"] == {}
