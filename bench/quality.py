@@ -26,15 +26,17 @@ from lbtrain import datasets, pipelines, storage
 
 
 def run_stage(env: dict[str, str], run_id: str, stage: str, model_run_id: str, model_type: str,
-              root: Path, upstream: dict[str, str], params: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
-    """One job; returns (outputs.json, wall seconds, peak RSS MiB of that process)."""
+              root: Path, upstream: dict[str, str], params: dict[str, Any],
+              model_sha256: str = "") -> tuple[dict[str, Any], float, float]:
+    """One job; returns (outputs.json, wall seconds, peak RSS MiB of that process). `model_sha256` is
+    the train step's recorded model digest, passed on as the launcher does."""
     outputs = storage.run_dir(str(root / "artifacts"), run_id, stage, 1)
     inputs = root / "artifacts" / "runs" / run_id / "inputs" / f"{stage}-a1.json"
     storage.write_json(str(inputs), {"run_id": run_id, "model_type": model_type, "model_run_id": model_run_id,
                                      "model_id": "", "params": params, "stage": stage, "attempt": 1,
                                      "upstream": upstream})
     cmd = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", "1",
-           "--inputs", str(inputs), "--outputs", outputs]
+           "--inputs", str(inputs), "--outputs", outputs, *(["--model-sha256", model_sha256] if model_sha256 else [])]
     started = time.monotonic()
     with open(root / f"{run_id}-{stage}.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -58,7 +60,9 @@ def measure(model_type: str, root: Path, limit: int | None, params: dict[str, An
     timings: dict[str, tuple[float, float]] = {}
     outputs: dict[str, Any] = {}
     for stage in ("etl", "train", "evaluate"):
-        out, seconds, rss = run_stage(env, run_id, stage, model_run_id, model_type, root, dict(upstream), params)
+        sha256 = str(outputs.get("train", {}).get("model_sha256") or "")
+        out, seconds, rss = run_stage(env, run_id, stage, model_run_id, model_type, root, dict(upstream), params,
+                                      sha256)
         upstream[stage] = storage.run_dir(str(root / "artifacts"), run_id, stage, 1)
         timings[stage] = (seconds, rss)
         outputs[stage] = out

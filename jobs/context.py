@@ -39,6 +39,7 @@ class StageContext:
     task: Task
     logger: logging.Logger = field(default_factory=lambda: log.get("jobs"))
     tracker: Writer | None = None  # progress.json in the outputs dir (lbtrain/progress.py)
+    model_sha256: str = ""  # the trained model file's digest recorded by job-events (--model-sha256)
 
     def progress(self, message: str, **fields: Any) -> None:
         """One JSON log line with structured fields (what the dashboard's log link shows); an
@@ -84,6 +85,7 @@ class StageContext:
 class StageResult:
     uris: dict[str, str]
     metrics: dict[str, Any]
+    model_sha256: str = ""  # train only: the model file's digest (outputs.json "model_sha256")
 
 
 def safe_name(*parts: str, limit: int = 200) -> str:

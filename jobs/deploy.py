@@ -132,7 +132,7 @@ def _vertex_serve(ctx: StageContext, model_uri: str, vertex_model: str, run_id: 
     if vertex_model:  # AutoML's own model, or a champion to deploy again
         model = vertex_deploy.get_model(config, vertex_model)
     else:
-        model = vertex_deploy.upload_model(config, model_uri, run_id, ctx.model_type)
+        model = vertex_deploy.upload_model(config, model_uri, run_id, ctx.model_type, ctx.model_sha256)
         ctx.progress(f"model of run {run_id} in the Model Registry: {model.resource_name}")
     machine = vertex_deploy.machine_for(config, model)
     endpoint, created = vertex_deploy.ensure_endpoint(config, ctx.model_type)
@@ -162,7 +162,8 @@ def _run_vertex(ctx: StageContext, metric: str, value: float, model_dir: str) ->
             served = _vertex_serve(ctx, model_uri, vertex_model, ctx.run_id)
             endpoint = served["endpoint"]
             new = {"run_id": ctx.run_id, "model_type": ctx.model_type, "metric": metric, "value": value,
-                   "model_uri": model_uri, **served, "model_run_id": ctx.model_run_id, "attempt": ctx.attempt,
+                   "model_uri": model_uri, "model_sha256": ctx.model_sha256, **served,
+                   "model_run_id": ctx.model_run_id, "attempt": ctx.attempt,
                    "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             ctx.progress(f"deployed run {ctx.run_id} on {served['vertex_endpoint']}", endpoint=endpoint)
             if champion and champion.get("run_id") != ctx.run_id:
@@ -207,7 +208,7 @@ def run(ctx: StageContext) -> StageResult:
         ctx.progress(f"gate: {'deploy' if deploy else 'keep champion'}: {reason}", deploy=deploy)
         endpoint = champion["endpoint"] if champion and champion.get("run_id") == ctx.run_id and alive else ""
         if deploy:
-            record = serving.start(model_dir, root, ctx.model_type, ctx.run_id)
+            record = serving.start(model_dir, root, ctx.model_type, ctx.run_id, sha256=ctx.model_sha256)
             endpoint = record["endpoint"]
             new = {
                 "run_id": ctx.run_id,
@@ -215,6 +216,7 @@ def run(ctx: StageContext) -> StageResult:
                 "metric": metric,
                 "value": float(value),
                 "model_uri": model_dir,
+                "model_sha256": ctx.model_sha256,
                 "endpoint": endpoint,
                 "health_url": record["health_url"],
                 "pid": record["pid"],
@@ -236,7 +238,8 @@ def run(ctx: StageContext) -> StageResult:
         elif champion and not alive:
             # The better champion's server is gone (e.g. the local stack restarted): serve it again
             # rather than let a worse model take its place.
-            record = serving.start(champion["model_uri"], root, ctx.model_type, str(champion["run_id"]))
+            record = serving.start(champion["model_uri"], root, ctx.model_type, str(champion["run_id"]),
+                                   sha256=str(champion.get("model_sha256") or ""))
             champion = {**champion, "endpoint": record["endpoint"], "health_url": record["health_url"],
                         "pid": record["pid"]}
             storage.write_json(champ_uri, champion)

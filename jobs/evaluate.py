@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> StageResult:
         extra = automl.summary(predictor)
     else:
         model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
-        predictor = ctx.task.load_predictor(model_dir)
+        predictor = ctx.task.load_predictor(model_dir, ctx.model_sha256)
     evaluation = ctx.task.evaluate(dataset, predictor, ctx.progress)
     metrics_uri = ctx.out("metrics.json")
     predictions_uri = ctx.out("predictions.ndjson")

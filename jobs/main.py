@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import signal
 import sys
 import time
@@ -53,7 +54,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--attempt", required=True, type=int)
     p.add_argument("--inputs", required=True, help="URI of the inputs.json the launcher wrote")
     p.add_argument("--outputs", required=True, help="URI of the directory this job writes")
+    p.add_argument("--model-sha256", default="",
+                   help="SHA-256 of the trained model file, as the train step recorded it (later stages)")
     args = p.parse_args(list(argv))
+    if args.model_sha256 and not re.fullmatch(r"[0-9a-f]{64}", args.model_sha256):
+        raise UsageError("--model-sha256 must be 64 lower-case hex digits")
     if args.attempt < 1:
         raise UsageError("--attempt must be >= 1")
     if not args.run_id.strip():
@@ -269,6 +274,7 @@ def _main(argv: list[str]) -> int:
                 task=task,
                 logger=logger,
                 tracker=tracker,
+                model_sha256=args.model_sha256,
             )
             log.event(
                 logger, f"{args.stage} started", model_type=ctx.model_type, model_run_id=ctx.model_run_id
@@ -282,6 +288,8 @@ def _main(argv: list[str]) -> int:
                 "uris": result.uris,
                 "metrics": result.metrics,
             }
+            if result.model_sha256:
+                manifest["model_sha256"] = result.model_sha256
             storage.write_json(storage.join(args.outputs, OUTPUTS_FILE), manifest)
         except BaseException as exc:  # noqa: BLE001 - every failure must leave error.json
             if isinstance(exc, SystemExit | KeyboardInterrupt):

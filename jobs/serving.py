@@ -37,7 +37,9 @@ DEFAULT_HEALTH_ROUTE = "/health"
 MAX_REQUEST_BYTES = 10 << 20
 # Seconds a client may take to send its request (each socket wait): a slow body cannot hold a thread.
 REQUEST_TIMEOUT = 30.0
-_MARKER = "jobs.serving"  # in the server's command line: guards against signalling a reused pid
+_MARKER = "jobs.serving"
+# The model file's SHA-256 as its train step recorded it (deploy sets it; required for pickled models).
+MODEL_SHA256_ENV = "LBTRAIN_MODEL_SHA256"  # in the server's command line: guards against signalling a reused pid
 
 
 class ServingError(Exception):
@@ -47,12 +49,12 @@ class ServingError(Exception):
 # --- the server (runs in the serving process) ----------------------------------------------
 
 
-def _load_predictor(model_dir: str) -> Any:
+def _load_predictor(model_dir: str, sha256: str = "") -> Any:
     from jobs import tasks
     from jobs.tasks.base import read_model_meta
 
     meta = read_model_meta(model_dir)
-    return tasks.load(meta["model_type"]).load_predictor(model_dir)
+    return tasks.load(meta["model_type"]).load_predictor(model_dir, sha256)
 
 
 def make_server(
@@ -132,15 +134,16 @@ def body_length(values: list[str], transfer_encoding: str | None) -> tuple[int, 
     return length, None
 
 
-def serve(model_uri: str, host: str, port: int, predict_route: str, health_route: str) -> int:
+def serve(model_uri: str, host: str, port: int, predict_route: str, health_route: str, sha256: str = "") -> int:
     """Load the model under `model_uri` (a local directory or a gs:// prefix, copied to a temporary
-    directory for the server's lifetime) and answer requests until SIGTERM."""
+    directory for the server's lifetime; its model file checked against `sha256`, the digest its
+    train step recorded) and answer requests until SIGTERM."""
     from jobs.tasks.base import ModelError
     from lbtrain import storage
 
     try:
         with storage.localized_dir(model_uri) as local_dir:
-            predictor = _load_predictor(str(local_dir))
+            predictor = _load_predictor(str(local_dir), sha256)
             server = make_server(predictor, host, port, predict_route, health_route)
 
             def _stop(signum: int, frame: Any) -> None:
@@ -181,6 +184,7 @@ def main() -> int:
         int(os.environ.get("AIP_HTTP_PORT", "8080")),
         os.environ.get("AIP_PREDICT_ROUTE", DEFAULT_PREDICT_ROUTE),
         os.environ.get("AIP_HEALTH_ROUTE", DEFAULT_HEALTH_ROUTE),
+        os.environ.get(MODEL_SHA256_ENV, "").strip().lower(),
     )
 
 
@@ -275,8 +279,10 @@ def start(
     host: str = "127.0.0.1",
     timeout: float = 60.0,
     python: str = "",
+    sha256: str = "",
 ) -> dict[str, Any]:
-    """Start (or find already running) the server for this run; return its record once healthy."""
+    """Start (or find already running) the server for this run; return its record once healthy.
+    `sha256` is the model file's digest its train step recorded (the server refuses another file)."""
     path = record_path(artifact_root, model_type, run_id)
     existing = read_record(path)
     if existing and is_alive(existing):
@@ -295,6 +301,7 @@ def start(
             "AIP_HEALTH_ROUTE": DEFAULT_HEALTH_ROUTE,
             "AIP_STORAGE_URI": model_dir,
             "LBTRAIN_SERVING_HOST": host,
+            MODEL_SHA256_ENV: sha256,
             "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p),
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +322,7 @@ def start(
             "model_type": model_type,
             "run_id": run_id,
             "model_uri": model_dir,
+            "model_sha256": sha256,
             "endpoint": base + DEFAULT_PREDICT_ROUTE,
             "health_url": base + DEFAULT_HEALTH_ROUTE,
             "log": str(log_path),

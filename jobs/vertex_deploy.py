@@ -53,8 +53,9 @@ def find_model(config: Config, model_type: str, run_id: str) -> Any | None:
     return sorted(found, key=lambda m: (str(m.create_time), m.resource_name))[0] if found else None
 
 
-def upload_model(config: Config, model_dir_uri: str, run_id: str, model_type: str) -> Any:
-    """This run's model in the Model Registry, served by the project's serving image (uploaded once)."""
+def upload_model(config: Config, model_dir_uri: str, run_id: str, model_type: str, sha256: str = "") -> Any:
+    """This run's model in the Model Registry, served by the project's serving image (uploaded once);
+    the container checks the model file against `sha256`, the digest its train step recorded."""
     if not config.serving_image:
         raise JobError("SERVING_IMAGE is not set: deploying on Vertex needs the serving image "
                        "(jobs/serving.Dockerfile) to upload the model with")
@@ -70,6 +71,7 @@ def upload_model(config: Config, model_dir_uri: str, run_id: str, model_type: st
         serving_container_image_uri=config.serving_image,
         serving_container_predict_route=serving.DEFAULT_PREDICT_ROUTE,
         serving_container_health_route=serving.DEFAULT_HEALTH_ROUTE,
+        serving_container_environment_variables={serving.MODEL_SHA256_ENV: sha256} if sha256 else None,
         labels=model_labels(config, model_type, run_id),
         description=f"lbtrain {model_type} model of run {run_id}",
         upload_request_timeout=REQUEST_TIMEOUT,

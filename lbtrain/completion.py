@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from lbtrain import domain as d
@@ -14,6 +15,7 @@ from lbtrain.messages import LOG_SINK_STATE, JobEvent
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.completion")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def read_outputs(outputs_uri: str) -> dict[str, Any] | None:
@@ -54,7 +56,7 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
             return f"no-op: job {event.job_id} is {status.state}"
         raise Busy(f"job {event.job_id} is {status.state} at the backend")
     outputs_uri = storage.run_dir(deps.config.artifact_root, run_id, stage, attempt)
-    state, error, metrics, model_run_id = status.state, status.error, {}, ""
+    state, error, metrics, model_run_id, model_sha256 = status.state, status.error, {}, "", ""
     if state in ("FAILED", "PARTIALLY_SUCCEEDED", "EXPIRED"):
         # Vertex only knows "exited with a non-zero status"; the job said why in error.json.
         reason = read_error(outputs_uri)
@@ -66,6 +68,11 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
             state, error = "FAILED", f"job succeeded but {outputs_uri}/outputs.json is missing or unreadable"
         else:
             metrics = outputs.get("metrics") or {}
+            model_sha256 = str(outputs.get("model_sha256") or "") if stage == "train" else ""
+            if model_sha256 and not SHA256.fullmatch(model_sha256):
+                state = "FAILED"
+                error = f"train job succeeded but its model digest is not a SHA-256 ({model_sha256[:80]!r})"
+                model_sha256 = ""
             if stage == d.MODELRUN:
                 model_run_id = str(outputs.get("model_run_id") or "")
                 if not is_valid_id(model_run_id):
@@ -76,7 +83,8 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
     if stage == d.MODELRUN:  # a rule run's first step, ahead of its pipeline
         stages = (d.MODELRUN, *stages)
     done = deps.store.complete_step(run_id, stage, attempt, event.job_id, state, outputs_uri=outputs_uri,
-                                    metrics=metrics, error=error, stages=stages, model_run_id=model_run_id)
+                                    metrics=metrics, error=error, stages=stages, model_run_id=model_run_id,
+                                    model_sha256=model_sha256)
     if done.moved and stage == d.MODELRUN and done.next_stage:
         from lbtrain import triggers
 

@@ -39,6 +39,9 @@ def model_run_inputs(deployment: str, run: dict[str, Any], attempt: int) -> dict
     }
 
 
+# Stages that load the trained model: they get its recorded digest (jobs/tasks/base.py verifies it).
+LOADS_MODEL = frozenset({"evaluate", "deploy"})
+
 # Jobs that run another program than the stages' (JOB_MODULE, the jobs image's entrypoint).
 JOB_MODULES = {d.MODELRUN: "jobs.modelrun"}
 
@@ -68,7 +71,8 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
                        model_type=run["model_type"], inputs_uri=in_uri,
                        outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
                        labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt),
-                       module=JOB_MODULES.get(msg.stage, ""))
+                       module=JOB_MODULES.get(msg.stage, ""),
+                       model_sha256=str(run.get("model_sha256") or "") if msg.stage in LOADS_MODEL else "")
         job = deps.backend.submit(spec)
     record = deps.store.record_launch(msg.run_id, msg.stage, msg.attempt, job)
     if record.cancel_job:

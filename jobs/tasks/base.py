@@ -8,7 +8,9 @@ Only the standard library is imported here so `jobs.serving` and `jobs.main` sta
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,8 +126,9 @@ class Task(ABC):
         train metrics (validation scores, sizes, seconds)."""
 
     @abstractmethod
-    def load_predictor(self, model_dir: str) -> ServingPredictor:
-        """Load what `train` wrote, offline."""
+    def load_predictor(self, model_dir: str, sha256: str = "") -> ServingPredictor:
+        """Load what `train` wrote, offline; `sha256` is the model file's digest the train step
+        recorded (`model_digest`): required for pickled models, checked when given for others."""
 
     @abstractmethod
     def evaluate(self, dataset: Dataset, predictor: Predictor, progress: Progress) -> Evaluation:
@@ -204,12 +207,58 @@ def model_file(model_dir: str, model_type: str, default_file: str) -> tuple[dict
     return meta, path
 
 
-def load_joblib(model_dir: str, model_type: str, default_file: str) -> tuple[Any, dict[str, Any]]:
-    """(fitted model, model.json) of a joblib model dir written for `model_type`; ModelError otherwise."""
+# --- the model file's digest ---------------------------------------------------------------------
+# A joblib file is a pickle: loading it runs whatever code it names. The artifact bucket is written by
+# every job, including those parsing untrusted media, so a model file is loaded only when its SHA-256
+# equals the one the train step recorded (train outputs.json → job-events → the run in Firestore →
+# the launcher's `--model-sha256` job argument / the serving container's LBTRAIN_MODEL_SHA256).
+
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def file_sha256(path: str | Any) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_digest(model_dir: str) -> str:
+    """SHA-256 of the weights file model.json names (what the train step records)."""
+    meta = read_model_meta(model_dir)
+    if not meta.get("file"):
+        raise ModelError(f"the model.json at {model_dir} names no model file")
+    with storage.localized(storage.join(model_dir, str(meta["file"]))) as local:
+        return file_sha256(local)
+
+
+def verify_digest(local: Any, uri: str, sha256: str, *, required: bool) -> None:
+    """ModelError unless the local copy of `uri` has the recorded digest (or none is required and none given)."""
+    if not sha256:
+        if required:
+            raise ModelError(
+                f"refusing to load {uri}: it is a pickle and no SHA-256 recorded by its train step was given"
+            )
+        return
+    if not SHA256_PATTERN.fullmatch(sha256):
+        raise ModelError(f"refusing to load {uri}: the recorded SHA-256 {sha256[:80]!r} is not 64 hex digits")
+    actual = file_sha256(local)
+    if actual != sha256:
+        raise ModelError(
+            f"refusing to load {uri}: its SHA-256 {actual} differs from the {sha256} its train step "
+            "recorded (the file was changed after training)"
+        )
+
+
+def load_joblib(model_dir: str, model_type: str, default_file: str, sha256: str) -> tuple[Any, dict[str, Any]]:
+    """(fitted model, model.json) of a joblib model dir written for `model_type`, loaded only when the
+    file's SHA-256 is the recorded `sha256`; ModelError otherwise."""
     import joblib
 
     meta, path = model_file(model_dir, model_type, default_file)
     with storage.localized(path) as local:
+        verify_digest(local, path, sha256, required=True)
         return joblib.load(local), meta
 
 

@@ -44,6 +44,7 @@ from jobs.tasks.base import (
     Progress,
     Task,
     model_file,
+    verify_digest,
 )
 from lbtrain import storage
 from lbtrain.progress import report
@@ -654,7 +655,7 @@ class BoundingBox(Task):
             "history": history,
         }
 
-    def load_predictor(self, model_dir: str) -> BoxPredictor:
+    def load_predictor(self, model_dir: str, sha256: str = "") -> BoxPredictor:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train()
         import torch
 
@@ -664,6 +665,7 @@ class BoundingBox(Task):
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
         model = detector.CenterNet(len(meta["classes"]), int(meta.get("channels", 1)), int(meta.get("width", 32)))
         with storage.localized(path) as local:
+            verify_digest(local, path, sha256, required=False)
             model.load_state_dict(torch.load(local, map_location="cpu", weights_only=True))
         model.eval()
         return BoxPredictor(model, meta)

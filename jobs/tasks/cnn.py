@@ -303,12 +303,17 @@ def save(model_dir: str, model: Any) -> str:
     return uri
 
 
-def load(model_dir: str, arch: Mapping[str, Any], file: str = WEIGHTS_FILE) -> Any:
-    """Rebuild the model from its arch and load weights (weights_only: no code runs from the file)."""
+def load(model_dir: str, arch: Mapping[str, Any], file: str = WEIGHTS_FILE, sha256: str = "") -> Any:
+    """Rebuild the model from its arch and load weights (weights_only: no code runs from the file;
+    the recorded digest, when given, is checked too)."""
     import torch
 
+    from jobs.tasks.base import verify_digest
+
     model = build(arch)
-    with storage.localized(storage.join(model_dir, file)) as local:
+    uri = storage.join(model_dir, file)
+    with storage.localized(uri) as local:
+        verify_digest(local, uri, sha256, required=False)
         state = torch.load(local, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

@@ -331,10 +331,11 @@ class ImageMultiClassification(Task):
             "fit_config": fit["config"],
         }
 
-    def load_predictor(self, model_dir: str) -> MultiLabelImageClassifier:
+    def load_predictor(self, model_dir: str, sha256: str = "") -> MultiLabelImageClassifier:
         meta = check_meta(model_dir, MODEL_TYPE)
         cnn.threads(0)
-        return MultiLabelImageClassifier(cnn.load(model_dir, meta["arch"], meta.get("file", cnn.WEIGHTS_FILE)), meta)
+        model = cnn.load(model_dir, meta["arch"], meta.get("file", cnn.WEIGHTS_FILE), sha256)
+        return MultiLabelImageClassifier(model, meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         classes = list(dataset.label_map["classes"])

@@ -336,10 +336,10 @@ class ImageSingleClassification(Task):
             "fit_config": fit["config"],
         }
 
-    def load_predictor(self, model_dir: str) -> ImageClassifier:
+    def load_predictor(self, model_dir: str, sha256: str = "") -> ImageClassifier:
         meta = check_meta(model_dir, MODEL_TYPE)
         cnn.threads(0)
-        return ImageClassifier(cnn.load(model_dir, meta["arch"], meta.get("file", cnn.WEIGHTS_FILE)), meta)
+        return ImageClassifier(cnn.load(model_dir, meta["arch"], meta.get("file", cnn.WEIGHTS_FILE), sha256), meta)
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         return classification.evaluate_single_label(dataset, predictor, progress)

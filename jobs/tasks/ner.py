@@ -558,8 +558,8 @@ class NamedEntityRecognition(Task):
             "train_seconds": seconds,
         }
 
-    def load_predictor(self, model_dir: str) -> EntityTagger:
-        return EntityTagger(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE))
+    def load_predictor(self, model_dir: str, sha256: str = "") -> EntityTagger:
+        return EntityTagger(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE, sha256))
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         types = list(dataset.label_map["entity_types"])

@@ -375,8 +375,8 @@ class TextMultiClassification(Task):
             "train_seconds": seconds,
         }
 
-    def load_predictor(self, model_dir: str) -> TextMultiClassifier:
-        return TextMultiClassifier(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE))
+    def load_predictor(self, model_dir: str, sha256: str = "") -> TextMultiClassifier:
+        return TextMultiClassifier(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE, sha256))
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         mode = dataset.label_map.get("mode", "checklist")

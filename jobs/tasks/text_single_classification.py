@@ -304,8 +304,8 @@ class TextSingleClassification(Task):
             "train_seconds": seconds,
         }
 
-    def load_predictor(self, model_dir: str) -> TextClassifier:
-        return TextClassifier(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE))
+    def load_predictor(self, model_dir: str, sha256: str = "") -> TextClassifier:
+        return TextClassifier(*load_joblib(model_dir, MODEL_TYPE, MODEL_FILE, sha256))
 
     def evaluate(self, dataset: Dataset, predictor: Any, progress: Progress) -> Evaluation:
         return classification.evaluate_single_label(dataset, predictor, progress)

@@ -23,11 +23,15 @@ class JobSpec:
     # The Python module the job runs (`python -m`); "" for the stages' own (JOB_MODULE locally, the jobs
     # image's entrypoint on Vertex). The modelrun job names its own: it is no model stage.
     module: str = ""
+    # The trained model file's SHA-256 as recorded in Firestore, for the stages that load the model: an
+    # argument of the job itself, which jobs cannot change (unlike anything in the artifact bucket).
+    model_sha256: str = ""
 
     def args(self) -> list[str]:
         """The job arguments of docs/architecture.md §4."""
-        return ["--run-id", self.run_id, "--stage", self.stage, "--attempt", str(self.attempt),
+        args = ["--run-id", self.run_id, "--stage", self.stage, "--attempt", str(self.attempt),
                 "--inputs", self.inputs_uri, "--outputs", self.outputs_uri]
+        return args + (["--model-sha256", self.model_sha256] if self.model_sha256 else [])
 
 
 class JobBackend(Protocol):

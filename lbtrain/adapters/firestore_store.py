@@ -243,7 +243,7 @@ class FirestoreStore:
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
-                      stages: tuple[str, ...], model_run_id: str = "") -> Completion:
+                      stages: tuple[str, ...], model_run_id: str = "", model_sha256: str = "") -> Completion:
         """Move a RUNNING step with this job to its terminal state and advance or end the run.
 
         The modelrun step (a rule run's first) is different: its success gives the run `model_run_id`
@@ -296,6 +296,8 @@ class FirestoreStore:
                 run_update.update({"status": d.QUEUED, "waiting": result.waiting})
             elif new_state == d.SUCCEEDED:
                 run_update[f"outputs.{stage}"] = outputs_uri
+                if model_sha256:  # the trained model file's digest: later stages load only that file
+                    run_update["model_sha256"] = model_sha256
                 if stage == d.MODELRUN:
                     run_update.update({"model_run_id": model_run_id, "waiting": None})
                     t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})

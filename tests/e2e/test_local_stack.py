@@ -3,6 +3,7 @@ driven the way users drive it (signed webhooks, `gcloud pubsub topics publish`, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lbtrain import storage
 from lbtrain.client import ApiError, Client
 from tests.conftest import fresh_id
 from tests.e2e.conftest import SECRET, TOKEN, Dev
@@ -33,6 +35,9 @@ def test_signed_webhook_trains_evaluates_and_deploys(dev: Dev):
     assert run["status"] == "SUCCEEDED", json.dumps(run, indent=1)
     assert [(s["stage"], s["state"], s["attempt"]) for s in run["steps"]] == [
         ("etl", "SUCCEEDED", 1), ("train", "SUCCEEDED", 1), ("evaluate", "SUCCEEDED", 1), ("deploy", "SUCCEEDED", 1)]
+    # job-events recorded the digest of the model file train wrote; evaluate and deploy loaded only that file
+    model_file = Path(storage.local_path(run["outputs"]["train"])) / "model" / "model.joblib"
+    assert run["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     metrics = run["metrics"]
     classes = ["fresh", "plot", "rotten"]
     assert 0.5 < metrics["accuracy"] <= 1.0 and 0.5 < metrics["macro_f1"] <= 1.0  # 3 classes: chance is ~0.33

@@ -28,6 +28,7 @@ from lbtrain.launch import inputs_uri, job_inputs
 from tests import http, image_env
 from tests.conftest import fresh_id
 from tests.fakes.vertex import FakeVertex, serve
+from tests.launcher_args import recorded_args
 
 BUCKET = "lbtrain-images"
 TOKEN = "image-env-api-token-0123456789"
@@ -79,7 +80,7 @@ class ImageJobs:
         storage.write_json(in_uri, job_inputs(run, stage, 1))
         out = storage.run_dir(self.root, "r1", stage, 1)
         result = self.env.run([*self.env.command(), "--run-id", "r1", "--stage", stage, "--attempt", "1",
-                               "--inputs", in_uri, "--outputs", out],
+                               "--inputs", in_uri, "--outputs", out, *recorded_args(stage, self.outputs)],
                               env={"ARTIFACT_ROOT": self.root, "STORAGE_EMULATOR_HOST": self.gcs,
                                    "LABELBOX_BACKEND": "file", "LABELBOX_DIR": str(self.labelbox),
                                    "LBTRAIN_MIN_EXAMPLES": "train=1,validation=0,test=0", "TMPDIR": str(self.tmp)})
@@ -145,14 +146,16 @@ def test_serving_image_serves_a_model_from_gcs(jobs_env: image_env.ImageEnv, ser
     datasets.build(model_type, str(labelbox), mr, limit=limit)
     jobs = ImageJobs(jobs_env, root, labelbox, gcs, tmp_path)
     jobs.run(model_type, mr, "etl", params)
-    model_uri = jobs.run(model_type, mr, "train", params)["uris"]["model"]
+    train = jobs.run(model_type, mr, "train", params)
+    model_uri = train["uris"]["model"]
     classes = storage.read_json(storage.join(model_uri, "model.json"))["classes"]
 
     port = free_port()
     log = tmp_path / "serving.log"
     proc = serving_env.popen(serving_env.command(), log=log, env={
         "AIP_HTTP_PORT": str(port), "AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health",
-        "AIP_STORAGE_URI": model_uri, "STORAGE_EMULATOR_HOST": gcs, "LBTRAIN_SERVING_HOST": "127.0.0.1"})
+        "AIP_STORAGE_URI": model_uri, "STORAGE_EMULATOR_HOST": gcs, "LBTRAIN_SERVING_HOST": "127.0.0.1",
+        "LBTRAIN_MODEL_SHA256": train["model_sha256"]})
     try:
         http.wait_answering(f"http://127.0.0.1:{port}/health", proc, log)
         assert http.get(f"http://127.0.0.1:{port}/health")[0] == 200

@@ -24,6 +24,7 @@ from tests.fakes.labelbox_server import FakeLabelbox
 from tests.fakes.labelbox_server import serve as serve_labelbox
 from tests.fakes.secret_manager import FakeSecretManager
 from tests.fakes.secret_manager import serve as serve_secret_manager
+from tests.launcher_args import recorded_args
 
 SECRET = "projects/proj-1/secrets/lbtrain-labelbox-api-key"
 NAME = f"{SECRET}/versions/latest"
@@ -207,6 +208,7 @@ def test_jobs_get_the_key_from_secret_manager(sm: FakeSecretManager, labelbox: F
         inputs.write_text(json.dumps({"run_id": run_id, "model_type": mt, "model_run_id": mr, "model_id": "m",
                                       "stage": stage, "attempt": 1, "params": {}, "upstream": dict(outs)}))
         args = ["--run-id", run_id, "--stage", stage, "--attempt", "1", "--inputs", str(inputs), "--outputs", out]
+        args += recorded_args(stage, outs)
         proc = subprocess.run([sys.executable, "-m", "jobs.main", *args], env=env, capture_output=True,
                               text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,6 +17,7 @@ from jobs import main as jobs_main
 from jobs import serving
 from lbtrain import datasets, pipelines, storage
 from lbtrain.launch import inputs_uri, job_inputs
+from tests.launcher_args import recorded_args
 
 BUCKET = "lbtrain-test"
 ROOT = f"gs://{BUCKET}/lbtrain"
@@ -71,7 +72,7 @@ class GcsJobs:
         out = storage.run_dir(ROOT, run_id, stage, 1)
         storage.write_json(storage.join(out, "error.json"), {"message": "stale, from an earlier execution"})
         rc = jobs_main.main(["--run-id", run_id, "--stage", stage, "--attempt", "1",
-                             "--inputs", in_uri, "--outputs", out])
+                             "--inputs", in_uri, "--outputs", out, *recorded_args(stage, self.outputs)])
         error = storage.join(out, "error.json")
         assert rc == 0, storage.read_text(error) if storage.exists(error) else f"exit {rc}"
         assert not storage.exists(error)  # the stale error.json was removed
@@ -184,14 +185,15 @@ def test_model_server_loads_from_a_gs_aip_storage_uri(gcs_jobs: GcsJobs, model_t
     limit, params = CASES[model_type]
     gcs_jobs.build(model_type, limit)
     gcs_jobs.run(model_type, "etl", params)
-    model_uri = gcs_jobs.run(model_type, "train", params)["uris"]["model"]
+    train = gcs_jobs.run(model_type, "train", params)
+    model_uri = train["uris"]["model"]
     assert model_uri.startswith("gs://")
     classes = json.loads(gcs_jobs.bucket.blob(_prefix(model_uri) + "/model.json").download_as_text(timeout=30))[
         "classes"]
 
     # `python -m jobs.serving` with AIP_STORAGE_URI=gs://… (the Vertex contract), in its own process.
     records = tmp_path / "serving-records"
-    record = serving.start(model_uri, str(records), model_type, "r1", timeout=60)
+    record = serving.start(model_uri, str(records), model_type, "r1", timeout=60, sha256=train["model_sha256"])
     try:
         assert serving.healthy(record["health_url"])
         instances = _instances(gcs_jobs, model_type)

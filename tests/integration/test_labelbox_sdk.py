@@ -23,6 +23,7 @@ from lbtrain.adapters.labelbox import ModelRunNotFound, PredictionUploadError, f
 from lbtrain.adapters.labelbox_sdk import LabelboxApiError, SdkLabelbox
 from lbtrain.config import Config
 from tests.fakes.labelbox_server import FakeLabelbox, serve
+from tests.launcher_args import recorded_args
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOLDEN_QUERIES = DATA / "labelbox_sdk"
@@ -268,7 +269,8 @@ def test_etl_train_evaluate_through_jobs_main_against_the_fake(fake: FakeLabelbo
         inputs.write_text(json.dumps({"run_id": run_id, "model_type": mt, "model_run_id": mr, "model_id": "m",
                                       "stage": stage, "attempt": 1, "params": {}, "upstream": dict(outs)}))
         proc = subprocess.run([sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage,
-                               "--attempt", "1", "--inputs", str(inputs), "--outputs", out],
+                               "--attempt", "1", "--inputs", str(inputs), "--outputs", out,
+                               *recorded_args(stage, outs)],
                               env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert API_KEY not in proc.stdout + proc.stderr

@@ -31,7 +31,7 @@ def env(vertex, gcs_bucket):
 
 
 def run_deploy(config: Config, run_id: str, value: float, model_type: str = TEXT, attempt: int = 1,
-               train_uris: dict[str, str] | None = None) -> StageResult:
+               train_uris: dict[str, str] | None = None, model_sha256: str = "") -> StageResult:
     """Upstream outputs of train and evaluate on GCS, then jobs.deploy.run as the job would call it."""
     root = config.artifact_root
     train, evaluate = storage.run_dir(root, run_id, "train", 1), storage.run_dir(root, run_id, "evaluate", 1)
@@ -43,7 +43,7 @@ def run_deploy(config: Config, run_id: str, value: float, model_type: str = TEXT
     ctx = StageContext(run_id=run_id, stage="deploy", attempt=attempt, model_type=model_type, model_run_id="mr1",
                        model_id="m1", params={}, upstream={"train": train, "evaluate": evaluate},
                        outputs_uri=storage.run_dir(root, run_id, "deploy", attempt), config=config,
-                       task=tasks.load(model_type))
+                       task=tasks.load(model_type), model_sha256=model_sha256)
     return deploy.run(ctx)
 
 
@@ -96,6 +96,15 @@ def test_first_deploy_uploads_with_the_serving_image_creates_the_endpoint_and_de
     assert record["deployed_model_id"] == ep["deployedModels"][0]["id"]
     assert storage.read_json(result.uris["deployment"]) == result.metrics
     assert not storage.exists(deploy.champion_uri(config.artifact_root, TEXT) + ".lock")  # lease released
+
+
+def test_the_recorded_model_digest_goes_into_the_serving_containers_environment(env):
+    fake, config = env
+    sha = "ab" * 32
+    run_deploy(config, "r1", 0.8, model_sha256=sha)
+    [(_, upload)] = calls(fake, "POST", "/models:upload")
+    assert upload["model"]["containerSpec"]["env"] == [{"name": "LBTRAIN_MODEL_SHA256", "value": sha}]
+    assert champion(config)["model_sha256"] == sha
 
 
 def test_better_run_replaces_the_champion_worse_run_and_rerun_change_nothing(env):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.tasks.base import Dataset
+from tests.launcher_args import recorded_args
 
 SHAPES = ("hbar", "vbar", "box")
 
@@ -114,7 +115,8 @@ class JobEnv:
         child_env = {**os.environ, "ARTIFACT_ROOT": str(self.artifacts), "LABELBOX_BACKEND": "file",
                      "LABELBOX_DIR": str(self.labelbox), "JOB_BACKEND": "local", **(env or {})}
         args = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", "1",
-                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage))]
+                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage)),
+                *recorded_args(stage, {s: str(self.out(run_id, s)) for s in before[stage]})]
         return subprocess.run(args, env=child_env, capture_output=True, text=True, timeout=180)
 
     def outputs(self, run_id: str, stage: str) -> dict[str, Any]:

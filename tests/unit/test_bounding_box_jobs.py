@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lbtrain import datasets, storage
+from tests.launcher_args import recorded_args
 from tests.unit.test_jobs_main import _has_nested_array
 
 MT = "bounding_box"
@@ -58,6 +59,7 @@ class Jobs:
         }
         args = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", "1"]
         args += ["--inputs", str(inputs), "--outputs", str(self.out(run_id, stage))]
+        args += recorded_args(stage, {s: str(self.out(run_id, s)) for s in before})
         return subprocess.run(args, env=child_env, capture_output=True, text=True, timeout=120)
 
     def outputs(self, run_id: str, stage: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 
 from jobs import serving
 from lbtrain import datasets, storage
+from tests.launcher_args import recorded_args
 
 MT = "text_single_classification"
 MR = "mr-e2e"
@@ -89,7 +90,7 @@ class Env:
             str(inputs),
             "--outputs",
             str(out),
-            *(extra_args or []),
+            *(extra_args if extra_args is not None else recorded_args(stage, upstream)),
         ]
         return subprocess.run(args, env=child_env, capture_output=True, text=True, timeout=120)
 
@@ -124,7 +125,8 @@ def test_pipeline_etl_train_evaluate_deploy(env: Env) -> None:
     for stage in ("etl", "train", "evaluate"):
         _ok(env.run("r1", stage))
         manifest = env.outputs("r1", stage)
-        assert set(manifest) == {"run_id", "stage", "attempt", "model_type", "uris", "metrics"}
+        assert set(manifest) - {"model_sha256"} == {"run_id", "stage", "attempt", "model_type", "uris", "metrics"}
+        assert ("model_sha256" in manifest) == (stage == "train")
         assert (manifest["run_id"], manifest["stage"], manifest["attempt"]) == ("r1", stage, 1)
         for uri in manifest["uris"].values():
             assert storage.exists(uri)

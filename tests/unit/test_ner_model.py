@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobs.tasks.base import Dataset, ParamError
+from jobs.tasks.base import Dataset, ParamError, model_digest
 from jobs.tasks.ner import TASK, _train_params, score_spans
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
@@ -72,7 +72,7 @@ def test_train_writes_self_contained_model(trained) -> None:
 @pytest.fixture(scope="module")
 def evaluation(trained):
     ds, model_dir, _ = trained
-    return ds, TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    return ds, TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
 
 
 def test_quality_above_chance_on_held_out_rows(evaluation) -> None:
@@ -108,7 +108,7 @@ def test_prediction_rows_match_text_entity_fixture(evaluation) -> None:
 
 def test_predictor_serving_instances(trained) -> None:
     _, model_dir, _ = trained
-    predictor = TASK.load_predictor(model_dir)
+    predictor = TASK.load_predictor(model_dir, model_digest(model_dir))
     out = predictor.predict(predictor.parse_instances(["I met Grace Hopper in Zürich today", {"text": ""}]))
     assert [(e["type"], e["text"]) for e in out[0]["entities"]] == [("person", "Grace Hopper"), ("geo-loc", "Zürich")]
     assert out[0]["entities"][1]["start"] == 22 and out[0]["entities"][1]["end"] == 27
@@ -121,7 +121,7 @@ def test_utf16_offsets_are_written_back(trained) -> None:
     ds, model_dir, _ = trained
     ds = Dataset(examples=[{"data_row_id": "e", "split": "test", "text": "🎉 I met Bob in Oslo", "entities": []}],
                  label_map={"entity_types": ["geo-loc", "person"], "offsets": "utf16"})
-    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
     locs = sorted((r["name"], r["location"]["start"], r["location"]["end"]) for r in ev.prediction_rows
                   if "location" in r)
     assert locs == [("geo-loc", 16, 19), ("person", 9, 11)]  # code points 15–18 and 8–10, + 1 for 🎉

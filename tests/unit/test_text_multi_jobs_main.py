@@ -14,6 +14,7 @@ import pytest
 
 from jobs import serving
 from lbtrain import datasets, storage
+from tests.launcher_args import recorded_args
 
 MR = "mr-wnut"
 
@@ -43,7 +44,8 @@ class Pipeline:
         child_env = {**os.environ, "ARTIFACT_ROOT": str(self.artifacts), "LABELBOX_BACKEND": "file",
                      "LABELBOX_DIR": str(self.labelbox), "JOB_BACKEND": "local", **(env or {})}
         args = [sys.executable, "-m", "jobs.main", "--run-id", run_id, "--stage", stage, "--attempt", "1",
-                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage))]
+                "--inputs", str(inputs), "--outputs", str(self.out(run_id, stage)),
+                *recorded_args(stage, {s: str(self.out(run_id, s)) for s in before[stage]})]
         return subprocess.run(args, env=child_env, capture_output=True, text=True, timeout=120)
 
     def ok(self, run_id: str, stage: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobs.tasks import multilabel
-from jobs.tasks.base import Dataset, ModelError, ParamError
+from jobs.tasks.base import Dataset, ModelError, ParamError, model_digest
 from jobs.tasks.text_multi_classification import TASK, _train_params, decide
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
@@ -70,7 +70,7 @@ def test_train_writes_self_contained_model(trained) -> None:
 
 def test_quality_above_chance_on_held_out_rows(trained) -> None:
     ds, model_dir, _ = trained
-    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
     m = ev.metrics
     assert m["test_size"] == 18
     # random guessing scores ~0.4 micro-F1 here; topic words make it easy for a working model
@@ -90,7 +90,7 @@ def _nested_array(value: Any, in_array: bool = False) -> bool:
 
 def test_rows_match_labelbox_fixture_shapes(trained) -> None:
     ds, model_dir, _ = trained
-    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    ev = TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
     assert not _nested_array(ev.summary) and not _nested_array(ev.metrics)
     ref = json.loads((FIXTURES / "classification_import_name_only.json").read_text())[1]  # checklist
     preds = [r for r in ev.prediction_rows if "answer" in r]
@@ -118,7 +118,7 @@ def test_rows_match_labelbox_fixture_shapes(trained) -> None:
 
 def test_predictor_instances(trained) -> None:
     _, model_dir, _ = trained
-    predictor = TASK.load_predictor(model_dir)
+    predictor = TASK.load_predictor(model_dir, model_digest(model_dir))
     out = predictor.predict(predictor.parse_instances(["garlic butter bake the stocks bond market", {"text": "x"}]))
     assert out[0]["labels"] == ["finance", "food"]
     assert set(out[0]["scores"]) == {"finance", "food", "sports"}
@@ -129,7 +129,7 @@ def test_predictor_instances(trained) -> None:
 def test_radio_targets_give_one_radio_row_per_question(tmp_path: Path) -> None:
     ds = synthetic(radios=True)
     TASK.train(ds, str(tmp_path / "m"), {"C": 10.0}, _quiet)
-    ev = TASK.evaluate(ds, TASK.load_predictor(str(tmp_path / "m")), _quiet)
+    ev = TASK.evaluate(ds, TASK.load_predictor(str(tmp_path / "m"), model_digest(str(tmp_path / "m"))), _quiet)
     radios = [r for r in ev.prediction_rows if "answer" in r]
     assert radios and all(r["name"] == "topic" and isinstance(r["answer"], dict) for r in radios)
     assert len({r["dataRow"]["id"] for r in radios}) == len(radios)  # at most one answer per question

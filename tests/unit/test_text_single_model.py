@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from jobs.tasks import classification
-from jobs.tasks.base import Dataset, DatasetError, ModelError, ParamError
+from jobs.tasks.base import Dataset, DatasetError, ModelError, ParamError, model_digest
 from jobs.tasks.text_single_classification import TASK, _train_params
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "labelbox"  # Labelbox's own import files
@@ -135,7 +135,7 @@ def test_train_writes_self_contained_model(trained) -> None:
 
 def test_quality_above_chance_on_held_out_rows(trained) -> None:
     ds, model_dir, _ = trained
-    evaluation = TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    evaluation = TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
     m = evaluation.metrics
     assert m["test_size"] == 18
     # chance is 1/3; the topic words make this easy for any working model
@@ -151,7 +151,7 @@ def test_quality_above_chance_on_held_out_rows(trained) -> None:
 
 def test_predictor_scores_and_instances(trained) -> None:
     _, model_dir, _ = trained
-    predictor = TASK.load_predictor(model_dir)
+    predictor = TASK.load_predictor(model_dir, model_digest(model_dir))
     rows = predictor.parse_instances(
         ["oven roast dough", {"text": "stocks and bond market"}, {"content": "goal"}]
     )
@@ -183,7 +183,7 @@ def _fixture(name: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def evaluation(trained):
     ds, model_dir, _ = trained
-    return ds, TASK.evaluate(ds, TASK.load_predictor(model_dir), _quiet)
+    return ds, TASK.evaluate(ds, TASK.load_predictor(model_dir, model_digest(model_dir)), _quiet)
 
 
 def test_classification_rows_match_fixture_shape(evaluation) -> None:
