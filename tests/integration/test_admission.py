@@ -87,8 +87,9 @@ def test_ten_runs_with_a_limit_of_two(stack_factory):
     # The last run's reason counted down as the runs ahead of it finished.
     counts = [int(m.group(1)) for m in map(AHEAD.match, sampler.reasons.get(run_ids[-1], [])) if m]
     assert len(counts) >= 3 and counts == sorted(counts, reverse=True) and counts[-1] == 0, sampler.reasons
-    doc = admission_doc(stack)
-    assert doc["active"] == {} and doc["queue"] == []
+    # The last run's slot is released just after its status is committed (finish_report).
+    doc = stack.wait_for(lambda: (doc := admission_doc(stack))["active"] == {} and doc, what="last slot released")
+    assert doc["queue"] == []
     assert sum(doc["node_hours"].values()) > 0  # every job's duration was counted
 
 
@@ -96,7 +97,7 @@ def test_budget_used_up_holds_runs_until_the_reconciler_sees_room(stack_factory)
     stack = stack_factory(monthly_node_hours=1e-6)  # used up by the first run's jobs
     first = start(stack)
     assert stack.wait(first)["status"] == d.SUCCEEDED
-    used = admission_doc(stack)["node_hours"]
+    used = stack.wait_for(lambda: admission_doc(stack)["node_hours"], what="node-hours counted")
     assert list(used) == [admission.month_of(d.now())] and next(iter(used.values())) > 1e-6
     second = start(stack)
     time.sleep(1.0)
@@ -184,9 +185,10 @@ def test_reconciler_repairs_a_lost_release_and_a_lost_publish(stack_factory, mon
     second = start(stack)
     assert stack.api.get_run(second)["admission"] == d.ADMISSION_QUEUED
     # The first run ends but its slot is never given back (the release transaction was lost).
-    monkeypatch.setattr(admission, "finished", lambda deps, run: [])
+    lost: list[str] = []
+    monkeypatch.setattr(admission, "finished", lambda deps, run: lost.append(run["run_id"]) or [])
     assert stack.wait(first)["status"] == d.SUCCEEDED
-    time.sleep(0.5)
+    stack.wait_for(lambda: first in lost, what="the first run's release (lost)")
     assert stack.api.get_run(second)["waiting"].startswith("waiting for a slot: 0 runs ahead")
     monkeypatch.undo()
     # The reconciler gives the slot back and admits the second run, whose step message is lost too.
@@ -200,4 +202,4 @@ def test_reconciler_repairs_a_lost_release_and_a_lost_publish(stack_factory, mon
     actions = reconcile_once(stack.deps, at=d.now() + timedelta(seconds=7200))
     assert f"{second}: re-drove etl a1" in actions, actions
     assert stack.wait(second)["status"] == d.SUCCEEDED
-    assert admission_doc(stack)["active"] == {}
+    stack.wait_for(lambda: admission_doc(stack)["active"] == {}, what="slot released")
