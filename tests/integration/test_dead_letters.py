@@ -75,6 +75,7 @@ def test_message_failing_every_delivery_is_dead_lettered_and_fails_its_run(stack
         assert broken.submits >= 1
         stack.deps.backend = broken.backend
     # Labelbox heard why, and the model run is free again.
-    last = stack.deps.labelbox.statuses(mr)[-1]
-    assert last["status"] == "FAILED" and "etl: message could not be delivered" in last["error_message"]
+    last = stack.wait_for(lambda: (st := stack.deps.labelbox.statuses(mr)) and st[-1]["status"] == "FAILED" and st[-1],
+                          what="FAILED reported to Labelbox")  # just after the run's status is committed
+    assert "etl: message could not be delivered" in last["error_message"]
     assert stack.webhook(mr)[1]["created"] is True
