@@ -140,13 +140,18 @@ def follow_up(deps: Deps, done: Any, stage: str, attempt: int, failure: failures
 
 
 def finish_report(deps: Deps, run: dict[str, Any], status: str) -> None:
-    """Tell Labelbox how the run ended, and let a retraining rule start its follow-up run."""
+    """Tell Labelbox how the run ended, let a retraining rule start its follow-up run and give the run's
+    admission slot to the next queued run. Every way a run ends comes here (job events, dead letters,
+    cancel), and again on redelivery: each part is idempotent."""
     try:
         _report_end(deps, run, status)
     finally:
-        from lbtrain import triggers
+        from lbtrain import admission, triggers
 
-        triggers.on_run_finished(deps, run)
+        try:
+            triggers.on_run_finished(deps, run)
+        finally:
+            admission.finished(deps, run)  # its slot goes to the next queued run
 
 
 def _report_end(deps: Deps, run: dict[str, Any], status: str) -> None:

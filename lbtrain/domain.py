@@ -104,6 +104,11 @@ def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, 
     }
 
 
+# A run's `admission` (lbtrain/admission.py; absent when no limit was configured as it started): QUEUED
+# waits for a slot (nothing may launch it), ADMITTED holds one until the run ends.
+ADMISSION_QUEUED, ADMISSION_ADMITTED = "queued", "admitted"
+
+
 def is_held(run: dict[str, Any]) -> bool:
     """A retraining rule's run that waits to be released (no Labelbox model run, not released): nothing
     may launch it."""
@@ -115,6 +120,8 @@ def launch_blocker(run: dict[str, Any], stage: str) -> str:
     model run yet may only launch the modelrun step."""
     if is_held(run):
         return f"run is waiting: {run.get('waiting') or 'no model run yet'}"
+    if run.get("admission") == ADMISSION_QUEUED:
+        return f"run is waiting: {run.get('waiting') or 'for an admission slot'}"
     if not run.get("model_run_id") and stage != MODELRUN:
         return "run has no Labelbox model run yet"
     return ""

@@ -138,10 +138,16 @@ def release(deps: Deps, project_id: str) -> str | None:
     it is a job (the run's `modelrun` step), launched like any step: the claim transaction lets one
     job exist per attempt whatever the redeliveries. Nothing here talks to Labelbox.
     """
-    run_id = deps.triggers.claim_release(project_id)
+    from lbtrain import admission
+
+    limited = admission.enabled(deps.config)
+    run_id = deps.triggers.claim_release(project_id, admission_hold=limited)
     if run_id is None:
         return None
-    publish_step(deps, run_id, d.MODELRUN, 1)
+    if limited:  # the released run takes a slot (its modelrun step published) or waits in the queue
+        admission.start(deps, run_id)
+    else:
+        publish_step(deps, run_id, d.MODELRUN, 1)
     return run_id
 
 

@@ -172,6 +172,32 @@ variable "max_delivery_attempts" {
   }
 }
 
+variable "max_active_runs" {
+  description = "Admission: at most this many active runs in the deployment; later runs wait QUEUED (0: no limit)."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.max_active_runs >= 0 && floor(var.max_active_runs) == var.max_active_runs
+    error_message = "max_active_runs must be a whole number >= 0."
+  }
+}
+
+variable "max_active_runs_per_type" {
+  description = "Admission per model type: \"\" (no limit), a number for every type, or JSON {\"bounding_box\": 1, \"*\": 4}."
+  type        = string
+  default     = ""
+}
+
+variable "monthly_node_hours" {
+  description = "Admission: node-hours of finished jobs per calendar month (UTC) after which new runs wait (0: no budget)."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.monthly_node_hours >= 0
+    error_message = "monthly_node_hours must be >= 0."
+  }
+}
+
 variable "reconcile_schedule" {
   description = "Cron schedule (UTC) of the reconciler."
   type        = string

@@ -19,6 +19,7 @@ from lbtrain.errors import Busy, Conflict, NotFound
 RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
 LAUNCH_LEASE = timedelta(seconds=30)
+ADMISSION_WAITING = "waiting for admission"  # until the admission round (lbtrain/admission.py) says more
 
 
 @dataclass
@@ -138,8 +139,11 @@ class FirestoreStore:
     # -- transitions ---------------------------------------------------------------
     def create_run(self, *, run_id: str, model_type: str, model_run_id: str, model_id: str,
                    params: dict[str, Any], trigger: dict[str, Any], stages: tuple[str, ...],
-                   delivery_key: str | None) -> CreateResult:
-        """Create a run and its steps, unless the delivery was seen or the model run is busy."""
+                   delivery_key: str | None, admission_hold: bool = False) -> CreateResult:
+        """Create a run and its steps, unless the delivery was seen or the model run is busy.
+
+        With `admission_hold` (limits configured, lbtrain/admission.py) the run is created waiting for
+        admission: nothing launches it until a round admits it."""
         delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)) if delivery_key else None
         mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
 
@@ -157,8 +161,10 @@ class FirestoreStore:
                     t.set(delivery_ref, {"run_id": active, "at": at, "expire_at": at + DELIVERY_TTL})
                     self._count(1)
                 return CreateResult(active, False, "active run for model run")
-            t.create(self._run_ref(run_id), d.initial_run(
-                run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at))
+            run = d.initial_run(run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at)
+            if admission_hold:
+                run.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
+            t.create(self._run_ref(run_id), run)
             for i, stage in enumerate(stages):
                 t.create(self._step_ref(run_id, stage), d.initial_step(stage, i, at))
             t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
@@ -416,8 +422,9 @@ class FirestoreStore:
 
         return self._run(txn)
 
-    def retry_run(self, run_id: str) -> tuple[str, int]:
-        """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1."""
+    def retry_run(self, run_id: str, admission_hold: bool = False) -> tuple[str, int]:
+        """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1.
+        With `admission_hold` the run waits for admission again (lbtrain/admission.py)."""
         run_ref = self._run_ref(run_id)
         steps_ref = run_ref.collection(STEPS)
 
@@ -454,8 +461,11 @@ class FirestoreStore:
                 if other["index"] > step["index"] and other["state"] == d.CANCELLED:
                     t.update(steps_ref.document(other["stage"]), {"state": d.PENDING, "updated_at": at})
                     self._count(1)
-            t.update(run_ref, {"status": d.QUEUED, "stage": step["stage"], "error": None,
-                               "finished_at": None, "updated_at": at})
+            run_update: dict[str, Any] = {"status": d.QUEUED, "stage": step["stage"], "error": None,
+                                          "finished_at": None, "updated_at": at}
+            if admission_hold:
+                run_update.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
+            t.update(run_ref, run_update)
             t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
             self._count(3)
             return step["stage"], attempt

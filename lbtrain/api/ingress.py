@@ -180,9 +180,12 @@ def cancel_run(run_id: str):  # noqa: ANN201
 
 @bp.post("/runs/<run_id>/retry")
 def retry_run(run_id: str):  # noqa: ANN201
+    from lbtrain import admission
+
     deps = deps_of(current_app)
+    limited = admission.enabled(deps.config)
     try:
-        stage, attempt = deps.store.retry_run(run_id)
+        stage, attempt = deps.store.retry_run(run_id, admission_hold=limited)
     except NotFound:
         raise ApiError(404, f"run {run_id!r} not found") from None
     except Conflict as exc:
@@ -191,7 +194,10 @@ def retry_run(run_id: str):  # noqa: ANN201
     report_status(deps, deps.store.get_run(run_id)["model_run_id"],
                   "EXPORTING_DATA" if stage == "etl" else "TRAINING_MODEL",
                   run_id=run_id, metadata={"retry_from": stage, "attempt": str(attempt)})
-    publish_step(deps, run_id, stage, attempt)
+    if limited:  # the retried run enters admission again: a slot now, or the queue
+        admission.start(deps, run_id)
+    else:
+        publish_step(deps, run_id, stage, attempt)
     return jsonify(_run_view(run_id))
 
 
