@@ -247,3 +247,33 @@ variable "media_buckets" {
     error_message = "media_buckets: bucket names only (no gs:// prefix, no path)."
   }
 }
+
+variable "max_attempts" {
+  description = "Automatic retries: attempts per stage, the first included, for failures of the infrastructure (1: no automatic retry)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = var.max_attempts >= 1 && floor(var.max_attempts) == var.max_attempts
+    error_message = "max_attempts must be a whole number >= 1."
+  }
+}
+
+variable "retry_base_seconds" {
+  description = "Automatic retries: the back-off before the n-th retry is min(cap, base * 2^(n-1)) seconds, 50-100 % of it at random."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.retry_base_seconds > 0
+    error_message = "retry_base_seconds must be > 0."
+  }
+}
+
+variable "retry_cap_seconds" {
+  description = "Automatic retries: the longest back-off, in seconds."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.retry_cap_seconds > 0
+    error_message = "retry_cap_seconds must be > 0."
+  }
+}

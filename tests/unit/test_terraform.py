@@ -1053,3 +1053,17 @@ def test_admission_limits_reach_every_service():
         config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
         assert (config.max_active_runs, config.max_active_runs_per_type, config.monthly_node_hours) == (
             4, '{"ner": 1}', 500.0), key
+
+
+def test_retry_settings_reach_every_service():
+    """var.max_attempts / retry_base_seconds / retry_cap_seconds: job-events and the launchers decide a
+    retry, the reconciler re-offers it; the defaults are the code's."""
+    defaults = Config()
+    for key, svc in services("prod", deploy_dashboard=True).items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_attempts, config.retry_base_seconds, config.retry_cap_seconds) == (
+            defaults.max_attempts, defaults.retry_base_seconds, defaults.retry_cap_seconds), key
+    tuned = services("prod", deploy_dashboard=True, max_attempts=5, retry_base_seconds=10, retry_cap_seconds=120)
+    for key, svc in tuned.items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_attempts, config.retry_base_seconds, config.retry_cap_seconds) == (5, 10.0, 120.0), key
