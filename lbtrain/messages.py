@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +15,123 @@ TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", 
 
 class BadMessage(ValueError):
     """A message that can never succeed: answer 4xx so it goes to the dead-letter topic."""
+
+
+# -- bounded JSON ------------------------------------------------------------------------------
+# Every JSON body that comes from outside (HTTP bodies, push envelopes, message data) is parsed by
+# `parse_json`: a body nested deeper than MAX_JSON_DEPTH is refused before `json.loads` sees it (the
+# parser and everything after it recurse, and 50,000 `[` were a RecursionError, a 500).
+MAX_JSON_DEPTH = 64
+# What a run's or a rule's `params` may hold, so that Firestore (20 levels of maps and arrays, 64-bit
+# integers, reserved `__…__` names, 1,500-byte field names, 1 MiB documents) never refuses it later.
+MAX_PARAMS_DEPTH = 16
+MAX_PARAMS_BYTES = 64 * 1024
+MAX_KEY_BYTES = 256
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_JSON_TOKEN = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RESERVED_KEY = re.compile(r"__.*__", re.DOTALL)
+
+
+def json_depth_exceeds(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if `raw` opens more than `limit` arrays/objects at once (brackets inside strings don't
+    count). Linear, no recursion; stops at the first bracket past the limit."""
+    depth = 0
+    in_string = False
+    for m in _JSON_TOKEN.finditer(raw):
+        tok = m.group()
+        if tok[0] == 0x5C:  # a backslash escape: skip the pair (inside a string; invalid JSON elsewhere)
+            continue
+        if tok == b'"':
+            in_string = not in_string
+        elif not in_string:
+            if tok in (b"[", b"{"):
+                depth += 1
+                if depth > limit:
+                    return True
+            else:
+                depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes | str, *, what: str = "body", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted JSON: BadMessage (never another exception) for a body that is not UTF-8, not
+    JSON (NaN/Infinity included), or nested deeper than `max_depth`."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            raise BadMessage(f"malformed JSON: {what} is not valid UTF-8") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage(f"malformed JSON: {what} is not valid UTF-8") from None
+    if json_depth_exceeds(raw, max_depth):
+        raise BadMessage(f"malformed JSON: {what} is nested deeper than the limit of {max_depth} levels")
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise BadMessage(f"malformed JSON: {what}: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to a str no UTF-8 encoder (nor Firestore) takes
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadMessage(f"malformed JSON: {what} holds a lone UTF-16 surrogate, not text") from None
+    return value
+
+
+def check_storable(value: Any, what: str = "params", *, max_depth: int = MAX_PARAMS_DEPTH,
+                   max_bytes: int = MAX_PARAMS_BYTES) -> None:
+    """BadMessage unless `value` (parsed JSON) can be stored in Firestore as it is: nesting at most
+    `max_depth`, integers within 64 bits, finite numbers, map keys non-empty, at most MAX_KEY_BYTES and
+    not `__…__`, and at most `max_bytes` as JSON."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, what)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise BadMessage(f"{what} is nested deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str) or not key or len(key.encode("utf-8", "replace")) > MAX_KEY_BYTES \
+                            or _RESERVED_KEY.fullmatch(key):
+                        raise BadMessage(f"{path} has a key that cannot be stored: {str(key)[:40]!r} (keys are "
+                                         f"non-empty, at most {MAX_KEY_BYTES} bytes, not __…__)")
+                    stack.append((sub, depth + 1, f"{path}.{key[:40]}"))
+            else:
+                stack.extend((sub, depth + 1, f"{path}[{i}]") for i, sub in enumerate(item))
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT64[0] <= item <= _INT64[1]:
+                raise BadMessage(f"{path} is an integer outside 64 bits")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise BadMessage(f"{path} is not a finite number")
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadMessage(f"{path} is not valid UTF-8 text") from None
+        else:
+            raise BadMessage(f"{path} holds a {type(item).__name__}, not JSON")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError, UnicodeEncodeError):
+        raise BadMessage(f"{what} is not JSON") from None
+    if size > max_bytes:
+        raise BadMessage(f"{what} is larger than {max_bytes} bytes")
 
 
 def _require(data: dict[str, Any], name: str, kind: type = str) -> Any:
@@ -45,6 +164,7 @@ class RunRequest:
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise BadMessage("field 'params' must be an object")
+        check_storable(params)
         return cls(
             model_type=_require(data, "model_type"),
             model_run_id=_require(data, "model_run_id"),
@@ -170,10 +290,7 @@ def decode_push(envelope: Any) -> PushMessage:
         body = base64.b64decode(raw, validate=True) if raw else b""
     except (binascii.Error, TypeError, ValueError) as exc:  # ValueError: non-ASCII text
         raise BadMessage(f"message data is not base64: {exc}") from None
-    try:
-        data = json.loads(body) if body else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMessage(f"message data is not JSON: {exc}") from None
+    data = parse_json(body, what="message data") if body else {}
     attrs = msg.get("attributes") or {}
     if not isinstance(attrs, dict):
         raise BadMessage("message attributes must be an object")

@@ -17,13 +17,14 @@ from lbtrain import domain as d
 from lbtrain import pipelines
 from lbtrain.deps import Deps
 from lbtrain.intake import is_valid_id, publish_step
-from lbtrain.messages import BadMessage
+from lbtrain.messages import BadMessage, check_storable
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.triggers")
 
 LABEL_TOPICS = ("LABEL_CREATED", "LABEL_UPDATED", "LABEL_DELETED", "WORKFLOW_ACTION")
 MAX_MIN_LABELS = 1_000_000
+MAX_INTERVAL = 10 * 365 * 24 * 3600  # ten years, in seconds
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ class Rule:
         if not isinstance(min_labels, int) or isinstance(min_labels, bool) or not 1 <= min_labels <= MAX_MIN_LABELS:
             raise BadMessage(f"min_labels must be an integer from 1 to {MAX_MIN_LABELS}")
         interval = data.get("min_interval_seconds", 0)
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval < 0:
-            raise BadMessage("min_interval_seconds must be a number >= 0")
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 <= interval <= MAX_INTERVAL:
+            raise BadMessage(f"min_interval_seconds must be a number from 0 to {MAX_INTERVAL}")
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise BadMessage("params must be an object")
+        check_storable(params)
         enabled = data.get("enabled", True)
         if not isinstance(enabled, bool):
             raise BadMessage("enabled must be true or false")

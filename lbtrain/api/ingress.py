@@ -6,14 +6,22 @@ for Cloud Run cold starts: no ML, no aiplatform.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
 from lbtrain import domain as d
 from lbtrain import pipelines, progress, signature
-from lbtrain.api.common import ApiError, deps_of, jsonable, require_token
+from lbtrain.api.common import (
+    MAX_ID_HEADER,
+    ApiError,
+    before_cursor,
+    deps_of,
+    id_header,
+    json_body,
+    jsonable,
+    require_token,
+)
 from lbtrain.completion import finish_report
 from lbtrain.errors import Conflict, NotFound
 from lbtrain.intake import is_valid_id, publish_step, start_run
@@ -35,11 +43,8 @@ def _verified_body() -> bytes:
     return body
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+def _json_object() -> dict[str, Any]:
+    data = json_body()
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -54,18 +59,18 @@ def models():  # noqa: ANN201
 @bp.post("/model_run")
 def model_run():  # noqa: ANN201
     body = _verified_body()
-    data = _json_object(body)
+    data = _json_object()
     missing = [k for k in ("modelType", "modelRunId") if not data.get(k)]
     if missing:
         raise ApiError(400, f"missing field(s): {', '.join(missing)}")
     for key in RUN_FIELDS_FROM_LABELBOX:
         if key in data and not isinstance(data[key], str):
             raise ApiError(400, f"field {key!r} must be a string")
-    delivery = request.headers.get("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
+    delivery = id_header("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
     req = RunRequest(model_type=data["modelType"], model_run_id=data["modelRunId"],
                      model_id=data.get("modelId") or "", source="labelbox")
     return _start(req, {"source": "labelbox", "delivery_id": delivery,
-                        "event": request.headers.get("X-Labelbox-Event", "")}, f"labelbox:{delivery}",
+                        "event": id_header("X-Labelbox-Event")}, f"labelbox:{delivery}",
                   tell_labelbox=True)
 
 
@@ -76,9 +81,11 @@ def label_webhook():  # noqa: ANN201
     from lbtrain import triggers
 
     body = _verified_body()
-    data = _json_object(body)
-    topic = request.headers.get("X-Labelbox-Event") or str(data.get("event") or data.get("topic") or "")
-    delivery = request.headers.get("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
+    data = _json_object()
+    topic = id_header("X-Labelbox-Event") or data.get("event") or data.get("topic") or ""
+    if not isinstance(topic, str) or len(topic) > 64:
+        raise ApiError(400, "the event (X-Labelbox-Event, or the body's event/topic) must be a name")
+    delivery = id_header("X-Labelbox-Id") or "body:" + hashlib.sha256(body).hexdigest()
     try:
         answer = triggers.handle_label_delivery(deps_of(current_app), topic.upper(), data, delivery)
     except BadMessage as exc:
@@ -109,12 +116,14 @@ def _auth() -> None:
 
 @bp.post("/runs")
 def create_run():  # noqa: ANN201
-    data = _json_object(request.get_data(cache=True))
+    data = _json_object()
     try:
         req = RunRequest.from_dict({**data, "source": "api"})
     except BadMessage as exc:
         raise ApiError(400, str(exc)) from None
-    key = request.headers.get("Idempotency-Key") or data.get("idempotency_key")
+    key = id_header("Idempotency-Key") or data.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or len(key) > MAX_ID_HEADER):
+        raise ApiError(400, f"idempotency_key must be a string of at most {MAX_ID_HEADER} characters")
     return _start(req, {"source": "api", "delivery_id": key or ""}, f"api:{key}" if key else None)
 
 
@@ -133,7 +142,7 @@ def list_runs():  # noqa: ANN201
         raise ApiError(400, "limit must be an integer") from None
     runs = deps_of(current_app).store.list_runs(status=status.upper() if status else None, model_type=model_type,
                                                  model_run_id=args.get("model_run_id"), limit=limit,
-                                                 before=args.get("before"))
+                                                 before=before_cursor(args.get("before")))
     next_before = runs[-1]["run_id"] if len(runs) == limit else None
     return jsonify({"runs": jsonable(runs), "next_before": next_before})
 
@@ -220,7 +229,8 @@ def get_trigger(project_id: str):  # noqa: ANN201
 def put_trigger(project_id: str):  # noqa: ANN201
     from lbtrain.triggers import Rule
 
-    data = _json_object(request.get_data(cache=True))
+    _project_id(project_id)
+    data = _json_object()
     if data.get("project_id") not in (None, project_id):
         raise ApiError(400, f"project_id {data['project_id']!r} does not match the URL's {project_id!r}")
     try:

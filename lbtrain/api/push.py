@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from lbtrain import log as logmod
 from lbtrain import pipelines
-from lbtrain.api.common import ApiError, deps_of, push_handler, verify_push
+from lbtrain.api.common import ApiError, deps_of, json_body, push_handler, verify_push
 from lbtrain.completion import finish_report, handle_job_event
 from lbtrain.deps import Deps
 from lbtrain.domain import MODELRUN
@@ -101,10 +101,7 @@ def blueprint(stages: list[str] | None = None, *, runs: bool = True, job_events:
     def body() -> Any:
         deps = deps_of(current_app)
         verify_push(deps.config)
-        envelope = request.get_json(silent=True)
-        if envelope is None:
-            raise ApiError(400, "push body is not JSON")
-        return deps, envelope
+        return deps, json_body("push body")
 
     if runs:
         @bp.post("/push/runs")
