@@ -22,6 +22,7 @@ class BadMessage(ValueError):
 # `parse_json`: a body nested deeper than MAX_JSON_DEPTH is refused before `json.loads` sees it (the
 # parser and everything after it recurse, and 50,000 `[` were a RecursionError, a 500).
 MAX_JSON_DEPTH = 64
+MAX_ATTEMPT = 1000
 # What a run's or a rule's `params` may hold, so that Firestore (20 levels of maps and arrays, 64-bit
 # integers, reserved `__…__` names, 1,500-byte field names, 1 MiB documents) never refuses it later.
 MAX_PARAMS_DEPTH = 16
@@ -134,12 +135,45 @@ def check_storable(value: Any, what: str = "params", *, max_depth: int = MAX_PAR
         raise BadMessage(f"{what} is larger than {max_bytes} bytes")
 
 
+# Ids become Firestore document ids and file names: no "/", not "." or "..", not "__…__" (reserved).
+ID_PATTERN = re.compile(r"(?!\.{1,2}\Z)(?!__.*__\Z)[A-Za-z0-9._-]{1,200}")
+
+
+def is_valid_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(ID_PATTERN.fullmatch(value))
+
+
+def _require_id(data: dict[str, Any], name: str) -> str:
+    value = _require(data, name)
+    if not is_valid_id(value):
+        raise BadMessage(f"field {name!r} is not a valid id: {value[:80]!r}")
+    return value
+
+
+def _optional_id(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if value is None or value == "":
+        return ""
+    if not is_valid_id(value):
+        raise BadMessage(f"field {name!r} is not a valid id: {str(value)[:80]!r}")
+    return value
+
+
 def _require(data: dict[str, Any], name: str, kind: type = str) -> Any:
     value = data.get(name)
     if value is None or value == "":
         raise BadMessage(f"missing field {name!r}")
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BadMessage(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _optional_str(data: dict[str, Any], name: str, limit: int = 256) -> str:
+    value = data.get(name)
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadMessage(f"field {name!r} must be a string of at most {limit} characters")
     return value
 
 
@@ -161,17 +195,18 @@ class RunRequest:
     @classmethod
     def from_dict(cls, data: Any) -> RunRequest:
         data = _obj(data)
-        params = data.get("params") or {}
+        params = data.get("params")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise BadMessage("field 'params' must be an object")
         check_storable(params)
         return cls(
             model_type=_require(data, "model_type"),
             model_run_id=_require(data, "model_run_id"),
-            model_id=str(data.get("model_id") or ""),
+            model_id=_optional_str(data, "model_id"),
             params=params,
-            source=str(data.get("source") or "pubsub"),
-            idempotency_key=str(data.get("idempotency_key") or ""),
+            source=_optional_str(data, "source", 64) or "pubsub",
+            idempotency_key=_optional_str(data, "idempotency_key"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,12 +227,13 @@ class StepMessage:
     def from_dict(cls, data: Any) -> StepMessage:
         data = _obj(data)
         attempt = _require(data, "attempt", int)
-        if attempt < 1:
-            raise BadMessage("field 'attempt' must be >= 1")
+        if not 1 <= attempt <= MAX_ATTEMPT:
+            raise BadMessage(f"field 'attempt' must be from 1 to {MAX_ATTEMPT}")
         action = data.get("action") or "launch"
         if action not in ("launch", "cancel"):
-            raise BadMessage(f"field 'action' must be launch or cancel, not {action!r}")
-        return cls(run_id=_require(data, "run_id"), stage=_require(data, "stage"), attempt=attempt, action=action)
+            raise BadMessage(f"field 'action' must be launch or cancel, not {str(action)[:80]!r}")
+        return cls(run_id=_require_id(data, "run_id"), stage=_require_id(data, "stage"), attempt=attempt,
+                   action=action)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -223,13 +259,13 @@ class JobEvent:
     def from_dict(cls, data: Any) -> JobEvent:
         data = _obj(data)
         attempt = data.get("attempt") or 0
-        if not isinstance(attempt, int):
-            raise BadMessage("field 'attempt' must be an int")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt <= MAX_ATTEMPT:
+            raise BadMessage(f"field 'attempt' must be an int from 0 to {MAX_ATTEMPT}")
         return cls(
-            job_id=_require(data, "job_id"),
-            state=_require(data, "state"),
-            run_id=str(data.get("run_id") or ""),
-            stage=str(data.get("stage") or ""),
+            job_id=_job_id(_require(data, "job_id")),
+            state=_require(data, "state")[:64],
+            run_id=_optional_id(data, "run_id"),
+            stage=_optional_id(data, "stage"),
             attempt=attempt,
             outputs_uri=str(data.get("outputs_uri") or ""),
             error=str(data.get("error") or ""),
@@ -237,6 +273,14 @@ class JobEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _job_id(value: str) -> str:
+    """A backend's job id (Vertex: digits or a resource name; local: a directory name). It keys a Firestore
+    document ('/' → '_'), so it must make a valid id."""
+    if not is_valid_id(value.replace("/", "_")):
+        raise BadMessage(f"job id {value[:80]!r} is not a job id")
+    return value
 
 
 LOG_SINK_STATE = "LOGGED"  # a Cloud Logging entry says something happened; the backend says what
@@ -253,10 +297,11 @@ def job_event_from_log_entry(entry: Any) -> JobEvent | None:
     resource = entry.get("resource")
     if not isinstance(resource, dict) or resource.get("type") != "ml_job":
         return None
-    job_id = str((resource.get("labels") or {}).get("job_id") or "")
+    labels = resource.get("labels")
+    job_id = labels.get("job_id") if isinstance(labels, dict) else None
     if not job_id:
         raise BadMessage("ml_job log entry without resource.labels.job_id")
-    return JobEvent(job_id=job_id, state=LOG_SINK_STATE)
+    return JobEvent(job_id=_job_id(str(job_id)), state=LOG_SINK_STATE)
 
 
 def parse_job_event(data: Any) -> JobEvent:
@@ -264,7 +309,8 @@ def parse_job_event(data: Any) -> JobEvent:
     if isinstance(data, dict) and "resource" in data and "job_id" not in data:
         event = job_event_from_log_entry(data)
         if event is None:
-            raise BadMessage(f"log entry for resource type {data['resource'].get('type')!r} is not a job event")
+            kind = data["resource"].get("type") if isinstance(data["resource"], dict) else None
+            raise BadMessage(f"log entry for resource type {str(kind)[:80]!r} is not a job event")
         return event
     return JobEvent.from_dict(data)
 

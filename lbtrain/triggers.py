@@ -68,7 +68,8 @@ class Rule:
         interval = data.get("min_interval_seconds", 0)
         if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 <= interval <= MAX_INTERVAL:
             raise BadMessage(f"min_interval_seconds must be a number from 0 to {MAX_INTERVAL}")
-        params = data.get("params") or {}
+        params = data.get("params")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise BadMessage("params must be an object")
         check_storable(params)

@@ -18,7 +18,7 @@ from lbtrain import pushauth
 from lbtrain.config import Config
 from lbtrain.deps import Deps
 from lbtrain.errors import Busy, NotFound
-from lbtrain.messages import BadMessage, parse_json
+from lbtrain.messages import BadMessage, is_valid_id, parse_json
 
 log = logging.getLogger("lbtrain.api")
 
@@ -75,8 +75,6 @@ PATH_IDS = ("run_id", "stage", "project_id", "action", "model_type")
 def check_path_ids(values: dict[str, Any]) -> None:
     """Ids taken from the path become Firestore document ids and file names: anything else is a 400
     before a handler reads or writes (an id like `..` or `__x__` is not even a valid document path)."""
-    from lbtrain.intake import is_valid_id
-
     for name in PATH_IDS:
         value = values.get(name)
         if isinstance(value, str) and not is_valid_id(value):
@@ -86,8 +84,6 @@ def check_path_ids(values: dict[str, Any]) -> None:
 
 def before_cursor(value: str | None) -> str | None:
     """A list's `before` cursor is a run id (it is read as a document): 400 otherwise."""
-    from lbtrain.intake import is_valid_id
-
     if not value:
         return None
     if not is_valid_id(value):
@@ -155,12 +151,9 @@ def install(app: Flask, deps: Deps) -> None:
     app.wsgi_app = BoundedBody(app.wsgi_app, deps.config.max_body_bytes)  # type: ignore[method-assign]
     app.extensions["lbtrain"] = deps
 
-    @app.before_request
-    def _shape() -> None:
+    @app.url_value_preprocessor  # runs first of all, before any before_request
+    def _shape(endpoint: str | None, values: dict[str, Any] | None) -> None:
         check_request_shape()
-
-    @app.url_value_preprocessor
-    def _ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
         check_path_ids(values or {})
 
     @app.before_request
