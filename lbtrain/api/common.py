@@ -24,10 +24,11 @@ log = logging.getLogger("lbtrain.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def jsonable(value: Any) -> Any:
@@ -169,7 +170,9 @@ def install(app: Flask, deps: Deps) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # noqa: ANN202
-        return error(exc.status, exc.message)
+        resp, status = error(exc.status, exc.message)
+        resp.headers.update(exc.headers)
+        return resp, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202

@@ -5,8 +5,14 @@ for Cloud Run cold starts: no ML, no aiplatform.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -23,12 +29,17 @@ from lbtrain.api.common import (
     require_token,
 )
 from lbtrain.completion import finish_report
-from lbtrain.errors import Conflict, NotFound
-from lbtrain.intake import is_valid_id, publish_step, start_run
+from lbtrain.deps import Deps
+from lbtrain.errors import Busy, Conflict, NotFound
+from lbtrain.intake import is_valid_id, publish_step, start_run, validate
 from lbtrain.messages import BadMessage, RunRequest
 from lbtrain.reporting import report_status
 
+if TYPE_CHECKING:  # the store (google-cloud-firestore) loads on first use, not at cold start
+    from lbtrain.adapters.firestore_store import CreateResult
+
 bp = Blueprint("ingress", __name__)
+log = logging.getLogger("lbtrain.ingress")
 
 RUN_FIELDS_FROM_LABELBOX = {"modelType": "model_type", "modelRunId": "model_run_id", "modelId": "model_id"}
 
@@ -93,10 +104,64 @@ def label_webhook():  # noqa: ANN201
     return jsonify(answer), 200
 
 
+# Concurrent requests for one model run (Labelbox delivers a webhook several times at once; clients retry)
+# meet in one transaction on the same documents. In this process they take turns (the emulator, like
+# Firestore under heavy contention, aborts most of a crowd of transactions on one document); across
+# instances, a contended start is retried with back-off, and a duplicate that still loses is answered with
+# the run the winner made. Only when no run can be named is it a 503 with Retry-After: never a 500.
+START_ATTEMPTS = 4
+START_BACKOFF_SECONDS = 0.2
+RETRY_AFTER_SECONDS = 2
+
+
+class KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list[Any]] = {}  # key → [lock, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+STARTING = "lbtrain_starting"  # app.extensions key: the app's KeyedLocks (one app = one instance)
+bp.record_once(lambda state: state.app.extensions.setdefault(STARTING, KeyedLocks()))
+
+
+def _start_run(deps: Deps, req: RunRequest, trigger: dict[str, Any], key: str | None) -> CreateResult:
+    with current_app.extensions[STARTING].hold(req.model_run_id):
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return start_run(deps, req, trigger=trigger, delivery_key=key)
+            except Busy as exc:
+                log.info("starting a run for model run %s contended (attempt %d): %s", req.model_run_id,
+                         attempt + 1, exc)
+                existing = deps.store.run_for_request(key, req.model_run_id)
+                if existing is not None:
+                    return existing
+                if attempt + 1 < START_ATTEMPTS:
+                    time.sleep(START_BACKOFF_SECONDS * 2 ** attempt * (0.5 + random.random()))  # noqa: S311
+    raise ApiError(503, f"model run {req.model_run_id} is being started by concurrent requests; retry shortly",
+                   {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _start(req: RunRequest, trigger: dict[str, Any], key: str | None, tell_labelbox: bool = False):  # noqa: ANN202
     deps = deps_of(current_app)
     try:
-        result = start_run(deps, req, trigger=trigger, delivery_key=key)
+        validate(req)  # a bad request is refused before a lock is keyed on its model run id
+        result = _start_run(deps, req, trigger, key)
     except BadMessage as exc:
         if tell_labelbox and is_valid_id(req.model_run_id):
             # Labelbox's UI never shows our HTTP answer: the model run's status carries the reason.
