@@ -46,6 +46,7 @@ def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
+BUSY_RETRY_AFTER_SECONDS = 2
 MAX_HEADER_BYTES = 8 * 1024  # any one header value (Cloud Run's front allows more; nothing here needs it)
 MAX_HEADERS = 100
 MAX_ID_HEADER = 256  # X-Labelbox-Id, X-Labelbox-Event, Idempotency-Key
@@ -172,6 +173,14 @@ def install(app: Flask, deps: Deps) -> None:
     def _api_error(exc: ApiError):  # noqa: ANN202
         resp, status = error(exc.status, exc.message)
         resp.headers.update(exc.headers)
+        return resp, status
+
+    @app.errorhandler(Busy)
+    def _busy(exc: Busy):  # noqa: ANN202
+        # Contention that outlasted the store's retries is transient, never a server error.
+        log.warning("busy on %s %s: %s", request.method, request.path, exc)
+        resp, status = error(503, f"busy, retry shortly: {exc}")
+        resp.headers["Retry-After"] = str(BUSY_RETRY_AFTER_SECONDS)
         return resp, status
 
     @app.errorhandler(HTTPException)

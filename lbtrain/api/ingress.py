@@ -19,6 +19,7 @@ from flask import Blueprint, current_app, jsonify, request
 from lbtrain import domain as d
 from lbtrain import pipelines, progress, signature
 from lbtrain.api.common import (
+    BUSY_RETRY_AFTER_SECONDS,
     MAX_ID_HEADER,
     ApiError,
     before_cursor,
@@ -111,7 +112,6 @@ def label_webhook():  # noqa: ANN201
 # the run the winner made. Only when no run can be named is it a 503 with Retry-After: never a 500.
 START_ATTEMPTS = 4
 START_BACKOFF_SECONDS = 0.2
-RETRY_AFTER_SECONDS = 2
 
 
 class KeyedLocks:
@@ -154,7 +154,7 @@ def _start_run(deps: Deps, req: RunRequest, trigger: dict[str, Any], key: str | 
                 if attempt + 1 < START_ATTEMPTS:
                     time.sleep(START_BACKOFF_SECONDS * 2 ** attempt * (0.5 + random.random()))  # noqa: S311
     raise ApiError(503, f"model run {req.model_run_id} is being started by concurrent requests; retry shortly",
-                   {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                   {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
 
 
 def _start(req: RunRequest, trigger: dict[str, Any], key: str | None, tell_labelbox: bool = False):  # noqa: ANN202
