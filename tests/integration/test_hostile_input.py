@@ -174,8 +174,16 @@ def world(emulator_hosts: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    # The push endpoints as deployed: behind Cloud Run IAM (forwarded claims) and on the public ingress
+    # (Google's signature checked here; the certificates URL answers nothing, so only a token that is a
+    # well-formed JWT would ever reach it).
+    sa = "push@proj.iam.gserviceaccount.com"
+    iam = Deps(config.with_overrides(push_auth="cloudrun-iam", push_service_account=sa, push_audience="aud"))
+    oidc = Deps(config.with_overrides(push_auth="oidc", push_service_account=sa, push_audience="aud",
+                                      push_certs_url="http://127.0.0.1:9/certs"))
+    iam.store, iam.bus, oidc.store, oidc.bus = deps.store, deps.bus, deps.store, deps.bus
     apps = {"ingress": ingress_app(deps), "launcher": launcher_app(deps), "dashboard": dashboard_app(deps),
-            "dev": dev_app(deps), **functions}
+            "dev": dev_app(deps), "launcher_iam": launcher_app(iam), "ingress_oidc": ingress_app(oidc), **functions}
     w = World(config, deps, {name: app.test_client() for name, app in apps.items()}, seed_run, seed_project,
               subscriptions)
     _spy_firestore(w.commits, deps.store.db)
@@ -256,6 +264,24 @@ PUSH_BODIES = st.one_of(
     st.builds(lambda d: json.dumps({"message": {"data": d}}).encode(), TEXT),
 )
 
+def _jwt(header: Any, payload: Any, sig: str) -> str:
+    def seg(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{seg(header)}.{seg(payload)}.{sig}"
+
+
+FORGED = st.builds(lambda claims, sig: {"Authorization": "Bearer " + _jwt({"alg": "none"}, claims, sig)},
+                   st.one_of(JSON_VALUES, st.fixed_dictionaries({
+                       "iss": st.sampled_from(["https://accounts.google.com", "evil"]),
+                       "email": st.sampled_from(["push@proj.iam.gserviceaccount.com", "x@y"]),
+                       "email_verified": st.booleans(), "aud": st.sampled_from(["aud", "other", ""]),
+                       "exp": st.one_of(st.integers(), st.floats(), HUGE_INTS, TEXT)})),
+                   st.sampled_from(["SIGNATURE_REMOVED_BY_GOOGLE", "c2ln", ""]))
+MALFORMED_TOKENS = st.builds(lambda t: {"Authorization": f"Bearer {t}", "X-Serverless-Authorization": f"Bearer {t}"},
+                             st.one_of(TEXT, st.sampled_from(["a.b.c", "..", "e30.e30.", "W1tbW1tb.e30.x",
+                                                              "_-_.***.x", "eyJ.eyJ.eyJ"])))
+PUSH_AUTH = st.one_of(st.just({}), FORGED, MALFORMED_TOKENS)
 AUTH = st.sampled_from([{}, {"Authorization": "Bearer wrong"}, {"X-API-Token": "wrong"},
                         {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}, {"Authorization": "Bearer"},
                         {"Authorization": "Bearer a.b.c"}, {"Authorization": "Bearer " + "x" * 9000},
@@ -286,6 +312,8 @@ ROUTES = {
                   "/dashboard/api/runs/{id}/cancel", "/dashboard/models/{id}", "/dashboard/static/{id}"],
     "dev": ["/runs", "/model_run", "/webhooks/labelbox", "/push/runs", "/push/job-events", "/push/dead-letter",
             "/push/step/{id}", "/dashboard/api/runs/{id}/retry", "/triggers/{id}"],
+    "launcher_iam": ["/push/step/etl", "/push/step/{id}"],
+    "ingress_oidc": ["/push/runs", "/push/dead-letter"],
     "job_events": ["/", "/{id}"],
     "reconciler": ["/{id}", "/x/{id}"],
 }
@@ -302,7 +330,7 @@ def paths(draw: Callable[..., Any], app: str, seed: list[str]) -> tuple[str, dic
     query = draw(st.one_of(st.just(""), st.dictionaries(st.sampled_from(["status", "model_type", "limit", "before",
                                                                          "model_run_id", "x"]), TEXT, max_size=3)))
     overrides: dict[str, Any] = {}
-    raw = draw(st.sampled_from([None, "path", "query", "both"]))
+    raw = draw(st.sampled_from([None, None, None, "path", "query", "both"]))
     if raw in ("path", "both"):
         overrides["PATH_INFO"] = (path.encode("utf-8", "surrogatepass") + draw(st.binary(min_size=1, max_size=8))
                                   ).decode("latin-1")
@@ -336,18 +364,22 @@ def send(world: World, app: str, method: str, path: str, headers: dict[str, str]
 def _random_request(app: str) -> Any:
     @st.composite
     def build(draw: Callable[..., Any]) -> tuple[str, str, dict[str, str], bytes, dict[str, Any]]:
-        method = draw(METHODS)
+        method = draw(st.one_of(st.just("GET" if app == "dashboard" else "POST"), METHODS))
         path, overrides = draw(paths(app, [SEED_RUN, SEED_PROJECT]))
-        headers = {**draw(AUTH), **draw(SIGNATURES), **draw(EXTRA_HEADERS)}
-        body = draw(PUSH_BODIES if app in ("launcher", "job_events", "reconciler") else BYTES_BODIES)
+        auth = draw(PUSH_AUTH) if app in ("launcher_iam", "ingress_oidc") and draw(st.booleans()) else draw(AUTH)
+        headers = {**auth, **draw(SIGNATURES), **draw(EXTRA_HEADERS)}
+        body = draw(PUSH_BODIES if app in ("launcher", "launcher_iam", "ingress_oidc", "job_events", "reconciler")
+                    else BYTES_BODIES)
         return method, path, headers, body, overrides
 
     return build()
 
 
-@pytest.mark.parametrize("app", ["ingress", "launcher", "dashboard", "dev", "job_events", "reconciler"])
+@pytest.mark.parametrize("app", ["ingress", "launcher", "dashboard", "dev", "launcher_iam", "ingress_oidc",
+                                 "job_events", "reconciler"])
 def test_random_requests_are_refused_without_effect(fresh_world: World, app: str) -> None:
-    counts = {"ingress": 500, "launcher": 250, "dashboard": 350, "dev": 400, "job_events": 250, "reconciler": 60}
+    counts = {"ingress": 500, "launcher": 250, "dashboard": 350, "dev": 400, "launcher_iam": 150, "ingress_oidc": 150,
+              "job_events": 250, "reconciler": 60}
 
     @examples(counts[app])
     @given(_random_request(app))
