@@ -340,10 +340,13 @@ def decode_push(envelope: Any) -> PushMessage:
     attrs = msg.get("attributes") or {}
     if not isinstance(attrs, dict):
         raise BadMessage("message attributes must be an object")
+    message_id = msg.get("messageId") or msg.get("message_id") or ""
+    if not isinstance(message_id, str | int) or isinstance(message_id, bool) or len(str(message_id)) > MAX_KEY_BYTES:
+        raise BadMessage(f"message id must be a string of at most {MAX_KEY_BYTES} characters")
     return PushMessage(
         data=data,
         attributes={str(k): str(v) for k, v in attrs.items()},
-        message_id=str(msg.get("messageId") or msg.get("message_id") or ""),
+        message_id=str(message_id),
         subscription=str(envelope.get("subscription") or ""),
     )
 

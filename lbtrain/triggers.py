@@ -25,6 +25,7 @@ log = logging.getLogger("lbtrain.triggers")
 LABEL_TOPICS = ("LABEL_CREATED", "LABEL_UPDATED", "LABEL_DELETED", "WORKFLOW_ACTION")
 MAX_MIN_LABELS = 1_000_000
 MAX_INTERVAL = 10 * 365 * 24 * 3600  # ten years, in seconds
+MAX_LABEL_ID = 256  # Labelbox ids are ~25-character cuids; a label's key is stored on its marker
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def parse_label_event(topic: str, body: Any) -> LabelEvent | None:
     label_id = _id_of(body.get("label")) if isinstance(body.get("label"), dict) else ""
     label_id = label_id or (body.get("id") if isinstance(body.get("id"), str) else "")
     data_row_id = _id_of(body.get("dataRow") or body.get("data_row"))
+    if len(label_id) > MAX_LABEL_ID or len(data_row_id) > MAX_LABEL_ID:
+        raise BadMessage(f"{topic} delivery with a label or data row id longer than {MAX_LABEL_ID} characters")
     if topic == "WORKFLOW_ACTION" or not label_id:
         if not data_row_id:
             raise BadMessage(f"{topic} delivery names neither a label (id) nor a data row (dataRow.id)")

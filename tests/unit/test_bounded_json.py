@@ -8,7 +8,16 @@ import time
 
 import pytest
 
-from lbtrain.messages import MAX_JSON_DEPTH, BadMessage, check_storable, json_depth_exceeds, parse_json
+from lbtrain.messages import (
+    MAX_JSON_DEPTH,
+    BadMessage,
+    check_storable,
+    decode_push,
+    encode_push,
+    json_depth_exceeds,
+    parse_json,
+)
+from lbtrain.triggers import parse_label_event
 
 
 @pytest.mark.parametrize("raw", [b"[" * 50_000, b'{"a":' * 50_000, b"[" * (MAX_JSON_DEPTH + 1) + b"]" * 65])
@@ -63,3 +72,19 @@ def test_unstorable_params_are_refused(params: object) -> None:
 def test_storable_params_pass() -> None:
     check_storable({"epochs": 3, "lr": 0.001, "layers": [64, 32], "nested": {"a": {"b": [1, 2, {"c": None}]}},
                     "x": 2 ** 63 - 1, "é": "ünïcode"})
+
+
+@pytest.mark.parametrize("message_id", ["x" * 257, {"a": 1}, [1], True])
+def test_a_push_message_id_that_would_be_stored_is_bounded(message_id: object) -> None:
+    envelope = encode_push({"model_type": "t"})
+    envelope["message"]["messageId"] = message_id
+    with pytest.raises(BadMessage, match="message id"):
+        decode_push(envelope)
+
+
+def test_label_ids_that_would_be_stored_are_bounded() -> None:
+    body = {"id": "l" * 257, "project": {"id": "p1"}, "dataRow": {"id": "dr1"}}
+    with pytest.raises(BadMessage, match="longer than"):
+        parse_label_event("LABEL_CREATED", body)
+    with pytest.raises(BadMessage, match="longer than"):
+        parse_label_event("WORKFLOW_ACTION", {**body, "id": "l1", "dataRow": {"id": "d" * 257}})
