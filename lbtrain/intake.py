@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from lbtrain import domain as d
 from lbtrain import pipelines
 from lbtrain.deps import Deps
-from lbtrain.messages import BadMessage, RunRequest, StepMessage
+from lbtrain.messages import ID_PATTERN, BadMessage, RunRequest, StepMessage
 from lbtrain.reporting import report_status
 
 if TYPE_CHECKING:  # the store (google-cloud-firestore) loads on first use, not at cold start
     from lbtrain.adapters.firestore_store import CreateResult
 
 log = logging.getLogger("lbtrain.intake")
-# Ids become Firestore document ids and file names: no "/", not "." or "..", not "__…__" (reserved).
-_ID = re.compile(r"(?!\.{1,2}\Z)(?!__.*__\Z)[A-Za-z0-9._-]{1,200}")
+_ID = ID_PATTERN  # ids become Firestore document ids and file names (lbtrain/messages.py)
 
 
 def is_valid_id(value: str) -> bool:

@@ -113,6 +113,17 @@ class FirestoreStore:
         snap = self.db.collection(JOBS).document(_job_doc_id(job_id)).get()
         return snap.to_dict() if snap.exists else None
 
+    def run_for_request(self, delivery_key: str | None, model_run_id: str) -> CreateResult | None:
+        """What `create_run` would answer a duplicate, read without a transaction: the run a delivery
+        already made, else the model run's active run; None if neither exists (yet)."""
+        if delivery_key:
+            seen = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)).get()
+            if seen.exists and seen.get("run_id"):
+                return CreateResult(seen.get("run_id"), False, "duplicate delivery")
+        mr = self.db.collection(MODEL_RUNS).document(model_run_id).get()
+        active = mr.get("active_run_id") if mr.exists else None
+        return CreateResult(active, False, "active run for model run") if active else None
+
     def list_runs(self, status: str | None = None, model_type: str | None = None,
                   model_run_id: str | None = None, limit: int = 50,
                   before: str | None = None) -> list[dict[str, Any]]:
