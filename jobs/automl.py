@@ -7,7 +7,11 @@ module lets them drive Vertex AI instead of training locally:
             (progress lines, wall-clock limit) → `uris["vertex_model"]`;
   evaluate  batch-predict every data row with that model, read the output files from GCS, and turn
             them (jobs/automl_predictions.py) into a predictor-shaped answer, so the task's own
-            `evaluate` computes the same metrics and Labelbox rows as for custom training.
+            `evaluate` computes the same metrics and Labelbox rows as for custom training. A batch job
+            ending PARTIALLY_SUCCEEDED is scored from the rows it predicted (the others are left out and
+            counted, as a row without a prediction always is) and its failure is recorded in the
+            outputs (`batch_state`, `batch_failed_count`, `batch_partial_failures`); one that predicted
+            no row at all is a JobError.
 Re-running an attempt finds its pipeline / batch job by display name instead of starting another.
 AutoML reads images from Cloud Storage only: ARTIFACT_ROOT must be gs://.
 
@@ -54,8 +58,16 @@ TRAINING_SCHEMA = {
     "object_detection": "gs://google-cloud-aiplatform/schema/trainingjob/definition/"
     "automl_image_object_detection_1.0.0.yaml",
 }
+# trainingTaskInputs.modelType: the enums of AutoMlImageClassificationInputs and
+# AutoMlImageObjectDetectionInputs differ (detection has no CLOUD; the SDK maps CLOUD to this too).
+MODEL_TYPE = {"classification": "CLOUD", "object_detection": "CLOUD_HIGH_ACCURACY_1"}
 PIPELINE_DONE = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
-JOB_DONE = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+# PARTIALLY_SUCCEEDED is terminal too: some instances failed (listed in the job's partialFailures and the
+# errors_*.jsonl next to the predictions). Evaluation scores the rows that were predicted, like rows
+# without a prediction in a SUCCEEDED job, and records the partial failure in its outputs.
+JOB_DONE = ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+            "JOB_STATE_EXPIRED")
+JOB_USABLE = ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED")
 TIMEOUT = 60.0  # seconds per API call
 HEARTBEAT = 1800.0  # seconds between progress lines while a state does not change
 
@@ -207,7 +219,9 @@ def create_pipeline(aip: Any, config: Config, display_name: str, dataset_id: str
     from google.protobuf import json_format, struct_pb2
 
     detection = model_type == "bounding_box"
-    inputs: dict[str, Any] = {"modelType": "CLOUD", "budgetMilliNodeHours": budget, "disableEarlyStopping": False}
+    task = "object_detection" if detection else "classification"
+    inputs: dict[str, Any] = {"modelType": MODEL_TYPE[task], "budgetMilliNodeHours": budget,
+                              "disableEarlyStopping": False}
     if not detection:
         inputs["multiLabel"] = model_type == "image_multi_classification"
 
@@ -216,7 +230,7 @@ def create_pipeline(aip: Any, config: Config, display_name: str, dataset_id: str
 
     pipeline = gca_pipeline.TrainingPipeline(
         display_name=display_name,
-        training_task_definition=TRAINING_SCHEMA["object_detection" if detection else "classification"],
+        training_task_definition=TRAINING_SCHEMA[task],
         training_task_inputs=json_format.ParseDict(inputs, struct_pb2.Value()),
         input_data_config=gca_pipeline.InputDataConfig(
             dataset_id=dataset_id,
@@ -334,8 +348,18 @@ def _mime(row: Mapping[str, Any]) -> str:
     return str(row.get("mime") or mimetypes.guess_type(str(row["image"]))[0] or "image/jpeg")
 
 
-def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Run (or find, on a re-run) this attempt's batch prediction job; the output lines."""
+@dataclass
+class BatchOutcome:
+    """A finished batch prediction: its output lines, end state, and what it reported as failed."""
+
+    lines: list[str]
+    state: str = "JOB_STATE_SUCCEEDED"
+    failed_count: int = 0
+    partial_failures: list[str] | None = None
+
+
+def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str, Any]]) -> BatchOutcome:
+    """Run (or find, on a re-run) this attempt's batch prediction job; its output lines and end state."""
     aip = _aiplatform(ctx.config)
     waiting = Waiting.from_params(ctx.params)
     name = job_name(ctx.config.deployment_name, ctx.run_id, "automl-predict", ctx.attempt)
@@ -354,12 +378,19 @@ def batch_predict(ctx: StageContext, model_name: str, rows: Sequence[Mapping[str
                      batch_job=job.resource_name, rows=len(rows))
     state = wait_for(f"batch prediction job {job.resource_name}", lambda: _enum_name(job.state),  # re-fetches
                      JOB_DONE, waiting, ctx.progress)
-    if state != "JOB_STATE_SUCCEEDED":
+    if state not in JOB_USABLE:
         error = (job.error.message if job.error else "") or "no error message"
         raise JobError(f"batch prediction job {job.resource_name} ended {state}: {error}")
+    resource = job.gca_resource
+    partial = [f.message or f"code {f.code}" for f in resource.partial_failures]
+    failed = int(resource.completion_stats.failed_count or 0) if resource.completion_stats else 0
     directory = job.output_info.gcs_output_directory
+    if state != "JOB_STATE_SUCCEEDED":
+        ctx.progress(f"batch prediction job {job.resource_name} ended {state} ({failed} instances failed: "
+                     f"{'; '.join(partial) or 'no message'}): scoring the rows it predicted", level=30,
+                     state=state, failed_count=failed, partial_failures=partial[:20])
     ctx.progress(f"batch prediction {state}; reading {directory}", output=directory)
-    return read_prediction_files(directory)
+    return BatchOutcome(read_prediction_files(directory), state, failed, partial)
 
 
 def read_prediction_files(directory: str) -> list[str]:
@@ -469,9 +500,9 @@ def predictor(ctx: StageContext, dataset: Dataset) -> tuple[BatchPredictions, Da
         raise JobError("the train stage's outputs name no vertex_model: was it trained with AutoML?")
     rows = dataset.all_rows()
     require_gcs(ctx.config, rows, ctx.outputs_uri)
-    lines = batch_predict(ctx, model_name, rows)
+    outcome = batch_predict(ctx, model_name, rows)
     try:
-        records = ap.read_jsonl(lines)
+        records = ap.read_jsonl(outcome.lines)
         answer, unknown = to_predictor(ctx.model_type, dataset, records, ctx.params, model_name)
     except ap.AutoMLOutputError as exc:
         raise JobError(f"AutoML batch prediction output: {exc}") from None
@@ -482,12 +513,21 @@ def predictor(ctx: StageContext, dataset: Dataset) -> tuple[BatchPredictions, Da
     if missing:
         ctx.progress(f"no batch prediction for {len(missing)} data rows (first: {missing[0]}): left out",
                      level=30, unpredicted_ids=missing[:20])
-    answer.meta["unpredicted"] = len(missing)
+    if not answer.by_row and outcome.state != "JOB_STATE_SUCCEEDED":
+        raise JobError(f"batch prediction ended {outcome.state} without a prediction for any data row: "
+                       f"{'; '.join(outcome.partial_failures or []) or 'no message'}")
+    answer.meta.update(unpredicted=len(missing), batch_state=outcome.state, batch_failed_count=outcome.failed_count,
+                       batch_partial_failures=list(outcome.partial_failures or []))
     return answer, _only_predicted(dataset, set(answer.by_row)), model_name
 
 
 def summary(answer: BatchPredictions) -> dict[str, Any]:
     """What evaluate's outputs.json adds for an AutoML model."""
-    return {"training": "automl", "vertex_model": answer.meta["vertex_model"],
-            "unpredicted_rows": answer.meta.get("unpredicted", 0)}
+    out = {"training": "automl", "vertex_model": answer.meta["vertex_model"],
+           "unpredicted_rows": answer.meta.get("unpredicted", 0)}
+    state = answer.meta.get("batch_state", "JOB_STATE_SUCCEEDED")
+    if state != "JOB_STATE_SUCCEEDED":  # the partial failure, recorded with the scores it affected
+        out.update(batch_state=state, batch_failed_count=answer.meta.get("batch_failed_count", 0),
+                   batch_partial_failures=answer.meta.get("batch_partial_failures", []))
+    return out
 

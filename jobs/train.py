@@ -42,10 +42,11 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _max_hours(ctx: StageContext) -> float | None:
-    """The stage's max_hours (JOB_MACHINES): a GPU trainer's default time budget stays inside it."""
+    """The stage's max_hours (JOB_MACHINES; the smallest of its fallback machines, since the job does
+    not know which one it got): a GPU trainer's default time budget stays inside it."""
     try:
-        from lbtrain.adapters.vertex_backend import machine_for
+        from lbtrain.adapters.vertex_backend import machines_for
 
-        return float(machine_for(ctx.config, ctx.model_type, ctx.stage).max_hours)
+        return min(float(m.max_hours) for m in machines_for(ctx.config, ctx.model_type, ctx.stage))
     except (ValueError, TypeError):
         return None

@@ -44,6 +44,8 @@ def _fmt_metrics(metrics: dict[str, Any]) -> str:
 
 def describe_run(run: dict[str, Any]) -> str:
     lines = [f"run {run['run_id']}  {run['status']}  {run['model_type']}  model run {run['model_run_id']}"]
+    if run.get("waiting") and run.get("status") in ("QUEUED", "RUNNING"):
+        lines.append(f"  {run['waiting']}")
     for step in run.get("steps", []):
         job = (step.get("job") or {}).get("id", "")
         lines.append(f"  {step['stage']:<9} {step['state']:<10} a{step['attempt']}  {job}")
@@ -173,7 +175,8 @@ def _wait(c, run_id: str, timeout: float, as_json: bool) -> int:  # noqa: ANN001
         """A line when the status or stage changes, and one when the running step's progress does."""
         if as_json:
             return
-        lines = {"status": f"{run['status']:<10} stage {run.get('stage')}",
+        waiting = f"  ({run['waiting']})" if run.get("waiting") and run["status"] == "QUEUED" else ""
+        lines = {"status": f"{run['status']:<10} stage {run.get('stage')}{waiting}",
                  "progress": describe(run["progress"]) if run.get("progress") else ""}
         for kind, line in lines.items():
             if line and shown.get(kind) != line:

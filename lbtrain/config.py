@@ -6,10 +6,15 @@ one directly and nothing depends on process-wide state.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lbtrain.domain import RetryPolicy
 
 DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
 PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
@@ -23,7 +28,9 @@ DEFAULT_FETCH_DEADLINE_SECONDS = 60.0
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 # Read as LBTRAIN_<NAME>: (field, type).
 _LBTRAIN_NUMBERS = (("max_body_bytes", int), ("stale_after_seconds", float), ("fetch_max_image_bytes", int),
-                    ("fetch_max_text_bytes", int), ("fetch_deadline_seconds", float), ("max_image_pixels", int))
+                    ("fetch_max_text_bytes", int), ("fetch_deadline_seconds", float), ("max_image_pixels", int),
+                    ("max_attempts", int), ("retry_base_seconds", float), ("retry_cap_seconds", float),
+                    ("max_active_runs", int), ("monthly_node_hours", float), ("max_delivery_attempts", int))
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,19 @@ class Config:
     fetch_allow_loopback: bool = False
     # Largest image (width × height) decoded in ETL, training and serving.
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # Automatic retries of infrastructure failures (lbtrain/failures.py): attempts per stage, and the
+    # back-off before the n-th retry, min(cap, base·2^(n-1)) seconds with jitter.
+    max_attempts: int = 3
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 600.0
+    # Admission (lbtrain/admission.py): at most this many active runs in the deployment (0: no limit) …
+    max_active_runs: int = 0
+    # … and per model type: "" (no limit), a number for every type, or JSON {"bounding_box": 1, "*": 4}.
+    max_active_runs_per_type: str = ""
+    # Node-hours of finished jobs per calendar month (UTC) after which new runs wait (0: no budget).
+    monthly_node_hours: float = 0.0
+    # The local stack's dead-letter policy: deliveries before a message goes to the dead-letter topic (5–100).
+    max_delivery_attempts: int = 50
 
     def topic(self, name: str) -> str:
         """Topic id for `runs`, `step-<stage>`, `job-events`, `dead-letter`."""
@@ -101,6 +121,11 @@ class Config:
 
     def with_overrides(self, **kwargs: object) -> Config:
         return replace(self, **kwargs)
+
+    def retry_policy(self) -> RetryPolicy:
+        from lbtrain.domain import RetryPolicy
+
+        return RetryPolicy(self.max_attempts, self.retry_base_seconds, self.retry_cap_seconds)
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs, messages or documents."""
@@ -116,6 +141,25 @@ def _min_examples(raw: str) -> dict[str, int]:
             raise ValueError(f"LBTRAIN_MIN_EXAMPLES: bad entry {part!r} (want e.g. train=5,validation=1,test=1)")
         out[split] = int(num)
     return out
+
+
+def per_type_limits(raw: str) -> dict[str, int]:
+    """LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE: "" → {} (no limit); "3" → {"*": 3}; JSON object of model type (or "*",
+    every other type) → limit. A limit of 0 means none for that type."""
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if raw.isdigit():
+        return {"*": int(raw)}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in data.items()):
+        raise ValueError("LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE must be a number or a JSON object of model type (or \"*\") "
+                         f"→ a whole number >= 0, not {raw!r}")
+    return dict(data)
 
 
 def secret_version(name: str, env_var: str) -> str:
@@ -151,8 +195,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                 values[name] = kind(env[key])
             except ValueError:
                 raise ValueError(f"{key} must be a number, not {env[key]!r}") from None
-            if name.startswith(("fetch_", "max_image")) and not values[name] > 0:  # type: ignore[operator]
+            if name.startswith(("fetch_", "max_image", "max_attempts", "retry_")) and \
+                    not values[name] > 0:  # type: ignore[operator]
                 raise ValueError(f"{key} must be positive, not {env[key]!r}")
+            if name in ("max_active_runs", "monthly_node_hours") and values[name] < 0:  # type: ignore[operator]
+                raise ValueError(f"{key} must be 0 (no limit) or more, not {env[key]!r}")
+            if name == "max_delivery_attempts" and not 5 <= values[name] <= 100:  # type: ignore[operator]
+                raise ValueError(f"{key} must be from 5 to 100 (Pub/Sub's range), not {env[key]!r}")
     values.pop("fetch_allow_loopback", None)
     loopback = env.get("LBTRAIN_FETCH_ALLOW_LOOPBACK", "").strip().lower()
     if loopback not in ("", "0", "false", "1", "true"):
@@ -164,6 +213,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         if bad:
             raise ValueError(f"MEDIA_BUCKETS: bucket names only, comma-separated (no gs://, no path): {bad[0]!r}")
         values["media_buckets"] = ",".join(names)
+    values.pop("max_active_runs_per_type", None)
+    if env.get("LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE"):
+        values["max_active_runs_per_type"] = env["LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE"]
+        per_type_limits(env["LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE"])  # fails at start-up when malformed
     for name in ("job_python", "job_module", "api_url", "state_dir"):
         values.pop(name, None)
         if env.get(f"LBTRAIN_{name.upper()}"):
@@ -208,7 +261,8 @@ def to_env(config: Config) -> dict[str, str]:
         elif f.name == "fetch_allow_loopback":
             if value:
                 env["LBTRAIN_FETCH_ALLOW_LOOPBACK"] = "1"
-        elif f.name in (*(n for n, _ in _LBTRAIN_NUMBERS), "job_python", "job_module", "api_url", "state_dir"):
+        elif f.name in (*(n for n, _ in _LBTRAIN_NUMBERS), "job_python", "job_module", "api_url", "state_dir") or (
+                f.name == "max_active_runs_per_type" and value):
             env[f"LBTRAIN_{f.name.upper()}"] = str(value)
         elif value != "":
             env[f.name.upper()] = str(value)

@@ -116,7 +116,8 @@ class DevStack:
         Path(cfg.labelbox_dir, "model_runs").mkdir(parents=True, exist_ok=True)
         self.config = cfg
         self.deps = Deps(cfg)
-        ensure_topology(cfg.project, cfg.deployment_name, self.url, all_stages())
+        ensure_topology(cfg.project, cfg.deployment_name, self.url, all_stages(),
+                        max_delivery_attempts=cfg.max_delivery_attempts)
         self.server = make_server("127.0.0.1", self.port, dev_app(self.deps), threaded=True)
         self._spawn(self.server.serve_forever, "http")
         self._spawn(self._reconcile_loop, "reconciler")

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 from lbtrain import domain as d
 from lbtrain import pipelines
 from lbtrain.deps import Deps
-from lbtrain.messages import BadMessage, RunRequest, StepMessage
+from lbtrain.messages import ID_PATTERN, BadMessage, RunRequest, StepMessage
 from lbtrain.reporting import report_status
 
 if TYPE_CHECKING:  # the store (google-cloud-firestore) loads on first use, not at cold start
     from lbtrain.adapters.firestore_store import CreateResult
 
 log = logging.getLogger("lbtrain.intake")
-# Ids become Firestore document ids and file names: no "/", not "." or "..", not "__…__" (reserved).
-_ID = re.compile(r"(?!\.{1,2}\Z)(?!__.*__\Z)[A-Za-z0-9._-]{1,200}")
+_ID = ID_PATTERN  # ids become Firestore document ids and file names (lbtrain/messages.py)
 
 
 def is_valid_id(value: str) -> bool:
@@ -43,16 +41,22 @@ def publish_step(deps: Deps, run_id: str, stage: str, attempt: int, action: str 
 
 
 def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_key: str | None) -> CreateResult:
+    from lbtrain import admission
+
     model_type = validate(req)
+    limited = admission.enabled(deps.config)
     result = deps.store.create_run(
         run_id=d.new_run_id(), model_type=req.model_type, model_run_id=req.model_run_id,
         model_id=req.model_id, params=req.params, trigger=trigger, stages=model_type.stages,
-        delivery_key=delivery_key)
+        delivery_key=delivery_key, admission_hold=limited)
     if result.created:
         # Told before the first step is offered: a fast etl job reports PREPARING_DATA, and Labelbox
         # shows the last status it was given.
         report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id)
-        publish_step(deps, result.run_id, model_type.stages[0], 1)
+        if limited:  # a slot now (its first step published) or the queue
+            admission.start(deps, result.run_id)
+        else:
+            publish_step(deps, result.run_id, model_type.stages[0], 1)
         log.info("run %s started for model run %s (%s)", result.run_id, req.model_run_id, req.model_type,
                  extra={"fields": {"run_id": result.run_id, "source": trigger.get("source")}})
     else:
@@ -67,6 +71,11 @@ def redrive_pending(deps: Deps, run_id: str) -> None:
     Duplicate step messages are harmless (the launcher's claim is transactional)."""
     run = deps.store.get_run(run_id)
     if run["status"] not in (d.QUEUED, d.RUNNING):
+        return
+    if run.get("admission") == d.ADMISSION_QUEUED:  # waits for a slot; enter it again if that was lost
+        from lbtrain import admission
+
+        admission.start(deps, run_id)
         return
     step = deps.store.get_step(run_id, run["stage"])
     if step["state"] == d.PENDING:

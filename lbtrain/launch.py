@@ -6,13 +6,18 @@ import logging
 from typing import Any
 
 from lbtrain import domain as d
-from lbtrain import pipelines, storage
+from lbtrain import failures, pipelines, storage
 from lbtrain.adapters.backend import JobSpec
 from lbtrain.deps import Deps
+from lbtrain.errors import Busy, NotFound
 from lbtrain.messages import StepMessage
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.launch")
+# A retry due within this many seconds keeps its step message (503: Pub/Sub redelivers it with its
+# back-off, far below the 50 deliveries of the dead-letter policy); a later one is acknowledged and
+# the reconciler publishes it again once due (docs/architecture.md §7.8).
+HOLD_SECONDS = 60.0
 
 
 def inputs_uri(artifact_root: str, run_id: str, stage: str, attempt: int) -> str:
@@ -55,26 +60,36 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     holds the step: the message is redelivered later."""
     if msg.action == "cancel":
         return cancel_step(deps, msg)
+    waiting = not_yet(deps, msg)
+    if waiting:
+        return waiting
     claim = deps.store.claim_step(msg.run_id, msg.stage, msg.attempt)
     if claim.kind == "noop":
         return f"no-op: {claim.reason}"
     run = claim.run
     cfg = deps.config
     name = d.job_name(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt)
+    in_uri = inputs_uri(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt)
+    spec = JobSpec(name=name, run_id=msg.run_id, stage=msg.stage, attempt=msg.attempt,
+                   model_type=run["model_type"], inputs_uri=in_uri,
+                   outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
+                   labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt),
+                   module=JOB_MODULES.get(msg.stage, ""), machine_index=int(claim.step.get("machine_index") or 0),
+                   model_sha256=str(run.get("model_sha256") or "") if msg.stage in LOADS_MODEL else "")
+    machine = machine_label(deps, spec)
     job = deps.backend.find_by_name(name) if claim.kind == "reclaim" else None
     if job is None:
-        in_uri = inputs_uri(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt)
         inputs = (model_run_inputs(cfg.deployment_name, run, msg.attempt) if msg.stage == d.MODELRUN
                   else job_inputs(run, msg.stage, msg.attempt))
         storage.write_json(in_uri, inputs)
-        spec = JobSpec(name=name, run_id=msg.run_id, stage=msg.stage, attempt=msg.attempt,
-                       model_type=run["model_type"], inputs_uri=in_uri,
-                       outputs_uri=storage.run_dir(cfg.artifact_root, msg.run_id, msg.stage, msg.attempt),
-                       labels=job_labels(cfg.deployment_name, msg.run_id, msg.stage, msg.attempt),
-                       module=JOB_MODULES.get(msg.stage, ""),
-                       model_sha256=str(run.get("model_sha256") or "") if msg.stage in LOADS_MODEL else "")
-        job = deps.backend.submit(spec)
-    record = deps.store.record_launch(msg.run_id, msg.stage, msg.attempt, job)
+        try:
+            job = deps.backend.submit(spec)
+        except Exception as exc:
+            failure = failures.classify_exception(exc)
+            if failure is None or msg.stage == d.MODELRUN:
+                raise  # not an API error we know: redelivered, in the end dead-lettered (fails the run)
+            return launch_failed(deps, msg, failure, machine)
+    record = deps.store.record_launch(msg.run_id, msg.stage, msg.attempt, job, machine=machine)
     if record.cancel_job:
         deps.backend.cancel(job.id)
         return f"job {job.id} launched while the run was cancelled: cancelling it"
@@ -84,6 +99,44 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     if status:
         report_status(deps, run["model_run_id"], status, run_id=msg.run_id)
     return f"launched {job.id}"
+
+
+def not_yet(deps: Deps, msg: StepMessage) -> str:
+    """A retry before its back-off ended: Busy (503, redelivered) when it is due soon, else an
+    acknowledging no-op, the reconciler re-publishing it once due. "" when it may launch now."""
+    try:
+        step = deps.store.get_step(msg.run_id, msg.stage)
+    except NotFound:
+        return ""  # claim_step says so
+    due = step.get("not_before")
+    if not due or step.get("state") != d.PENDING or step.get("attempt") != msg.attempt:
+        return ""
+    wait = (due - d.now()).total_seconds()
+    if wait <= 0:
+        return ""
+    if wait <= HOLD_SECONDS:
+        raise Busy(f"{msg.run_id}/{msg.stage} attempt {msg.attempt} is due in {wait:.1f} s")
+    return f"no-op: {msg.stage} attempt {msg.attempt} is due at {due.isoformat()}; the reconciler launches it"
+
+
+def machine_label(deps: Deps, spec: JobSpec) -> str:
+    label = getattr(deps.backend, "machine_label", None)
+    return label(spec) if label is not None else deps.backend.name
+
+
+def launch_failed(deps: Deps, msg: StepMessage, failure: failures.Failure, machine: str) -> str:
+    """The job could not be created: this attempt failed (retried after a back-off when the cause
+    is transient, quota or capacity; the run fails when not, or when no attempt is left)."""
+    from lbtrain.completion import follow_up
+
+    error = f"creating the job failed: {failure.text()}"
+    log.warning("%s %s a%d: %s", msg.run_id, msg.stage, msg.attempt, error,
+                extra={"fields": {"run_id": msg.run_id, "stage": msg.stage, "attempt": msg.attempt,
+                                  "failure_kind": failure.kind, "failure_reason": failure.reason,
+                                  "machine": machine}})
+    done = deps.store.fail_launch(msg.run_id, msg.stage, msg.attempt, error=error, failure=failure.to_dict(),
+                                  policy=deps.config.retry_policy(), machine=machine)
+    return follow_up(deps, done, msg.stage, msg.attempt, failure)
 
 
 def cancel_step(deps: Deps, msg: StepMessage) -> str:

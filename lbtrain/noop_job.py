@@ -5,12 +5,14 @@ not the model. Behaviour comes from the run's params:
 `{"noop": {"fail": {"train": [1]}, "sleep": {"train": 30}}}` fails train's attempt 1 and
 sleeps 30 s in train. `{"noop": {"progress": {"train": {"epochs": 3, "gate": PATH}}}}` reports 3
 epochs of progress (lbtrain/progress.py, unthrottled), then waits (at most 5 minutes) for the file
-PATH to exist: a test sees the progress of a running step, then lets it end.
+PATH to exist: a test sees the progress of a running step, then lets it end. Each execution
+appends a line to `executions.log` in its (local) outputs dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attempt", type=int, required=True)
     args = p.parse_args(argv)
     inputs = storage.read_json(args.inputs)
+    _count_execution(args.outputs)
     behaviour = (inputs.get("params") or {}).get("noop") or {}
     time.sleep(float((behaviour.get("sleep") or {}).get(args.stage, 0)))
     _fake_progress(args.outputs, args.stage, (behaviour.get("progress") or {}).get(args.stage))
@@ -40,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         "uris": {}, "metrics": metrics, "upstream": inputs.get("upstream", {}),
     })
     return 0
+
+
+def _count_execution(outputs: str) -> None:
+    """One line per execution in `executions.log` of a local outputs dir: how bench/chaos.py finds a
+    step attempt that ran twice (a duplicate launch)."""
+    if storage.is_gcs(outputs):
+        return
+    path = storage.local_path(outputs)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "executions.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{os.getpid()} {time.time():.3f}\n")
 
 
 def _fake_progress(outputs: str, stage: str, spec: dict | None) -> None:

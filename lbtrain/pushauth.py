@@ -112,6 +112,13 @@ def _verified_claims(token: str, config: Config) -> dict[str, Any]:
     from google.auth import exceptions as gauth_exc
     from google.oauth2 import id_token
 
+    # A token that could not be accepted whatever its signature is refused before the certificates are
+    # fetched: anyone can send one, and an unreachable certificates URL would make it a 503.
+    header, payload, _ = token.split(".")
+    head = _decode_segment(header)
+    if head.get("alg") != "RS256" or not isinstance(head.get("kid"), str):
+        raise PushAuthError(401, "OIDC token is not signed the way Google signs (RS256 with a key id)")
+    _check_identity(_decode_segment(payload), config, signed=False)
     try:
         return dict(id_token.verify_token(token, certs_request(), audience=config.push_audience,
                                           certs_url=config.push_certs_url or GOOGLE_CERTS_URL,

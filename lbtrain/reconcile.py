@@ -24,8 +24,8 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
     actions: list[str] = []
     for run in deps.store.active_runs():
         run_id = run["run_id"]
-        if d.is_held(run):
-            continue  # a rule's held run: released by triggers.sweep below, not re-driven
+        if d.is_held(run) or run.get("admission") == d.ADMISSION_QUEUED:
+            continue  # a rule's held run (triggers.sweep below) or one waiting for admission (admission.sweep)
         try:
             step = deps.store.get_step(run_id, run["stage"])
             old = step.get("updated_at") is None or at - step["updated_at"] > stale
@@ -39,6 +39,11 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
                 elif run["status"] == d.CANCELLING and not status.terminal:
                     deps.backend.cancel(job["id"])
                     actions.append(f"{run_id}: cancel re-sent to {job['id']}")
+            elif step["state"] == d.PENDING and step.get("not_before") and run["status"] != d.CANCELLING:
+                # An automatic retry (§7.8): offered once its back-off is over, not before.
+                if step["not_before"] <= at:
+                    publish_step(deps, run_id, step["stage"], step["attempt"])
+                    actions.append(f"{run_id}: retry due: re-drove {step['stage']} a{step['attempt']}")
             elif step["state"] in (d.PENDING, d.LAUNCHING) and old and run["status"] != d.CANCELLING:
                 publish_step(deps, run_id, step["stage"], step["attempt"])
                 actions.append(f"{run_id}: re-drove {step['stage']} a{step['attempt']}")
@@ -52,6 +57,13 @@ def reconcile_once(deps: Deps, at: datetime | None = None) -> list[str]:
     except Exception as exc:  # noqa: BLE001
         log.exception("retraining rules sweep failed: %s", exc)
         actions.append(f"triggers: error {exc}")
+    try:
+        from lbtrain import admission
+
+        actions.extend(admission.sweep(deps))
+    except Exception as exc:  # noqa: BLE001
+        log.exception("admission sweep failed: %s", exc)
+        actions.append(f"admission: error {exc}")
     for action in actions:
         log.info("reconcile: %s", action)
     return actions

@@ -17,13 +17,15 @@ from lbtrain import domain as d
 from lbtrain import pipelines
 from lbtrain.deps import Deps
 from lbtrain.intake import is_valid_id, publish_step
-from lbtrain.messages import BadMessage
+from lbtrain.messages import BadMessage, check_storable
 from lbtrain.reporting import report_status
 
 log = logging.getLogger("lbtrain.triggers")
 
 LABEL_TOPICS = ("LABEL_CREATED", "LABEL_UPDATED", "LABEL_DELETED", "WORKFLOW_ACTION")
 MAX_MIN_LABELS = 1_000_000
+MAX_INTERVAL = 10 * 365 * 24 * 3600  # ten years, in seconds
+MAX_LABEL_ID = 256  # Labelbox ids are ~25-character cuids; a label's key is stored on its marker
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,13 @@ class Rule:
         if not isinstance(min_labels, int) or isinstance(min_labels, bool) or not 1 <= min_labels <= MAX_MIN_LABELS:
             raise BadMessage(f"min_labels must be an integer from 1 to {MAX_MIN_LABELS}")
         interval = data.get("min_interval_seconds", 0)
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval < 0:
-            raise BadMessage("min_interval_seconds must be a number >= 0")
-        params = data.get("params") or {}
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 <= interval <= MAX_INTERVAL:
+            raise BadMessage(f"min_interval_seconds must be a number from 0 to {MAX_INTERVAL}")
+        params = data.get("params")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise BadMessage("params must be an object")
+        check_storable(params)
         enabled = data.get("enabled", True)
         if not isinstance(enabled, bool):
             raise BadMessage("enabled must be true or false")
@@ -100,6 +104,8 @@ def parse_label_event(topic: str, body: Any) -> LabelEvent | None:
     label_id = _id_of(body.get("label")) if isinstance(body.get("label"), dict) else ""
     label_id = label_id or (body.get("id") if isinstance(body.get("id"), str) else "")
     data_row_id = _id_of(body.get("dataRow") or body.get("data_row"))
+    if len(label_id) > MAX_LABEL_ID or len(data_row_id) > MAX_LABEL_ID:
+        raise BadMessage(f"{topic} delivery with a label or data row id longer than {MAX_LABEL_ID} characters")
     if topic == "WORKFLOW_ACTION" or not label_id:
         if not data_row_id:
             raise BadMessage(f"{topic} delivery names neither a label (id) nor a data row (dataRow.id)")
@@ -138,10 +144,16 @@ def release(deps: Deps, project_id: str) -> str | None:
     it is a job (the run's `modelrun` step), launched like any step: the claim transaction lets one
     job exist per attempt whatever the redeliveries. Nothing here talks to Labelbox.
     """
-    run_id = deps.triggers.claim_release(project_id)
+    from lbtrain import admission
+
+    limited = admission.enabled(deps.config)
+    run_id = deps.triggers.claim_release(project_id, admission_hold=limited)
     if run_id is None:
         return None
-    publish_step(deps, run_id, d.MODELRUN, 1)
+    if limited:  # the released run takes a slot (its modelrun step published) or waits in the queue
+        admission.start(deps, run_id)
+    else:
+        publish_step(deps, run_id, d.MODELRUN, 1)
     return run_id
 
 

@@ -9,9 +9,23 @@ import functions_framework
 
 from lbtrain import pushauth
 from lbtrain.api.push import process_job_event
+from lbtrain.messages import BadMessage, parse_json
 from lbtrain.service import bootstrap
 
 _deps = bootstrap()
+
+
+def _refuse_unparseable_body() -> None:
+    """Before functions-framework parses the body into a CloudEvent (which answers 500 to a body that is
+    not UTF-8 and recurses on deep nesting): every body here is JSON, under the shared limits."""
+    try:
+        parse_json(flask.request.get_data(cache=True), what="push body")
+    except BadMessage as exc:
+        flask.abort(400, str(exc))
+
+
+if flask.has_app_context():  # functions-framework executes this module inside its app's context
+    flask.current_app.before_request(_refuse_unparseable_body)
 
 
 class TransientError(RuntimeError):

@@ -62,6 +62,14 @@ locals {
     ARTIFACT_ROOT        = "gs://${local.bucket}"
     JOB_BACKEND          = "vertex"
     LABELBOX_BACKEND     = var.labelbox_backend
+    # Admission (lbtrain/admission.py): whoever starts, retries or ends a run applies the same limits.
+    LBTRAIN_MAX_ACTIVE_RUNS          = var.max_active_runs
+    LBTRAIN_MAX_ACTIVE_RUNS_PER_TYPE = var.max_active_runs_per_type
+    LBTRAIN_MONTHLY_NODE_HOURS       = var.monthly_node_hours
+    # Automatic retries (lbtrain/failures.py): job-events and the launchers decide, the reconciler re-offers.
+    LBTRAIN_MAX_ATTEMPTS       = var.max_attempts
+    LBTRAIN_RETRY_BASE_SECONDS = var.retry_base_seconds
+    LBTRAIN_RETRY_CAP_SECONDS  = var.retry_cap_seconds
   }
   # What launchers need to build Vertex jobs (empty values are left unset: the code's defaults apply).
   # Jobs get no secret mounts: the launcher passes LABELBOX_API_KEY_SECRET, the Labelbox API key's

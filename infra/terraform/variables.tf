@@ -172,6 +172,32 @@ variable "max_delivery_attempts" {
   }
 }
 
+variable "max_active_runs" {
+  description = "Admission: at most this many active runs in the deployment; later runs wait QUEUED (0: no limit)."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.max_active_runs >= 0 && floor(var.max_active_runs) == var.max_active_runs
+    error_message = "max_active_runs must be a whole number >= 0."
+  }
+}
+
+variable "max_active_runs_per_type" {
+  description = "Admission per model type: \"\" (no limit), a number for every type, or JSON {\"bounding_box\": 1, \"*\": 4}."
+  type        = string
+  default     = ""
+}
+
+variable "monthly_node_hours" {
+  description = "Admission: node-hours of finished jobs per calendar month (UTC) after which new runs wait (0: no budget)."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.monthly_node_hours >= 0
+    error_message = "monthly_node_hours must be >= 0."
+  }
+}
+
 variable "reconcile_schedule" {
   description = "Cron schedule (UTC) of the reconciler."
   type        = string
@@ -219,5 +245,35 @@ variable "media_buckets" {
   validation {
     condition     = alltrue([for b in var.media_buckets : can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", b))])
     error_message = "media_buckets: bucket names only (no gs:// prefix, no path)."
+  }
+}
+
+variable "max_attempts" {
+  description = "Automatic retries: attempts per stage, the first included, for failures of the infrastructure (1: no automatic retry)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = var.max_attempts >= 1 && floor(var.max_attempts) == var.max_attempts
+    error_message = "max_attempts must be a whole number >= 1."
+  }
+}
+
+variable "retry_base_seconds" {
+  description = "Automatic retries: the back-off before the n-th retry is min(cap, base * 2^(n-1)) seconds, 50-100 % of it at random."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.retry_base_seconds > 0
+    error_message = "retry_base_seconds must be > 0."
+  }
+}
+
+variable "retry_cap_seconds" {
+  description = "Automatic retries: the longest back-off, in seconds."
+  type        = number
+  default     = 600
+  validation {
+    condition     = var.retry_cap_seconds > 0
+    error_message = "retry_cap_seconds must be > 0."
   }
 }

@@ -23,6 +23,8 @@ class JobSpec:
     # The Python module the job runs (`python -m`); "" for the stages' own (JOB_MODULE locally, the jobs
     # image's entrypoint on Vertex). The modelrun job names its own: it is no model stage.
     module: str = ""
+    # The attempt's place in the stage's machine fallback list (a capacity failure moves it on).
+    machine_index: int = 0
     # The trained model file's SHA-256 as recorded in Firestore, for the stages that load the model: an
     # argument of the job itself, which jobs cannot change (unlike anything in the artifact bucket).
     model_sha256: str = ""
@@ -48,6 +50,9 @@ class JobBackend(Protocol):
 
     def cancel(self, job_id: str) -> None:
         """Ask the job to stop; its completion event follows with state CANCELLED."""
+
+    def machine_label(self, spec: JobSpec) -> str:
+        """The machine this spec's job runs on, as the run document records it."""
 
 
 def from_config(config, bus_factory=None) -> JobBackend:  # noqa: ANN001

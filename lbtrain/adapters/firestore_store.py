@@ -19,6 +19,7 @@ from lbtrain.errors import Busy, Conflict, NotFound
 RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
 LAUNCH_LEASE = timedelta(seconds=30)
+ADMISSION_WAITING = "waiting for admission"  # until the admission round (lbtrain/admission.py) says more
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Completion:
     finished: str | None = None  # run's terminal status if it ended (now or earlier)
     reason: str = ""
     waiting: str = ""  # a failed modelrun step: the run waits (QUEUED) with this reason for a relaunch
+    retry_at: Any = None  # a failed attempt will be retried (next_stage, next_attempt) from this time
+    machine: str = ""  # the machine the failed attempt ran on
 
 
 @dataclass
@@ -110,6 +113,17 @@ class FirestoreStore:
         snap = self.db.collection(JOBS).document(_job_doc_id(job_id)).get()
         return snap.to_dict() if snap.exists else None
 
+    def run_for_request(self, delivery_key: str | None, model_run_id: str) -> CreateResult | None:
+        """What `create_run` would answer a duplicate, read without a transaction: the run a delivery
+        already made, else the model run's active run; None if neither exists (yet)."""
+        if delivery_key:
+            seen = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)).get()
+            if seen.exists and seen.get("run_id"):
+                return CreateResult(seen.get("run_id"), False, "duplicate delivery")
+        mr = self.db.collection(MODEL_RUNS).document(model_run_id).get()
+        active = mr.get("active_run_id") if mr.exists else None
+        return CreateResult(active, False, "active run for model run") if active else None
+
     def list_runs(self, status: str | None = None, model_type: str | None = None,
                   model_run_id: str | None = None, limit: int = 50,
                   before: str | None = None) -> list[dict[str, Any]]:
@@ -136,8 +150,11 @@ class FirestoreStore:
     # -- transitions ---------------------------------------------------------------
     def create_run(self, *, run_id: str, model_type: str, model_run_id: str, model_id: str,
                    params: dict[str, Any], trigger: dict[str, Any], stages: tuple[str, ...],
-                   delivery_key: str | None) -> CreateResult:
-        """Create a run and its steps, unless the delivery was seen or the model run is busy."""
+                   delivery_key: str | None, admission_hold: bool = False) -> CreateResult:
+        """Create a run and its steps, unless the delivery was seen or the model run is busy.
+
+        With `admission_hold` (limits configured, lbtrain/admission.py) the run is created waiting for
+        admission: nothing launches it until a round admits it."""
         delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)) if delivery_key else None
         mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
 
@@ -155,8 +172,10 @@ class FirestoreStore:
                     t.set(delivery_ref, {"run_id": active, "at": at, "expire_at": at + DELIVERY_TTL})
                     self._count(1)
                 return CreateResult(active, False, "active run for model run")
-            t.create(self._run_ref(run_id), d.initial_run(
-                run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at))
+            run = d.initial_run(run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at)
+            if admission_hold:
+                run.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
+            t.create(self._run_ref(run_id), run)
             for i, stage in enumerate(stages):
                 t.create(self._step_ref(run_id, stage), d.initial_step(stage, i, at))
             t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
@@ -208,7 +227,7 @@ class FirestoreStore:
 
         return self._run(txn)
 
-    def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef) -> LaunchRecord:
+    def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef, machine: str = "") -> LaunchRecord:
         """LAUNCHING → RUNNING with the job, plus the jobs/ reverse index."""
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
         job_ref = self.db.collection(JOBS).document(_job_doc_id(job.id))
@@ -228,7 +247,8 @@ class FirestoreStore:
             t.set(job_ref, {"run_id": run_id, "stage": stage, "attempt": attempt,
                             "job_name": job.name, "backend": job.backend, "created_at": at})
             t.update(step_ref, {"state": d.RUNNING, "job": job.to_dict(), "started_at": at,
-                                "lease_until": None, "updated_at": at})
+                                "lease_until": None, "updated_at": at, "machine": machine or None,
+                                "not_before": None})
             t.update(run_ref, {"updated_at": at})
             self._count(3)
             return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
@@ -237,8 +257,13 @@ class FirestoreStore:
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
-                      stages: tuple[str, ...], model_run_id: str = "", model_sha256: str = "") -> Completion:
+                      stages: tuple[str, ...], model_run_id: str = "", model_sha256: str = "",
+                      failure: dict[str, Any] | None = None, policy: d.RetryPolicy | None = None) -> Completion:
         """Move a RUNNING step with this job to its terminal state and advance or end the run.
+
+        A failed job whose `failure` (lbtrain/failures.py) is retryable, with attempts left under
+        `policy`, puts the step back to PENDING as attempt + 1 due at `not_before` (docs/architecture.md
+        §7.8); the run stays RUNNING and `next_stage`/`next_attempt` name the retry to publish.
 
         The modelrun step (a rule run's first) is different: its success gives the run `model_run_id`
         (and the model run's single flight) in the same transaction that moves the run on; its
@@ -308,8 +333,8 @@ class FirestoreStore:
             elif new_state == d.CANCELLED:
                 result.finished = d.CANCELLED
             else:
-                result.finished = d.FAILED
-                run_update["error"] = {"stage": stage, "message": error or f"job {job_state.lower()}"}
+                self._failed(step, stage, error or f"job {job_state.lower()}", failure, policy, at,
+                             step_update, run_update, result)
             if result.finished:
                 run_update.update({"status": result.finished, "finished_at": at})
                 self._release_model_run(t, run, at)
@@ -317,6 +342,55 @@ class FirestoreStore:
             t.update(run_ref, run_update)
             self._count(2)
             result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
+            return result
+
+        return self._run(txn)
+
+    @staticmethod
+    def _failed(step: dict[str, Any], stage: str, error: str, failure: dict[str, Any] | None,
+                policy: d.RetryPolicy | None, at: Any, step_update: dict[str, Any], run_update: dict[str, Any],
+                result: Completion) -> None:
+        """A failed attempt: another one (retryable, attempts left) or the run FAILS naming them all."""
+        outcome = d.failed_attempt(step, error, failure, policy or d.RetryPolicy(max_attempts=1), at)
+        result.machine = step.get("machine") or ""
+        if outcome.retry_at is not None:  # a fresh attempt: nothing of this one stays on the step
+            step_update.clear()
+        step_update.update({**outcome.step_update, "updated_at": at})
+        if outcome.retry_at is not None:
+            result.next_stage, result.next_attempt, result.retry_at = stage, step_update["attempt"], outcome.retry_at
+            run_update.update({"status": d.RUNNING, "stage": stage})
+        else:
+            result.finished = d.FAILED
+            run_update["error"] = {"stage": stage, "message": outcome.message}
+
+    def fail_launch(self, run_id: str, stage: str, attempt: int, *, error: str, failure: dict[str, Any],
+                    policy: d.RetryPolicy, machine: str = "") -> Completion:
+        """A job that could not be created (quota, capacity, Vertex unavailable, a bad request): the
+        LAUNCHING step's attempt fails as if its job had, so it is retried or ends the run; the
+        launcher never answers 500 forever."""
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+
+        @firestore.transactional
+        def txn(t: firestore.Transaction) -> Completion:
+            at = d.now()
+            run = run_ref.get(transaction=t).to_dict()
+            step = step_ref.get(transaction=t).to_dict()
+            if step["attempt"] != attempt or step["state"] != d.LAUNCHING:
+                return Completion(False, run, reason=f"step is {step['state']} a{step['attempt']}")
+            step_update: dict[str, Any] = {}
+            run_update: dict[str, Any] = {"updated_at": at}
+            result = Completion(True, run)
+            self._failed({**step, "machine": machine or step.get("machine")}, stage, error, failure, policy, at,
+                         step_update, run_update, result)
+            if result.next_stage is None:
+                step_update["machine"] = machine or step.get("machine")
+            if result.finished:
+                run_update.update({"status": result.finished, "finished_at": at})
+                self._release_model_run(t, run, at)
+            t.update(step_ref, step_update)
+            t.update(run_ref, run_update)
+            self._count(2)
+            result.run = {**run, **run_update}
             return result
 
         return self._run(txn)
@@ -359,8 +433,9 @@ class FirestoreStore:
 
         return self._run(txn)
 
-    def retry_run(self, run_id: str) -> tuple[str, int]:
-        """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1."""
+    def retry_run(self, run_id: str, admission_hold: bool = False) -> tuple[str, int]:
+        """Restart a FAILED/CANCELLED run from the first stage that did not succeed, attempt + 1.
+        With `admission_hold` the run waits for admission again (lbtrain/admission.py)."""
         run_ref = self._run_ref(run_id)
         steps_ref = run_ref.collection(STEPS)
 
@@ -388,7 +463,8 @@ class FirestoreStore:
             t.update(steps_ref.document(step["stage"]), {
                 "state": d.PENDING, "attempt": attempt, "job": None, "launched_at": None,
                 "started_at": None, "ended_at": None, "lease_until": None, "error": None,
-                "outputs_uri": None, "metrics": {}, "updated_at": at,
+                "outputs_uri": None, "metrics": {}, "updated_at": at, "machine": None, "failure": None,
+                "not_before": None, "retry_from": attempt, "machine_index": 0,
                 "attempts": [*step.get("attempts", []), d.history_entry(step)],
             })
             # Later stages cancelled along with the run go back to PENDING.
@@ -396,8 +472,11 @@ class FirestoreStore:
                 if other["index"] > step["index"] and other["state"] == d.CANCELLED:
                     t.update(steps_ref.document(other["stage"]), {"state": d.PENDING, "updated_at": at})
                     self._count(1)
-            t.update(run_ref, {"status": d.QUEUED, "stage": step["stage"], "error": None,
-                               "finished_at": None, "updated_at": at})
+            run_update: dict[str, Any] = {"status": d.QUEUED, "stage": step["stage"], "error": None,
+                                          "finished_at": None, "updated_at": at}
+            if admission_hold:
+                run_update.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
+            t.update(run_ref, run_update)
             t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
             self._count(3)
             return step["stage"], attempt

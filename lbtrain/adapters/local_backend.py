@@ -111,7 +111,13 @@ class LocalBackend:
             state = read_json(job_dir / "state.json") or state
             if state["state"] in ("PENDING", "RUNNING"):
                 return JobStatus("FAILED", "local job runner exited without recording a result")
+        if state["state"] == "FAILED" and isinstance(state.get("returncode"), int):
+            return JobStatus("FAILED", state.get("error", ""), exit_code=state["returncode"])
         return JobStatus(state["state"], state.get("error", ""))
+
+    def machine_label(self, spec: JobSpec) -> str:
+        """Every local job runs on this machine."""
+        return "local"
 
     def find_by_name(self, name: str) -> JobRef | None:
         return self._ref(name) if self.job_dir(name).exists() else None

@@ -32,6 +32,12 @@ def _error_message(outputs_uri: str, returncode: int, log_path: Path) -> str:
             return str(err["message"])
     except (OSError, ValueError):
         pass
+    if returncode < 0:  # killed from outside (the OOM killer, a lost machine): no error.json
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"job killed by signal {name}; log: {log_path}"
     return f"job exited with code {returncode}; log: {log_path}"
 
 

@@ -197,8 +197,9 @@ class TriggerStore:
         return self.store._run(txn)
 
     # -- releasing the held run ------------------------------------------------------------------
-    def claim_release(self, project_id: str, at: datetime | None = None) -> str | None:
-        """Make the held run the rule's active run if nothing blocks it; its id, else None."""
+    def claim_release(self, project_id: str, at: datetime | None = None, admission_hold: bool = False) -> str | None:
+        """Make the held run the rule's active run if nothing blocks it; its id, else None. With
+        `admission_hold` the released run waits for admission (lbtrain/admission.py) before its modelrun step."""
         ref = self._ref(project_id)
 
         @firestore.transactional
@@ -228,7 +229,8 @@ class TriggerStore:
             t.update(ref, {"active_run_id": run_id, "queued_run_id": None, "epoch": rule["epoch"] + 1,
                            "last_fired_at": now, "last_run_id": run_id, "updated_at": now})
             t.update(run_ref, {"waiting": CREATING, "released_at": now, "stage": d.MODELRUN, "updated_at": now,
-                               "trigger.labels": labels})
+                               "trigger.labels": labels,
+                               **({"admission": d.ADMISSION_QUEUED} if admission_hold else {})})
             if not step_snap.exists:
                 t.set(step_ref, d.initial_step(d.MODELRUN, MODELRUN_INDEX, now))
             return run_id
@@ -317,6 +319,7 @@ class TriggerStore:
                 run = self.store.get_run(run_id)
             except NotFound:
                 continue
-            if run["status"] == d.QUEUED and not run.get("model_run_id") and now - run["updated_at"] > older_than:
+            if run["status"] == d.QUEUED and not run.get("model_run_id") and now - run["updated_at"] > older_than \
+                    and run.get("admission") != d.ADMISSION_QUEUED:  # waiting for admission, not stalled
                 out.append(run)
         return out

@@ -29,6 +29,10 @@ JOB_ENV_KEYS = ("DEPLOYMENT_NAME", "GOOGLE_CLOUD_PROJECT", "REGION", "ARTIFACT_R
                 "LBTRAIN_FETCH_DEADLINE_SECONDS", "LBTRAIN_MAX_IMAGE_PIXELS")
 
 
+# Scheduling strategies a machine entry may ask for (aiplatform_v1 Scheduling.Strategy names).
+STRATEGIES = ("ON_DEMAND", "LOW_COST", "STANDARD", "SPOT", "FLEX_START")
+
+
 @dataclass(frozen=True)
 class Machine:
     machine_type: str = "n1-standard-4"
@@ -36,10 +40,20 @@ class Machine:
     accelerator_count: int = 0
     # Vertex cancels a job that runs longer (scheduling.timeout): a hung job can't run up a bill.
     max_hours: float = 24.0
+    # Scheduling.strategy ("" = Vertex's default): SPOT (cheaper, may be preempted: a preemption is
+    # retried) or FLEX_START (Dynamic Workload Scheduler: queues for capacity up to max_wait_hours).
+    strategy: str = ""
+    # Scheduling.max_wait_duration: a job not started by then fails and is retried on the next machine.
+    max_wait_hours: float = 0.0
 
     @property
     def gpu(self) -> bool:
         return bool(self.accelerator_type and self.accelerator_count)
+
+    def label(self) -> str:
+        """How the run document and the dashboard name it: `g2-standard-8 + 1×NVIDIA_L4 (spot)`."""
+        text = self.machine_type + (f" + {self.accelerator_count}×{self.accelerator_type}" if self.gpu else "")
+        return text + (f" ({self.strategy.lower().replace('_', '-')})" if self.strategy else "")
 
 
 # Defaults: CPU everywhere; images get a bigger CPU machine. A GPU is opt-in through configuration.
@@ -58,12 +72,22 @@ AUTOML_MACHINES: dict[str, dict[str, Any]] = {
 }
 
 
-def machine_for(config: Config, model_type: str, stage: str) -> Machine:
+def machine_for(config: Config, model_type: str, stage: str, index: int = 0) -> Machine:
+    """The `index`-th machine of the stage's fallback list (its last one past the end)."""
+    machines = machines_for(config, model_type, stage)
+    return machines[min(max(index, 0), len(machines) - 1)]
+
+
+def machines_for(config: Config, model_type: str, stage: str) -> list[Machine]:
     """Most specific match wins among `model_type/stage`, `model_type`, `*/stage`, `*` (globs allowed).
 
     `JOB_MACHINES` (JSON) extends the defaults, e.g.
     `{"image_*/train": {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4",
-    "accelerator_count": 1}}`.
+    "accelerator_count": 1}}`. A pattern may give an ordered list of machines instead, tried in
+    turn when a job finds no capacity or quota (docs/architecture.md §7.8), e.g.
+    `[{"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4", "accelerator_count": 1,
+    "strategy": "SPOT"}, {"machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4",
+    "accelerator_count": 1}, {"machine_type": "n1-standard-8"}]`.
     """
     from lbtrain import model_options
 
@@ -85,13 +109,23 @@ def machine_for(config: Config, model_type: str, stage: str) -> Machine:
         if fnmatch.fnmatchcase(key, pattern if "/" in pattern else f"{pattern}/*")
     ]
     if not candidates:
-        return Machine()
-    spec = max(candidates, key=lambda c: c[:3])[3]
-    allowed = {"machine_type", "accelerator_type", "accelerator_count", "max_hours"}
+        return [Machine()]
+    specs = max(candidates, key=lambda c: c[:3])[3]
+    specs = specs if isinstance(specs, list) else [specs]
+    if not specs or not all(isinstance(spec, dict) for spec in specs):
+        raise ValueError("JOB_MACHINES: each pattern gives a machine object or a non-empty list of them")
+    return [_machine(spec) for spec in specs]
+
+
+def _machine(spec: dict[str, Any]) -> Machine:
+    allowed = {"machine_type", "accelerator_type", "accelerator_count", "max_hours", "strategy", "max_wait_hours"}
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"JOB_MACHINES: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
-    return Machine(**spec)
+    strategy = str(spec.get("strategy") or "").upper().replace("-", "_")
+    if strategy and strategy not in STRATEGIES:
+        raise ValueError(f"JOB_MACHINES: strategy {spec['strategy']!r} is not one of {', '.join(STRATEGIES)}")
+    return Machine(**{**spec, "strategy": strategy})
 
 
 def label_value(value: str) -> str:
@@ -135,9 +169,16 @@ class VertexBackend:
                f"{job_id}/cpu?project={self.config.project}")
         return JobRef(backend=self.name, id=job_id, name=job.display_name, url=url)
 
+    def machine(self, spec: JobSpec) -> Machine:
+        """The machine of this attempt: the step's place in the stage's fallback list."""
+        return machine_for(self.config, spec.model_type, spec.stage, spec.machine_index)
+
+    def machine_label(self, spec: JobSpec) -> str:
+        return self.machine(spec).label()
+
     def job_spec(self, spec: JobSpec, machine: Machine | None = None) -> dict[str, Any]:
         """The worker pool of a stage's CustomJob (pure, so tests can check it without the API)."""
-        machine = machine or machine_for(self.config, spec.model_type, spec.stage)
+        machine = machine or self.machine(spec)
         image = (self.config.job_image_gpu if machine.gpu and self.config.job_image_gpu else self.config.job_image)
         if not image:
             raise ValueError("JOB_IMAGE is not configured: the Vertex backend needs the jobs image URI")
@@ -163,7 +204,7 @@ class VertexBackend:
         if existing is not None:  # a redelivery after a crash: never a second job
             return existing
         aiplatform = self._aip()
-        machine = machine_for(self.config, spec.model_type, spec.stage)
+        machine = self.machine(spec)
         job = aiplatform.CustomJob(
             display_name=spec.name,
             worker_pool_specs=[self.job_spec(spec, machine)],
@@ -173,8 +214,15 @@ class VertexBackend:
             location=self.config.region,
             staging_bucket=self.config.artifact_root,  # required by the SDK; base_output_dir decides
         )
+        scheduling: dict[str, Any] = {}
+        if machine.strategy:
+            from google.cloud.aiplatform_v1.types import Scheduling
+
+            scheduling["scheduling_strategy"] = Scheduling.Strategy[machine.strategy]
+        if machine.max_wait_hours:
+            scheduling["max_wait_duration"] = int(machine.max_wait_hours * 3600)
         job.submit(service_account=self.config.job_service_account or None, create_request_timeout=60,
-                   timeout=int(machine.max_hours * 3600))
+                   timeout=int(machine.max_hours * 3600), **scheduling)
         return self._ref(job)
 
     def get_status(self, job_id: str) -> JobStatus:
@@ -182,10 +230,12 @@ class VertexBackend:
         if job is None:
             return JobStatus("FAILED", f"Vertex AI job {job_id} does not exist")
         state = job.state.name.removeprefix("JOB_STATE_")
-        error = ""
+        error, code = "", 0
         if state in ("FAILED", "EXPIRED", "PARTIALLY_SUCCEEDED"):
             error = (job.gca_resource.error.message or f"Vertex AI job {state.lower()}").strip()
-        return JobStatus(state if state in TERMINAL else "RUNNING" if state == "RUNNING" else "PENDING", error)
+            code = int(job.gca_resource.error.code or 0)
+        return JobStatus(state if state in TERMINAL else "RUNNING" if state == "RUNNING" else "PENDING", error,
+                         code=code)
 
     def job_step(self, job_id: str) -> dict[str, Any] | None:
         """The step a job of this deployment runs, from its labels; None for unknown or foreign jobs.

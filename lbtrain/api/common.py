@@ -18,16 +18,17 @@ from lbtrain import pushauth
 from lbtrain.config import Config
 from lbtrain.deps import Deps
 from lbtrain.errors import Busy, NotFound
-from lbtrain.messages import BadMessage
+from lbtrain.messages import BadMessage, is_valid_id, parse_json
 
 log = logging.getLogger("lbtrain.api")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def jsonable(value: Any) -> Any:
@@ -43,6 +44,70 @@ def jsonable(value: Any) -> Any:
 
 def error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
+
+
+BUSY_RETRY_AFTER_SECONDS = 2
+MAX_HEADER_BYTES = 8 * 1024  # any one header value (Cloud Run's front allows more; nothing here needs it)
+MAX_HEADERS = 100
+MAX_ID_HEADER = 256  # X-Labelbox-Id, X-Labelbox-Event, Idempotency-Key
+
+
+def json_body(what: str = "body") -> Any:
+    """The request body as JSON, parsed once with the limits every entry point shares
+    (lbtrain/messages.py: parse_json): 400 naming the problem otherwise."""
+    try:
+        return parse_json(request.get_data(cache=True), what=what)
+    except BadMessage as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def id_header(name: str, limit: int = MAX_ID_HEADER) -> str:
+    """A header that becomes a dedupe key or is stored: at most `limit` characters, printable ASCII."""
+    value = request.headers.get(name, "")
+    if len(value) > limit:
+        raise ApiError(400, f"header {name} is longer than {limit} characters")
+    if value and not (value.isascii() and value.isprintable()):
+        raise ApiError(400, f"header {name} must be printable ASCII")
+    return value
+
+
+PATH_IDS = ("run_id", "stage", "project_id", "action", "model_type")
+
+
+def check_path_ids(values: dict[str, Any]) -> None:
+    """Ids taken from the path become Firestore document ids and file names: anything else is a 400
+    before a handler reads or writes (an id like `..` or `__x__` is not even a valid document path)."""
+    for name in PATH_IDS:
+        value = values.get(name)
+        if isinstance(value, str) and not is_valid_id(value):
+            raise ApiError(400, f"{name} {value[:80]!r} is not a valid id (1-200 of A-Z a-z 0-9 . _ -, "
+                                "not '.', '..' or '__…__')")
+
+
+def before_cursor(value: str | None) -> str | None:
+    """A list's `before` cursor is a run id (it is read as a document): 400 otherwise."""
+    if not value:
+        return None
+    if not is_valid_id(value):
+        raise ApiError(400, f"before {value[:80]!r} is not a run id")
+    return value
+
+
+def check_request_shape() -> None:
+    """Before any handler: the raw path and query string are UTF-8, headers are bounded."""
+    environ = request.environ
+    for key, what in (("PATH_INFO", "path"), ("QUERY_STRING", "query string")):
+        raw = environ.get(key, "")
+        try:
+            raw.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise ApiError(400, f"the request {what} is not valid UTF-8") from None
+    headers = request.headers
+    if len(headers) > MAX_HEADERS:
+        raise ApiError(431, f"more than {MAX_HEADERS} request headers")
+    for name, value in headers.items():
+        if len(value) > MAX_HEADER_BYTES or len(name) > 256:
+            raise ApiError(431, f"request header {name[:64]!r} is larger than {MAX_HEADER_BYTES} bytes")
 
 
 class BoundedBody:
@@ -88,6 +153,11 @@ def install(app: Flask, deps: Deps) -> None:
     app.wsgi_app = BoundedBody(app.wsgi_app, deps.config.max_body_bytes)  # type: ignore[method-assign]
     app.extensions["lbtrain"] = deps
 
+    @app.url_value_preprocessor  # runs first of all, before any before_request
+    def _shape(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        check_request_shape()
+        check_path_ids(values or {})
+
     @app.before_request
     def _bind() -> None:
         g._log_ctx = logmod.bind(trace=logmod.trace_from_header(request.headers.get("X-Cloud-Trace-Context")))
@@ -101,7 +171,17 @@ def install(app: Flask, deps: Deps) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # noqa: ANN202
-        return error(exc.status, exc.message)
+        resp, status = error(exc.status, exc.message)
+        resp.headers.update(exc.headers)
+        return resp, status
+
+    @app.errorhandler(Busy)
+    def _busy(exc: Busy):  # noqa: ANN202
+        # Contention that outlasted the store's retries is transient, never a server error.
+        log.warning("busy on %s %s: %s", request.method, request.path, exc)
+        resp, status = error(503, f"busy, retry shortly: {exc}")
+        resp.headers["Retry-After"] = str(BUSY_RETRY_AFTER_SECONDS)
+        return resp, status
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # noqa: ANN202

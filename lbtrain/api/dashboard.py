@@ -25,7 +25,7 @@ from lbtrain import domain as d
 from lbtrain import pipelines, storage
 from lbtrain import progress as progressmod
 from lbtrain.api import dashview as v
-from lbtrain.api.common import ApiError, deps_of, require_token
+from lbtrain.api.common import ApiError, before_cursor, deps_of, error, require_token
 from lbtrain.errors import NotFound
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
@@ -80,6 +80,16 @@ def _badge(status: str) -> str:
     return v.BADGE.get(status or "", "muted")
 
 
+@bp.errorhandler(ApiError)
+def _refused(exc: ApiError) -> Any:
+    """A refused request (a bad id in the path, a bad filter) is the error page on a page, JSON under /api/."""
+    if request.path.startswith("/dashboard/api/"):
+        resp, status = error(exc.status, exc.message)
+        resp.headers.update(exc.headers)
+        return resp, status
+    return _error_page(exc.status, exc.message)
+
+
 def _store() -> Any:
     return deps_of(current_app).store
 
@@ -101,7 +111,7 @@ def _list_args() -> dict[str, Any]:
         raise ApiError(400, "limit must be an integer") from None
     model_run_id = (args.get("model_run_id") or "").strip() or None
     return {"status": status, "model_type": model_type, "model_run_id": model_run_id,
-            "before": args.get("before") or None, "limit": limit}
+            "before": before_cursor(args.get("before")), "limit": limit}
 
 
 def _runs_page(f: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,8 @@ class StageRow:
     outputs_uri: str
     attempts: list[dict[str, Any]]
     current: bool
+    machine: str = ""  # what the attempt runs on (a JOB_MACHINES entry, or "local")
+    retry_at: Any = None  # an automatic retry waits for its back-off until then (docs/architecture.md §7.8)
 
 
 def stage_rows(run: dict[str, Any], steps: list[dict[str, Any]], now: datetime) -> list[StageRow]:
@@ -128,6 +130,7 @@ def stage_rows(run: dict[str, Any], steps: list[dict[str, Any]], now: datetime) 
             running=fmt_duration(running), started=step.get("started_at"), ended=step.get("ended_at"),
             job=step.get("job") or {}, error=step.get("error") or "", outputs_uri=step.get("outputs_uri") or "",
             attempts=list(step.get("attempts") or []), current=step.get("stage") == run.get("stage"),
+            machine=step.get("machine") or "", retry_at=step.get("not_before") if state == d.PENDING else None,
         ))
         prev_end = step.get("ended_at")
         prev_ok = state in (d.SUCCEEDED, d.SKIPPED)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from lbtrain import log as logmod
 from lbtrain import pipelines
-from lbtrain.api.common import ApiError, deps_of, push_handler, verify_push
+from lbtrain.api.common import ApiError, deps_of, json_body, push_handler, verify_push
 from lbtrain.completion import finish_report, handle_job_event
 from lbtrain.deps import Deps
 from lbtrain.domain import MODELRUN
 from lbtrain.intake import start_run
 from lbtrain.launch import handle_step
-from lbtrain.messages import BadMessage, RunRequest, StepMessage, decode_push, parse_job_event
+from lbtrain.messages import BadMessage, RunRequest, StepMessage, decode_push, is_valid_id, parse_job_event
 
 log = logging.getLogger("lbtrain.push")
 
@@ -34,9 +34,11 @@ def process_run_request(deps: Deps, envelope: Any) -> str:
     if msg.attributes.get("kind") == "release":  # a retraining rule's run: offer its modelrun step again
         from lbtrain import triggers
 
-        run_id = str((msg.data or {}).get("release_run_id") or "") if isinstance(msg.data, dict) else ""
+        run_id = (msg.data or {}).get("release_run_id") if isinstance(msg.data, dict) else None
         if not run_id:
             raise BadMessage("release message without release_run_id")
+        if not is_valid_id(run_id):
+            raise BadMessage(f"release_run_id {str(run_id)[:80]!r} is not a run id")
         offered = triggers.start_released(deps, run_id)
         return f"release of run {run_id}: " + ("modelrun step offered to the launcher" if offered else
                                                "no-op (not released, or its modelrun step is under way or done)")
@@ -83,8 +85,11 @@ def process_dead_letter(deps: Deps, envelope: Any) -> str:
     run_id = data.get("run_id") or msg.attributes.get("run_id")
     if not run_id:
         return f"no-op: dead letter {msg.message_id} names no run"
+    if not is_valid_id(run_id):
+        return f"no-op: dead letter {msg.message_id} names no valid run id ({str(run_id)[:80]!r})"
     source = msg.attributes.get("CloudPubSubDeadLetterSourceSubscription", "a subscription")
     stage = data.get("stage") or msg.attributes.get("stage") or ""
+    stage = stage if is_valid_id(stage) else ""
     reason = f"message could not be delivered to {source} after repeated attempts"
     if deps.store.fail_run(run_id, stage, reason):
         finish_report(deps, deps.store.get_run(run_id), "FAILED")
@@ -101,10 +106,7 @@ def blueprint(stages: list[str] | None = None, *, runs: bool = True, job_events:
     def body() -> Any:
         deps = deps_of(current_app)
         verify_push(deps.config)
-        envelope = request.get_json(silent=True)
-        if envelope is None:
-            raise ApiError(400, "push body is not JSON")
-        return deps, envelope
+        return deps, json_body("push body")
 
     if runs:
         @bp.post("/push/runs")

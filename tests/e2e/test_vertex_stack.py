@@ -172,7 +172,9 @@ def test_automl_image_training_on_vertex(vertex_dev):
     rows = [json.loads(line) for line in (dev.model_run_dir(mr) / "export.ndjson").read_text().splitlines()]
     test_rows = [r["data_row"]["id"] for r in rows
                  if r["experiments"][next(iter(r["experiments"]))]["runs"][mr]["split"] == "test"]
-    vertex_automl.configure(fake, wrong=test_rows[:3])  # three test images predicted wrongly
+    # three test images predicted wrongly; pipeline and batch job end on their first read (through RUNNING):
+    # the jobs poll every automl_poll_seconds (60)
+    vertex_automl.configure(fake, wrong=test_rows[:3], progress=False)
     started = dev.webhook(mr, delivery_id=fresh_id("delivery"), model_type="image_single_classification")
     run = dev.api.wait(started["run_id"], timeout=600, interval=0.5)
     run_id = run["run_id"]

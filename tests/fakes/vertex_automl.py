@@ -2,15 +2,20 @@
 trainingPipelines (create, get, list) and batchPredictionJobs (create, get, list). See tests/fakes/vertex.py.
 
 Behaviour a test steers with `configure(fake, ...)`:
-  - a training pipeline is PENDING when created and reaches `pipeline_outcome` (default SUCCEEDED) on its
-    first GET; SUCCEEDED puts a model into `fake.table("models")` (name, displayName, labels) and sets
-    the pipeline's `modelToUpload`; RUNNING keeps it running (`set_pipeline_state` moves it on command);
-  - a batch prediction job is PENDING when created and SUCCEEDED on its first GET, when the fake writes
+  - a training pipeline is PENDING when created, RUNNING on its first GET and reaches `pipeline_outcome`
+    (default SUCCEEDED) on the next; SUCCEEDED puts a model into `fake.table("models")` (name, displayName,
+    labels) and sets the pipeline's `modelToUpload`; RUNNING keeps it running (`set_pipeline_state`
+    moves it on command); a failure injected with `fake.inject("trainingPipelines", Failure(...))` is
+    its outcome instead;
+  - a batch prediction job is PENDING when created, RUNNING on its first GET and ends on the next
+    (`batch_outcome`, or an injected `fake.inject("batchPredictionJobs", ...)`): SUCCEEDED, when the fake writes
     `predictions_00001.jsonl` under `outputInfo.gcsOutputDirectory` (GCS emulator) in the format of
     tests/data/vertex/automl-batch-prediction-*.txt: the ground truth of the imported dataset,
     except for the images whose URI contains one of `wrong` (single: the next label; multi: the first true
     label replaced by the next one not true; boxes: the first box moved off its object). Every box image
-    also gets one low-confidence (0.02) stray box, as real detectors do.
+    also gets one low-confidence (0.02) stray box, as real detectors do. PARTIALLY_SUCCEEDED writes the
+    same for the rows not `missing`, an `errors_00001.jsonl` for those, and reports `partialFailures`.
+Dataset create and import are long-running operations (pending for `fake.lro_polls` polls).
 """
 
 from __future__ import annotations
@@ -40,13 +45,16 @@ def _now() -> str:
 
 def settings(fake: FakeVertex) -> dict[str, Any]:
     return fake.table("automl").setdefault("settings", {"pipeline_outcome": "SUCCEEDED", "error": "", "wrong": [],
-                                                         "missing": [], "batch_outcome": "SUCCEEDED"})
+                                                         "missing": [], "batch_outcome": "SUCCEEDED",
+                                                         "progress": True})
 
 
 def configure(fake: FakeVertex, **values: Any) -> None:
     """pipeline_outcome (SUCCEEDED|FAILED|CANCELLED|RUNNING), error (message of a failed pipeline or
     batch job), wrong (URI substrings predicted wrongly), missing (URI substrings left without a
-    prediction, counted as failed), batch_outcome (SUCCEEDED|FAILED)."""
+    prediction, counted as failed and listed in the errors file), batch_outcome
+    (SUCCEEDED|FAILED|PARTIALLY_SUCCEEDED), progress (True: one state per read, PENDING → RUNNING →
+    end; False: the end on the first read, for a stack whose jobs poll every automl_poll_seconds=60)."""
     settings(fake).update(values)
 
 
@@ -93,9 +101,12 @@ def route(fake: FakeVertex, method: str, path: str, query: dict[str, list[str]],
         return not_found(f"{family} {rid}")
     record = table[rid]
     if method == "POST" and family == "datasets" and verb == "import":
-        record.setdefault("imports", []).extend(body.get("importConfigs", []))
-        return 200, fake.operation(record["name"], response={"@type": V1 + "ImportDataResponse"},
-                                   metadata={"@type": V1 + "ImportDataOperationMetadata"})
+        def imported() -> tuple[dict[str, Any], None]:
+            record.setdefault("imports", []).extend(body.get("importConfigs", []))
+            return {"@type": V1 + "ImportDataResponse"}, None
+
+        return 200, fake.operation(record["name"], effect=imported, metadata="ImportDataOperationMetadata",
+                                   fate=fake.fate("datasets:import"))
     if method == "GET" and verb is None:
         if family == "trainingPipelines":
             _advance_pipeline(fake, record)
@@ -106,26 +117,51 @@ def route(fake: FakeVertex, method: str, path: str, query: dict[str, list[str]],
 
 
 def _create(fake: FakeVertex, parent: str, family: str, body: dict[str, Any]) -> tuple[int, Any]:
+    from tests.fakes.vertex import not_found
+
     new_id = fake.new_id()
     record = {**body, "name": f"{parent}/{family}/{new_id}", "createTime": _now(), "updateTime": _now()}
     table = fake.table(FAMILY[family])
-    table[new_id] = record
     if family == "datasets":
-        record["etag"] = "e1"
-        return 200, fake.operation(record["name"], response={"@type": V1 + "Dataset", **record},
-                                   metadata={"@type": V1 + "CreateDatasetOperationMetadata"})
+        def create() -> tuple[dict[str, Any], None]:
+            record["etag"] = "e1"
+            table[new_id] = record
+            return {"@type": V1 + "Dataset", **record}, None
+
+        return 200, fake.operation(record["name"], effect=create, metadata="CreateDatasetOperationMetadata",
+                                   fate=fake.fate("datasets"))
+    if family == "trainingPipelines":
+        dataset_id = body.get("inputDataConfig", {}).get("datasetId", "")
+        if dataset_id not in fake.table("automl_datasets"):
+            return not_found(f"Dataset {parent}/datasets/{dataset_id}")
+    elif _model_id(body.get("model", "")) not in fake.table("models"):
+        return not_found(f"Model {body.get('model')}")
+    table[new_id] = record
     record["state"] = "PIPELINE_STATE_PENDING" if family == "trainingPipelines" else "JOB_STATE_PENDING"
+    fake.history.append((record["name"], record["state"]))
+    fate = fake.fate(family)
+    if fate is not None:
+        fake.fated[record["name"]] = fate
     return 200, record
 
 
-def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: str = "") -> None:
+def _model_id(name: str) -> str:
+    return name.rsplit("/", 1)[-1].split("@")[0]
+
+
+def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: str = "", code: int = 9) -> None:
     """Move a pipeline (PENDING/RUNNING/SUCCEEDED/FAILED/CANCELLED); SUCCEEDED creates its model."""
     with fake.lock:
         record = fake.table("automl_pipelines")[pipeline_id]
         record["state"] = f"PIPELINE_STATE_{state}"
         record["updateTime"] = _now()
+        fake.history.append((record["name"], record["state"]))
+        if state == "RUNNING":
+            record.setdefault("startTime", _now())
+        if state in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            record.setdefault("endTime", _now())
         if error:
-            record["error"] = {"code": 9, "message": error}
+            record["error"] = {"code": code, "message": error}
         if state == "SUCCEEDED" and "name" not in record.get("modelToUpload", {}):
             parent = record["name"].split("/trainingPipelines/")[0]
             from tests.fakes.vertex_models import add_model
@@ -138,11 +174,22 @@ def set_pipeline_state(fake: FakeVertex, pipeline_id: str, state: str, error: st
 
 
 def _advance_pipeline(fake: FakeVertex, record: dict[str, Any]) -> None:
-    if record["state"] != "PIPELINE_STATE_PENDING":
+    """One state per read: PENDING → RUNNING → the configured (or injected) outcome."""
+    pipeline_id = record["name"].rsplit("/", 1)[-1]
+    if record["state"] == "PIPELINE_STATE_PENDING":
+        set_pipeline_state(fake, pipeline_id, "RUNNING")
+        if settings(fake)["progress"]:
+            return
+    if record["state"] != "PIPELINE_STATE_RUNNING" or record.get("endTime"):
+        return
+    fate = fake.fated.get(record["name"])
+    if fate is not None:
+        set_pipeline_state(fake, pipeline_id, fate.state, fate.message, fate.code)
         return
     s = settings(fake)
-    set_pipeline_state(fake, record["name"].rsplit("/", 1)[-1], s["pipeline_outcome"],
-                       s["error"] if s["pipeline_outcome"] == "FAILED" else "")
+    if s["pipeline_outcome"] != "RUNNING":
+        set_pipeline_state(fake, pipeline_id, s["pipeline_outcome"],
+                           s["error"] if s["pipeline_outcome"] == "FAILED" else "")
 
 
 # --- batch prediction ---------------------------------------------------------------------------
@@ -203,12 +250,21 @@ def _detection(item: dict[str, Any] | None, labels: list[str], wrong: bool) -> d
 
 
 def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
-    if record["state"] != "JOB_STATE_PENDING":
+    """One state per read: PENDING → RUNNING → the configured (or injected) outcome."""
+    if record["state"] == "JOB_STATE_PENDING":
+        record.update(state="JOB_STATE_RUNNING", updateTime=_now(), startTime=_now())
+        fake.history.append((record["name"], record["state"]))
+        if settings(fake)["progress"]:
+            return
+    if record["state"] != "JOB_STATE_RUNNING":
         return
     s = settings(fake)
-    if s["batch_outcome"] != "SUCCEEDED":
-        record.update(state=f"JOB_STATE_{s['batch_outcome']}", updateTime=_now(),
-                      error={"code": 3, "message": s["error"]})
+    fate = fake.fated.get(record["name"])
+    outcome = fate.state if fate is not None else s["batch_outcome"]
+    if outcome not in ("SUCCEEDED", "PARTIALLY_SUCCEEDED"):
+        error = fate.error() if fate is not None else {"code": 3, "message": s["error"]}
+        record.update(state=f"JOB_STATE_{outcome}", updateTime=_now(), endTime=_now(), error=error)
+        fake.history.append((record["name"], record["state"]))
         return
     truth, detection = _truth(fake, record["model"])
     labels = sorted({a["displayName"] for item in truth.values()
@@ -216,14 +272,22 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
                                item.get("classificationAnnotations", []) + item.get("boundingBoxAnnotations", []))})
     wrong, missing = s["wrong"], s["missing"]
     out = []
-    failed = 0
+    errors = []
     for uri in record["inputConfig"]["gcsSource"]["uris"]:
         for line in _read_gcs(uri).splitlines():
             if not line.strip():
                 continue
             instance = json.loads(line)
+            from tests.fakes import vertex_schema
+
+            try:  # what AutoML image models take: {"content", "mimeType"}
+                vertex_schema.parse_instance(instance, detection)
+            except vertex_schema.Invalid as exc:
+                errors.append(json.dumps({"instance": instance, "error": {"code": 3, "message": str(exc)}}))
+                continue
             if any(m in instance["content"] for m in missing):
-                failed += 1
+                errors.append(json.dumps({"instance": instance, "error": {
+                    "code": 3, "message": f"Unable to read image {instance['content']}."}}))
                 continue
             item = truth.get(instance["content"])
             is_wrong = any(w in instance["content"] for w in wrong)
@@ -234,6 +298,13 @@ def _advance_batch(fake: FakeVertex, record: dict[str, Any]) -> None:
     prefix = record["outputConfig"]["gcsDestination"]["outputUriPrefix"].rstrip("/")
     directory = f"{prefix}/prediction-{model.get('displayName') or 'model'}-{stamp}"
     _write_gcs(f"{directory}/predictions_00001.jsonl", "\n".join(out) + "\n")
-    record.update(state="JOB_STATE_SUCCEEDED", updateTime=_now(), endTime=_now(),
+    record.update(state=f"JOB_STATE_{outcome}", updateTime=_now(), endTime=_now(),
                   outputInfo={"gcsOutputDirectory": directory},
-                  completionStats={"successfulCount": str(len(out)), "failedCount": str(failed)})
+                  completionStats={"successfulCount": str(len(out)), "failedCount": str(len(errors))})
+    fake.history.append((record["name"], record["state"]))
+    if errors:
+        _write_gcs(f"{directory}/errors_00001.jsonl", "\n".join(errors) + "\n")
+    if outcome == "PARTIALLY_SUCCEEDED":
+        failure = fate.error() if fate is not None else {
+            "code": 3, "message": s["error"] or f"{len(errors)} instances failed; see {directory}/errors_00001.jsonl"}
+        record["partialFailures"] = [failure]

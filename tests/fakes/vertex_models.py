@@ -13,9 +13,12 @@ Answered, as the aiplatform 2.7 REST transport sends them:
     POST   …/endpoints/ID:undeployModel           → done LRO, response UndeployModelResponse
     DELETE …/endpoints/ID                         → done LRO (refused while models are deployed)
 
-Long-running operations carry `@type` in their response: the client unpacks them by type.
-`fail_next(fake, "deployModel", message)` makes the next such call's operation finish with an
-error, as a deployment whose container never becomes healthy does on Vertex.
+Long-running operations carry `@type` in their response and metadata: the client unpacks them by
+type. Their effect happens when they complete (at once, or after `fake.lro_polls` polls).
+`fail_next(fake, "deployModel", message)` (= `fake.inject("endpoints:deployModel", Failure(13, message))`)
+makes the next such call's operation finish with an error, as a deployment whose container never
+becomes healthy does on Vertex. A deployment asking for resources the model does not support
+(dedicated for an AutoML model, automatic for a custom container) is refused, as Vertex does.
 """
 
 from __future__ import annotations
@@ -36,15 +39,14 @@ DEDICATED = ["DEDICATED_RESOURCES", "SHARED_RESOURCES"]  # what Vertex reports f
 AUTOMATIC = ["AUTOMATIC_RESOURCES"]  # … and for an AutoML image model (no container)
 
 
+VERB_FAMILY = {"deployModel": "endpoints", "undeployModel": "endpoints", "upload": "models"}
+
+
 def fail_next(fake: FakeVertex, method: str, message: str = "Model server never became ready.") -> None:
-    """The next `method` call (e.g. "deployModel") ends in a failed operation with `message`."""
-    with fake.lock:
-        fake.table("_fail_next")[method] = {"message": message}
+    """The next `method` call (e.g. "deployModel") ends in a failed operation with `message` (code 13)."""
+    from tests.fakes.vertex import Failure
 
-
-def _failure(fake: FakeVertex, method: str) -> dict[str, Any] | None:
-    planned = fake.table("_fail_next").pop(method, None)
-    return {"code": 13, "message": planned["message"]} if planned else None
+    fake.inject(f"{VERB_FAMILY.get(method, 'endpoints')}:{method}", Failure(13, message))
 
 
 def _error(code: int, status: str, message: str) -> tuple[int, Any]:
@@ -96,9 +98,14 @@ def _models(fake: FakeVertex, method: str, path: str, parent: str, model_id: str
             query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
     models = fake.table("models")
     if path.endswith(":upload") and method == "POST":
-        model = add_model(fake, parent, body["model"], body.get("modelId") or "")
-        return 200, fake.operation(model["name"], response={
-            "@type": TYPE + "UploadModelResponse", "model": model["name"], "modelVersionId": "1"})
+        model_id = body.get("modelId") or fake.new_id()
+
+        def upload() -> tuple[dict[str, Any], None]:
+            model = add_model(fake, parent, body["model"], model_id)
+            return {"@type": TYPE + "UploadModelResponse", "model": model["name"], "modelVersionId": "1"}, None
+
+        return 200, fake.operation(f"{parent}/models/{model_id}", effect=upload,
+                                   metadata="UploadModelOperationMetadata", fate=fake.fate("models:upload"))
     if model_id is None and method == "GET":
         return 200, {"models": _filtered([m for m in models.values() if m["name"].startswith(parent + "/")], query)}
     from tests.fakes.vertex import not_found
@@ -111,8 +118,11 @@ def _models(fake: FakeVertex, method: str, path: str, parent: str, model_id: str
     if method == "DELETE":
         if model["deployedModels"]:
             return _error(400, "FAILED_PRECONDITION", f"model {model['name']} is deployed: undeploy it first")
-        del models[model_id]
-        return 200, fake.operation(model["name"], response=EMPTY)
+        def delete_model() -> tuple[dict[str, Any], None]:
+            models.pop(model_id, None)
+            return EMPTY, None
+
+        return 200, fake.operation(model["name"], effect=delete_model, metadata="DeleteOperationMetadata")
     return _error(405, "UNIMPLEMENTED", f"{method} {path}")
 
 
@@ -124,10 +134,15 @@ def _endpoints(fake: FakeVertex, method: str, parent: str, endpoint_id: str | No
     if endpoint_id is None:
         if method == "POST":
             new_id = query.get("endpointId", [""])[0] or fake.new_id()
-            endpoint = {**body, "name": f"{parent}/endpoints/{new_id}", "deployedModels": [], "trafficSplit": {},
-                        "createTime": _now(), "updateTime": _now()}
-            endpoints[new_id] = endpoint
-            return 200, fake.operation(endpoint["name"], response={"@type": TYPE + "Endpoint", **endpoint})
+
+            def create() -> tuple[dict[str, Any], None]:
+                endpoint = {**body, "name": f"{parent}/endpoints/{new_id}", "deployedModels": [],
+                            "trafficSplit": {}, "createTime": _now(), "updateTime": _now()}
+                endpoints[new_id] = endpoint
+                return {"@type": TYPE + "Endpoint", **endpoint}, None
+
+            return 200, fake.operation(f"{parent}/endpoints/{new_id}", effect=create,
+                                       metadata="CreateEndpointOperationMetadata", fate=fake.fate("endpoints"))
         if method == "GET":
             mine = [e for e in endpoints.values() if e["name"].startswith(parent + "/")]
             return 200, {"endpoints": _filtered(mine, query)}
@@ -139,8 +154,11 @@ def _endpoints(fake: FakeVertex, method: str, parent: str, endpoint_id: str | No
     if method == "DELETE" and verb is None:
         if endpoint["deployedModels"]:
             return _error(400, "FAILED_PRECONDITION", f"endpoint {endpoint['name']} has deployed models")
-        del endpoints[endpoint_id]
-        return 200, fake.operation(endpoint["name"], response=EMPTY)
+        def delete_endpoint() -> tuple[dict[str, Any], None]:
+            endpoints.pop(endpoint_id, None)
+            return EMPTY, None
+
+        return 200, fake.operation(endpoint["name"], effect=delete_endpoint, metadata="DeleteOperationMetadata")
     if method == "POST" and verb == "deployModel":
         return _deploy(fake, endpoint, body)
     if method == "POST" and verb == "undeployModel":
@@ -160,10 +178,21 @@ def _deploy(fake: FakeVertex, endpoint: dict[str, Any], body: dict[str, Any]) ->
     split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
     if split and sum(split.values()) != 100:
         return _error(400, "INVALID_ARGUMENT", f"traffic split {split} does not add up to 100")
-    failure = _failure(fake, "deployModel")
-    if failure is not None:
-        return 200, fake.operation(endpoint["name"], error=failure)
-    deployed["id"] = fake.new_id()
+    supported = model.get("supportedDeploymentResourcesTypes") or []
+    asked = ("DEDICATED_RESOURCES" if "dedicatedResources" in deployed else
+             "AUTOMATIC_RESOURCES" if "automaticResources" in deployed else "")
+    if not asked or asked not in supported:
+        return _error(400, "INVALID_ARGUMENT", f"Model {model['name']} does not support {asked or 'no resources'}; "
+                      f"it supports {', '.join(supported)}.")
+    deployed_id = fake.new_id()
+    return 200, fake.operation(endpoint["name"], effect=lambda: _deployed(fake, endpoint, model, deployed,
+                                                                          split, deployed_id),
+                               metadata="DeployModelOperationMetadata", fate=fake.fate("endpoints:deployModel"))
+
+
+def _deployed(fake: FakeVertex, endpoint: dict[str, Any], model: dict[str, Any], deployed: dict[str, Any],
+              split: dict[str, int], deployed_id: str) -> tuple[dict[str, Any], None]:
+    deployed["id"] = deployed_id
     name, _, version = deployed["model"].partition("@")  # Vertex answers the model and its version apart
     deployed.update(model=name, modelVersionId=version or model["versionId"])
     deployed.setdefault("displayName", model.get("displayName", ""))
@@ -172,8 +201,7 @@ def _deploy(fake: FakeVertex, endpoint: dict[str, Any], body: dict[str, Any]) ->
     endpoint["trafficSplit"] = {(deployed["id"] if k == "0" else k): v for k, v in split.items() if v}
     endpoint["updateTime"] = _now()
     model["deployedModels"].append({"endpoint": endpoint["name"], "deployedModelId": deployed["id"]})
-    return 200, fake.operation(endpoint["name"], response={"@type": TYPE + "DeployModelResponse",
-                                                           "deployedModel": deployed})
+    return {"@type": TYPE + "DeployModelResponse", "deployedModel": deployed}, None
 
 
 def _undeploy(fake: FakeVertex, endpoint: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
@@ -190,10 +218,15 @@ def _undeploy(fake: FakeVertex, endpoint: dict[str, Any], body: dict[str, Any]) 
     if not split and remaining and endpoint["trafficSplit"].get(deployed_id):
         return _error(400, "FAILED_PRECONDITION", f"deployed model {deployed_id} still has traffic")
     current = split or {k: v for k, v in endpoint["trafficSplit"].items() if k != deployed_id}
-    endpoint["deployedModels"] = remaining
-    endpoint["trafficSplit"] = current if remaining else {}
-    endpoint["updateTime"] = _now()
-    model = _model_of(fake, found[0].get("model", ""))
-    if model is not None:
-        model["deployedModels"] = [r for r in model["deployedModels"] if r["deployedModelId"] != deployed_id]
-    return 200, fake.operation(endpoint["name"], response={"@type": TYPE + "UndeployModelResponse"})
+
+    def undeploy() -> tuple[dict[str, Any], None]:
+        endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != deployed_id]
+        endpoint["trafficSplit"] = current if endpoint["deployedModels"] else {}
+        endpoint["updateTime"] = _now()
+        model = _model_of(fake, found[0].get("model", ""))
+        if model is not None:
+            model["deployedModels"] = [r for r in model["deployedModels"] if r["deployedModelId"] != deployed_id]
+        return {"@type": TYPE + "UndeployModelResponse"}, None
+
+    return 200, fake.operation(endpoint["name"], effect=undeploy, metadata="UndeployModelOperationMetadata",
+                               fate=fake.fate("endpoints:undeployModel"))

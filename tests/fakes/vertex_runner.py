@@ -6,6 +6,8 @@ job moves PENDING → RUNNING → SUCCEEDED/FAILED (CANCELLED when the fake rece
 every state change is published to the deployment's job-events topic as a Cloud Logging sink
 entry for `resource.type="ml_job"` — what the log sink does in the cloud. The job-events handler
 then re-reads the state from the fake, so the whole JOB_BACKEND=vertex path runs unchanged.
+A job fated by `fake.inject("customJobs", Failure(...))` (http=0) starts no process: it goes RUNNING
+and ends as its failure says (e.g. JOB_STATE_FAILED, code 8, "Resources are insufficient in region").
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ class JobRunner:
     def _run(self, job: dict[str, Any]) -> None:
         job_id = job["name"].rsplit("/", 1)[-1]
         container = job["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+        with self.fake.lock:
+            fate = self.fake.fated.get(job["name"])
+        if fate is not None:
+            self.fake.set_state(job_id, "RUNNING")
+            self._publish(job_id, "RUNNING")
+            self.fake.set_state(job_id, fate.state, error=fate.message, code=fate.code)
+            self._publish(job_id, fate.state)
+            return
         if job.get("labels", {}).get("stage") in self.hold_stages:
             self.fake.set_state(job_id, "RUNNING")
             self._publish(job_id, "RUNNING")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as gexc
 
 from jobs import automl, evaluate, train
 from jobs import automl_predictions as ap
@@ -20,7 +21,7 @@ from jobs.tasks.base import Dataset, JobError, write_dataset
 from lbtrain import storage
 from lbtrain.config import Config
 from tests.fakes import vertex_automl
-from tests.fakes.vertex import FakeVertex
+from tests.fakes.vertex import JOB_INTERNAL, PARTIAL, QUOTA, STOCKOUT, FakeVertex
 
 SINGLE, MULTI, BOX = "image_single_classification", "image_multi_classification", "bounding_box"
 RUN = "run0123456789"
@@ -166,7 +167,9 @@ def test_train_imports_the_snapshot_and_runs_the_pipeline(vertex, gcs_bucket, tm
     assert pipeline["trainingTaskDefinition"] == automl.TRAINING_SCHEMA[
         "object_detection" if detection else "classification"]
     inputs = pipeline["trainingTaskInputs"]
-    assert inputs["modelType"] == "CLOUD" and inputs["budgetMilliNodeHours"] == BUDGET[model_type]
+    # detection has no CLOUD model type (AutoMlImageObjectDetectionInputs): the SDK's mapping
+    assert inputs["modelType"] == ("CLOUD_HIGH_ACCURACY_1" if detection else "CLOUD")
+    assert inputs["budgetMilliNodeHours"] == BUDGET[model_type]
     assert inputs.get("multiLabel") == (None if detection else model_type == MULTI)
     assert pipeline["inputDataConfig"] == {"datasetId": dataset_id, "filterSplit": {
         "trainingFilter": "labels.aiplatform.googleapis.com/ml_use=training",
@@ -244,6 +247,61 @@ def test_failed_batch_prediction_is_a_job_error(vertex, gcs_bucket, tmp_path):
     with pytest.raises(JobError, match=r"batch prediction job .*/batchPredictionJobs/\d+ ended JOB_STATE_FAILED: "
                                        r"Model is not ready"):
         stage.run("evaluate")
+
+
+def test_partially_succeeded_batch_prediction_is_scored_from_what_it_predicted(vertex, gcs_bucket, tmp_path):
+    """PARTIALLY_SUCCEEDED is terminal: the rows it predicted are scored, the failure is recorded. The
+    dataset's create/import operations stay pending for a poll, so the client's polling runs too."""
+    fake, endpoint = vertex
+    fake.lro_polls = 1
+    vertex_automl.configure(fake, missing=["/dr6.png"], batch_outcome="PARTIALLY_SUCCEEDED")
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, SINGLE, params={"automl_max_hours": 0.002})
+    vertex_automl.configure(fake, wrong=["/dr5.png"])
+    stage.run("train")
+    result = stage.run("evaluate")  # would wait until automl_max_hours and fail if not terminal
+    m = result.metrics  # test: cat cat dog (dr6 failed), predicted cat DOG dog
+    assert (m["accuracy"], m["test_size"], m["predicted_rows"], m["unpredicted_rows"]) == (0.6667, 3, 8, 1)
+    assert (m["batch_state"], m["batch_failed_count"]) == ("JOB_STATE_PARTIALLY_SUCCEEDED", 1)
+    assert m["batch_partial_failures"] == [m["batch_partial_failures"][0]] and \
+        "1 instances failed" in m["batch_partial_failures"][0]
+    (job,) = fake.table("automl_batch_jobs").values()
+    assert [s for n, s in fake.history if n == job["name"]] == [
+        "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_PARTIALLY_SUCCEEDED"]
+    (error,) = _lines(job["outputInfo"]["gcsOutputDirectory"] + "/errors_00001.jsonl")
+    assert error["instance"]["content"].endswith("/dr6.png")
+    assert any(p.startswith("/ui/") and "/datasets/" in p for _, p, _ in fake.requests)  # polled, as the client does
+    assert "dr6" not in {r["dataRow"]["id"] for r in stage.uploaded()}
+
+
+def test_partially_succeeded_without_any_prediction_is_a_job_error(vertex, gcs_bucket, tmp_path):
+    fake, endpoint = vertex
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, BOX, params={"automl_max_hours": 0.002})
+    stage.run("train")
+    fake.inject("batchPredictionJobs", PARTIAL)
+    vertex_automl.configure(fake, missing=[".png"])
+    with pytest.raises(JobError, match=r"ended JOB_STATE_PARTIALLY_SUCCEEDED without a prediction for any data row: "
+                                       r"Some instances could not be predicted"):
+        stage.run("evaluate")
+
+
+def test_injected_failures_reach_the_train_stage_as_vertex_reports_them(vertex, gcs_bucket, tmp_path):
+    fake, endpoint = vertex
+    stage = Stage(fake, endpoint, gcs_bucket, tmp_path, BOX)
+    fake.inject("trainingPipelines", QUOTA)
+    with pytest.raises(gexc.TooManyRequests, match="quota metrics exceed quota limits"):
+        stage.run("train")
+    assert not fake.table("automl_pipelines")
+    fake.inject("trainingPipelines", STOCKOUT)
+    with pytest.raises(JobError, match=r"ended PIPELINE_STATE_FAILED: Resources are insufficient in region"):
+        stage.run("train", attempt=2)
+    (pipeline,) = fake.table("automl_pipelines").values()
+    assert pipeline["error"]["code"] == 8
+    assert [s for n, s in fake.history if n == pipeline["name"]] == [
+        "PIPELINE_STATE_PENDING", "PIPELINE_STATE_RUNNING", "PIPELINE_STATE_FAILED"]
+    fake.inject("trainingPipelines", JOB_INTERNAL)
+    with pytest.raises(JobError, match=r"ended PIPELINE_STATE_FAILED: Internal error occurred"):
+        stage.run("train", attempt=3)
+    assert stage.run("train", attempt=4).metrics["state"] == "PIPELINE_STATE_SUCCEEDED"
 
 
 def test_multi_label_evaluation(vertex, gcs_bucket, tmp_path):

@@ -262,3 +262,22 @@ def test_local_generation_moves_past_a_file_written_without_one(tmp_path):
     assert storage.write_json_if_generation(uri, {"v": 1}, generation) != generation
     with pytest.raises(storage.GenerationMismatch):
         storage.write_json_if_generation(uri, {"v": 2}, generation)
+
+
+def test_deploy_and_its_clean_up_wait_on_pending_operations(env):
+    """Each operation (upload, endpoint create, deploy, delete) answers done: false once: the real client
+    polls it (GET /ui/…) and the deploy stage goes on only once it is done."""
+    fake, config = env
+    fake.lro_polls = 1
+    vertex_models.fail_next(fake, "deployModel", "Model server never became ready.")
+    with pytest.raises(JobError, match="deleted the endpoint created for it"):
+        run_deploy(config, "r1", 0.8)
+    assert endpoints(fake) == [] and not fake.pending  # the delete was waited for
+    result = run_deploy(config, "r1", 0.8, attempt=2)
+    assert result.metrics["deployed"] is True
+    [ep] = endpoints(fake)
+    assert [d["model"] for d in ep["deployedModels"]] == [champion(config)["vertex_model"]]
+    polled = {p.rsplit("/operations/", 1)[0].rsplit("/", 2)[-2] for m, p, _ in fake.requests
+              if m == "GET" and p.startswith("/ui/") and "/operations/" in p}
+    assert polled == {"models", "endpoints"}
+    assert all(op["done"] for op in fake.operations.values())

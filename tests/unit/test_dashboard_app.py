@@ -76,3 +76,14 @@ def test_package_data_ships_every_template_and_static_file():
     shipped = {p for pattern in patterns for p in base.glob(pattern)}
     files = {p for sub in ("templates", "static") for p in (base / sub).rglob("*") if p.is_file()}
     assert files and files <= shipped, sorted(str(p.relative_to(base)) for p in files - shipped)
+
+
+def test_a_bad_id_in_the_path_is_refused_before_the_store(client):
+    page = client.get("/dashboard/runs/..")
+    assert page.status_code == 400 and page.mimetype == "text/html" and b"not a valid id" in page.data
+    api = client.get("/dashboard/api/runs/__x__")
+    assert api.status_code == 400 and "not a valid id" in api.json["error"]
+    log = client.get("/dashboard/runs/r1/steps/%E2%98%83/log")
+    assert log.status_code == 400 and log.mimetype == "text/html"
+    raw = client.get("/dashboard/runs/x", environ_overrides={"PATH_INFO": "/dashboard/runs/\xff"})
+    assert raw.status_code == 400 and b"not valid UTF-8" in raw.data

@@ -386,7 +386,8 @@ def test_functions_framework_turns_the_push_into_data_decode_push_reads(tmp_path
 def test_every_service_env_var_is_read_by_config_from_env():
     every = Config(**{f.name: f"x-{f.name}" for f in fields(Config)
                       if f.type == "str" and f.name not in ("job_backend", "labelbox_backend", "push_auth",
-                                                            "model_options", "labelbox_api_key_secret")},
+                                                            "model_options", "labelbox_api_key_secret",
+                                                            "max_active_runs_per_type")},
                    labelbox_api_key_secret="projects/x/secrets/x-labelbox-api-key/versions/latest")
     accepted = set(configmod.to_env(every))
     assert configmod.from_env(configmod.to_env(every)) == every  # to_env is from_env's inverse
@@ -1038,3 +1039,31 @@ def test_each_service_reads_exactly_the_secrets_it_mounts():
         sa = re.fullmatch(r"\$\{google_service_account\.(\w+)\.email\}",
                           one(svc.body["template"], "template")["service_account"]).group(1)
         assert set(svc.env()[1]) == got[sa]["secrets"], key
+
+
+def test_admission_limits_reach_every_service():
+    """var.max_active_runs / max_active_runs_per_type / monthly_node_hours: whoever starts, retries or ends a
+    run (ingress, job-events, reconciler, dashboard) reads the same limits; off by default."""
+    for key, svc in services("prod", deploy_dashboard=True).items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_active_runs, config.max_active_runs_per_type, config.monthly_node_hours) == (0, "", 0.0), key
+    limited = services("prod", deploy_dashboard=True, max_active_runs=4, max_active_runs_per_type='{"ner": 1}',
+                       monthly_node_hours=500)
+    for key, svc in limited.items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_active_runs, config.max_active_runs_per_type, config.monthly_node_hours) == (
+            4, '{"ner": 1}', 500.0), key
+
+
+def test_retry_settings_reach_every_service():
+    """var.max_attempts / retry_base_seconds / retry_cap_seconds: job-events and the launchers decide a
+    retry, the reconciler re-offers it; the defaults are the code's."""
+    defaults = Config()
+    for key, svc in services("prod", deploy_dashboard=True).items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_attempts, config.retry_base_seconds, config.retry_cap_seconds) == (
+            defaults.max_attempts, defaults.retry_base_seconds, defaults.retry_cap_seconds), key
+    tuned = services("prod", deploy_dashboard=True, max_attempts=5, retry_base_seconds=10, retry_cap_seconds=120)
+    for key, svc in tuned.items():
+        config = configmod.from_env({k: str(v) for k, v in svc.env()[0].items()})
+        assert (config.max_attempts, config.retry_base_seconds, config.retry_cap_seconds) == (5, 10.0, 120.0), key
