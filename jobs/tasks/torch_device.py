@@ -69,12 +69,20 @@ def select(params: Mapping[str, Any] | None = None) -> Device:
     kind = requested or ("cuda" if has_cuda else "cpu")
     if kind == "cuda":
         props = torch.cuda.get_device_properties(0)
-        default = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        default = "bf16" if _native_bf16(torch) else "fp16"
         return Device("cuda", precision or default, str(props.name), torch.cuda.device_count(),
                       round(props.total_memory / 2**30, 1))
     if precision == "fp16":
         raise ParamError('param precision "fp16" needs a GPU; use "bf16" or "fp32" on the CPU')
     return Device("cpu", precision or "fp32", "cpu", os.cpu_count() or 1, _host_memory_gb())
+
+
+def _native_bf16(torch: Any) -> bool:
+    """bf16 in hardware (Ampere and later); an emulated one (a T4) is slower than fp16 + GradScaler."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # an older torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def torch_device(device: Device, rank: int = 0) -> Any:
