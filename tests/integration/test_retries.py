@@ -279,3 +279,33 @@ def test_a_long_back_off_is_left_to_the_reconciler(vertex_retry_stack):
     run = stack.wait(run_id, timeout=60)
     assert run["status"] == "SUCCEEDED" and steps_of(run)["train"]["attempt"] == 2
     assert len(train_creates(fake)) == 2
+
+
+def test_a_killed_image_train_job_resumes_from_its_checkpoint_on_attempt_2(stack_factory, tmp_path: Path):
+    """The real trainer, not the no-op job: attempt 2 continues from attempt 1's last checkpoint
+    (docs/architecture.md §4, "Checkpoints and resume") instead of training from the start."""
+    import torch
+
+    from lbtrain import datasets
+
+    stack = stack_factory(job_module="jobs.main", **FAST)
+    mr = "mr-resume"
+    datasets.build("image_single_classification", str(stack.labelbox_dir), mr, limit=200)
+    run_id = stack.api.start_run("image_single_classification", mr, params={
+        "epochs": 10, "patience": 10, "threads": 1, "max_seconds": 600})["run_id"]
+    job = stack.wait_for(lambda: (steps_of(stack.api.get_run(run_id))["train"].get("job") or None),
+                         timeout=120, what="train running")
+    state_file = stack.jobs_dir / job["id"] / "state.json"
+    child = stack.wait_for(lambda: json.loads(state_file.read_text()).get("child_pid") if state_file.exists()
+                           else None, what="train job process")
+    ckpt = Path(storage.run_dir(stack.dev.config.artifact_root, run_id, "train", 1)) / "checkpoints" / "last.pt"
+    stack.wait_for(lambda: ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2, timeout=150,
+                   what="a checkpoint after epoch 2")
+    os.kill(child, signal.SIGKILL)  # a Spot VM preempted mid-train
+    killed_after = int(torch.load(ckpt, weights_only=True)["epoch"])
+    run = stack.wait(run_id, timeout=300)
+    assert run["status"] == "SUCCEEDED", run
+    train = steps_of(run)["train"]
+    assert train["attempt"] == 2 and train["attempts"][0]["state"] == "FAILED"
+    assert (train["metrics"]["resumed_from_attempt"], train["metrics"]["resumed_from_epoch"]) == (1, killed_after)
+    assert run["metrics"]["accuracy"] > 0.3  # the bar of tests/unit/test_image_single_jobs.py
