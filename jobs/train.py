@@ -12,7 +12,7 @@ A model type configured for AutoML (MODEL_OPTIONS) trains on Vertex AI instead (
 from __future__ import annotations
 
 from jobs.context import StageContext, StageResult, scalars
-from jobs.tasks.base import MODEL_DIR, model_digest, read_dataset
+from jobs.tasks.base import MODEL_DIR, ParamError, model_digest, read_dataset
 from lbtrain import storage
 
 
@@ -25,8 +25,11 @@ def run(ctx: StageContext) -> StageResult:
 
     dataset = read_dataset(ctx.upstream_uri("etl"))
     model_dir = ctx.out(MODEL_DIR)
+    resume = ctx.params.get("resume", True)
+    if not isinstance(resume, bool):
+        raise ParamError(f"param resume must be true or false, not {resume!r}")
     session = trainloop.session_for_job(ctx.config.artifact_root, ctx.run_id, ctx.stage, ctx.attempt,
-                                        ctx.outputs_uri, max_hours=_max_hours(ctx))
+                                        ctx.outputs_uri, max_hours=_max_hours(ctx), resume=resume)
     try:
         with trainloop.using(session):
             metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)

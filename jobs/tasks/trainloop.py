@@ -55,6 +55,7 @@ class Session:
     max_hours: float | None = None
     cache_dir: str = ""
     checkpoint_seconds: float = CHECKPOINT_SECONDS
+    resume: bool = True  # False: never load a checkpoint (not even this attempt's own)
 
 
 _session: contextvars.ContextVar[Session | None] = contextvars.ContextVar("lbtrain_train_session", default=None)
@@ -75,13 +76,14 @@ def using(session: Session | None) -> Iterator[Session | None]:
 
 
 def session_for_job(artifact_root: str, run_id: str, stage: str, attempt: int, outputs_uri: str,
-                    max_hours: float | None = None) -> Session:
+                    max_hours: float | None = None, resume: bool = True) -> Session:
     """Checkpoints of attempt k live in `run_dir(…, k)/checkpoints/`: a retry (attempt k+1) of a
-    preempted job resumes from the newest one of any earlier attempt, or of its own earlier execution."""
+    preempted job resumes from the newest one of any earlier attempt, or of its own earlier execution.
+    `resume=False` (the run param) trains from scratch and only writes checkpoints."""
     earlier = tuple(storage.join(storage.run_dir(artifact_root, run_id, stage, k), CHECKPOINT_DIR)
-                    for k in range(attempt - 1, 0, -1))
+                    for k in range(attempt - 1, 0, -1)) if resume else ()
     cache = "" if storage.is_gcs(outputs_uri) else storage.join(outputs_uri, "cache")
-    return Session(storage.join(outputs_uri, CHECKPOINT_DIR), earlier, attempt, max_hours, cache)
+    return Session(storage.join(outputs_uri, CHECKPOINT_DIR), earlier, attempt, max_hours, cache, resume=resume)
 
 
 # --- the decoded-image cache ----------------------------------------------------------------------
@@ -183,6 +185,8 @@ def newest_checkpoint(session: Session, fingerprint: str,
     import torch
 
     best: dict[str, Any] | None = None
+    if not session.resume:
+        return None
     dirs = ([session.checkpoint_dir] if session.checkpoint_dir else []) + list(session.resume_dirs)
     for directory in dirs:
         uri = storage.join(directory, CHECKPOINT_FILE)

@@ -168,3 +168,15 @@ def test_detector_trains_data_parallel_too(tmp_path: Path) -> None:
     assert metrics["processes"] == 2 and metrics["epochs_run"] == 2 and metrics["device"] == "cpu"
     predictor = bounding_box.TASK.load_predictor(str(tmp_path / "model"))
     assert 0.0 <= bounding_box.TASK.evaluate(dataset, predictor, _quiet).metrics["map50"] <= 1.0
+
+
+def test_resume_false_trains_from_scratch(tmp_path: Path) -> None:
+    a1 = trainloop.Session(str(tmp_path / "a1" / "checkpoints"), attempt=1)
+    _loop(a1, epochs=2)
+    again = trainloop.session_for_job(str(tmp_path / "root"), "r", "train", 2, str(tmp_path / "a2"), resume=False)
+    assert again.resume_dirs == () and not again.resume
+    fresh = trainloop.Session(str(tmp_path / "a1" / "checkpoints"), attempt=2, resume=False)
+    assert _loop(fresh, epochs=2)["resumed_from"] is None  # its own checkpoint is not loaded either
+    resumed = trainloop.Session(str(tmp_path / "a2" / "checkpoints"), (str(tmp_path / "a1" / "checkpoints"),),
+                                attempt=2)
+    assert _loop(resumed, epochs=2)["resumed_from"]["epoch"] == 2
