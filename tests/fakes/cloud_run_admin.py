@@ -223,7 +223,8 @@ class FakeCloudRun:
 
     def _traffic(self, service: dict[str, Any]) -> None:
         """Resolve LATEST targets and give each tag its own URL, as Cloud Run reports them."""
-        base = self.service_urls.get(service["name"].rsplit("/", 1)[1], f"https://{service['name'].rsplit('/', 1)[1]}-uc.a.run.app")
+        short = service["name"].rsplit("/", 1)[1]
+        base = self.service_urls.get(short, f"https://{short}-uc.a.run.app")
         statuses = []
         for target in service.get("traffic", []):
             revision = target.get("revision") or service["latestReadyRevision"].rsplit("/", 1)[1]
