@@ -53,6 +53,8 @@ class FakeCloudRun:
     on_execution_created: Callable[[dict[str, Any]], None] | None = None
     # The URL a service answers on, by service id (tests point it at a local model server).
     service_urls: dict[str, str] = field(default_factory=dict)
+    # Revision ids whose container fails its startup probe (Ready: CONDITION_FAILED).
+    unhealthy: set[str] = field(default_factory=set)
 
     # -- helpers for tests ---------------------------------------------------------------------
     def calls(self, method: str, suffix: str) -> list[Any]:
@@ -217,6 +219,10 @@ class FakeCloudRun:
                                 "serviceAccount": service["template"].get("serviceAccount", ""),
                                 "labels": dict(service["template"].get("labels", {})),
                                 "conditions": [{"type": "Ready", "state": "CONDITION_SUCCEEDED"}]}
+        if rev_id in self.unhealthy:
+            self.revisions[name]["conditions"] = [{
+                "type": "Ready", "state": "CONDITION_FAILED",
+                "message": "The user-provided container failed the configured startup probe checks."}]
         service["generation"] = str(generation)
         service["latestCreatedRevision"] = service["latestReadyRevision"] = name
         return rev_id
