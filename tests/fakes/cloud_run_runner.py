@@ -62,6 +62,8 @@ class ExecutionRunner:
     _seq: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
+    # False: the log sink loses every entry (the reconciler's case); the executions still run and end.
+    publish: bool = True
 
     def attach(self, fake: FakeCloudRun) -> None:
         self.fake = fake
@@ -70,6 +72,8 @@ class ExecutionRunner:
     def _publish(self, name: str, state: str) -> None:
         from google.cloud import pubsub_v1
 
+        if not self.publish:
+            return
         parts = name.split("/")
         with self._lock:
             if self._publisher is None:

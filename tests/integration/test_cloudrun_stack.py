@@ -9,12 +9,15 @@ import json
 import stat
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from lbtrain import domain as d
 from lbtrain.completion import handle_job_event
 from lbtrain.messages import LOG_SINK_STATE, BadMessage, parse_job_event
+from lbtrain.reconcile import reconcile_once
 from tests.conftest import fresh_id
 from tests.fakes.cloud_run_admin import FakeCloudRun
 from tests.fakes.cloud_run_admin import serve as serve_cloud_run
@@ -100,3 +103,18 @@ def test_a_sink_entry_for_an_unknown_execution_is_a_no_op(mixed):
     entry = json.loads((DATA / "cloud_run_job_succeeded.json").read_text())
     entry["resource"]["labels"]["job_name"] = fresh_id("someone-else")
     assert handle_job_event(stack.deps, parse_job_event(entry)).startswith("no-op")
+
+
+def test_the_reconciler_completes_an_execution_whose_sink_entry_was_lost(mixed):
+    stack, crfake, _, crrunner = mixed
+    crrunner.publish = False
+    run_id = stack.api.start_run("ner", stack.model_run())["run_id"]
+    name = stack.wait_for(lambda: next((n for n, e in crfake.executions.items() if e.get("completionTime")
+                                        and run_id in e["template"]["containers"][0]["args"]), None),
+                          what="etl execution ended")
+    assert stack.api.get_run(run_id)["steps"][0]["state"] == "RUNNING"  # no event: nothing moved
+    crrunner.publish = True
+    actions = reconcile_once(stack.deps, at=d.now() + timedelta(seconds=7200))
+    assert any("etl" in a for a in actions), actions
+    run = stack.wait(run_id, timeout=90)
+    assert run["status"] == "SUCCEEDED" and name.rsplit("/", 1)[1] in run["steps"][0]["job"]["id"]
