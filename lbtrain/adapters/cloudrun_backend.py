@@ -148,7 +148,9 @@ class CloudRunBackend:
         }
         if spec.module:  # another program of the same image than its entrypoint (jobs.main)
             container["command"] = ["python", "-m", spec.module]
-        task: dict[str, Any] = {"containers": [container], "max_retries": 0, "timeout": f"{size.timeout_s}s"}
+        # The job's ceiling; each execution's own timeout (its machine's max_hours) rides in RunJob's overrides,
+        # so model types sharing a stage job never rewrite it back and forth.
+        task: dict[str, Any] = {"containers": [container], "max_retries": 0, "timeout": f"{int(MAX_HOURS * 3600)}s"}
         if self.config.job_service_account:
             task["service_account"] = self.config.job_service_account
         labels = {"deployment": label_value(self.config.deployment_name), "stage": label_value(spec.stage),
@@ -195,7 +197,7 @@ class CloudRunBackend:
                 for k, v in sorted(spec.labels.items())]
         overrides = run_v2.RunJobRequest.Overrides(
             container_overrides=[run_v2.RunJobRequest.Overrides.ContainerOverride(args=spec.args(), env=env)],
-            task_count=1)
+            task_count=1, timeout=f"{size.timeout_s}s")
         # No retry (see cloudrun_client): a lost answer is found by the next delivery's find_by_name.
         op = self.jobs.run_job(request=run_v2.RunJobRequest(name=job_name, overrides=overrides),
                                timeout=crc.CALL_TIMEOUT_S)

@@ -68,7 +68,7 @@ def test_submit_creates_the_stage_job_once_and_runs_an_execution_per_attempt(clo
     assert task["timeout"] == "86400s" and int(task.get("maxRetries", 0)) == 0  # lbtrain's retry, not Cloud Run's
     assert "never-sent" not in str(fake.requests)
     run = fake.calls("POST", "/jobs/prod-etl-4c16g:run")
-    assert len(run) == 1
+    assert len(run) == 1 and run[0]["overrides"]["timeout"] == "86400s"
     override = run[0]["overrides"]["containerOverrides"][0]
     assert override["args"] == spec(run_id).args()  # the same arguments as a Vertex CustomJob
     override_env = {e["name"]: e["value"] for e in override["env"]}
@@ -144,8 +144,10 @@ def test_job_step_reads_the_execution_args(cloudrun):
 def test_the_modelrun_job_runs_its_own_module(cloudrun):
     fake, endpoint = cloudrun
     make_backend(endpoint).submit(spec(fresh_id("run"), stage="modelrun", module="jobs.modelrun"))
-    container = fake.calls("POST", "/jobs")[0]["template"]["template"]["containers"][0]
-    assert container["command"] == ["python", "-m", "jobs.modelrun"]
+    job = fake.calls("POST", "/jobs")[0]
+    assert job["template"]["template"]["containers"][0]["command"] == ["python", "-m", "jobs.modelrun"]
+    # n1-standard-2 with max_hours 6: a 2 vCPU job, and the execution stopped after 6 h.
+    assert fake.calls("POST", "/jobs/prod-modelrun-2c8g:run")[0]["overrides"]["timeout"] == "21600s"
 
 
 def test_sizes_follow_job_machines_within_cloud_run_limits():
