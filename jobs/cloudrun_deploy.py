@@ -165,16 +165,15 @@ def _wait_ready(config: Config, model_type: str, revision: str) -> None:
         time.sleep(READY_POLL_S)
 
 
-def deploy(config: Config, model_type: str, run_id: str, model_uri: str, sha256: str = "") -> dict[str, str]:
-    """Serve this run's model on its model type's service: new revision, ready, then all traffic to it."""
+def _create(config: Config, model_type: str, body: dict[str, Any], tag: str) -> Any | None:
+    """Create the model type's service with this revision taking all traffic, which it gets only once Ready
+    (the create fails if not). None when created; the service when another deploy (or a retried request)
+    created it first, to be updated like any existing one."""
+    from google.api_core import exceptions as gexc
     from google.cloud import run_v2
 
-    body = template(config, model_type, run_id, model_uri, sha256)
     revision = body["revision"]
-    tag = run_tag(run_id)
-    service = _get_service(config, model_type)
-    if service is None:
-        # A new service: its first revision takes the traffic only once it is Ready (the create fails if not).
+    try:
         op = crc.services(config).create_service(
             parent=crc.location(config), service_id=service_id(config, model_type),
             service=run_v2.Service(template=run_v2.RevisionTemplate(**body),
@@ -185,6 +184,22 @@ def deploy(config: Config, model_type: str, run_id: str, model_uri: str, sha256:
                                        revision=revision, percent=100, tag=tag)]),
             retry=crc.retry(), timeout=crc.CALL_TIMEOUT_S)
         op.result(timeout=READY_TIMEOUT_S)
+    except gexc.AlreadyExists:
+        return _get_service(config, model_type)
+    return None
+
+
+def deploy(config: Config, model_type: str, run_id: str, model_uri: str, sha256: str = "") -> dict[str, str]:
+    """Serve this run's model on its model type's service: new revision, ready, then all traffic to it."""
+    from google.cloud import run_v2
+
+    body = template(config, model_type, run_id, model_uri, sha256)
+    revision = body["revision"]
+    tag = run_tag(run_id)
+    service = _get_service(config, model_type)
+    if service is None:
+        service = _create(config, model_type, body, tag)
+    if service is None:
         _wait_ready(config, model_type, revision)
     else:
         serving_now = _serving_revisions(service)
@@ -200,8 +215,10 @@ def deploy(config: Config, model_type: str, run_id: str, model_uri: str, sha256:
         # 2. healthy before anything moves.
         _wait_ready(config, model_type, revision)
         # 3. all traffic to it; the superseded revision kept, tagged for rollback.
-        previous = next((r for r, _ in serving_now if r != revision), "")
         service = _get_service(config, model_type)
+        tagged = next((t.revision for t in service.traffic_statuses if t.tag == PREVIOUS_TAG), "")
+        # What served until now; on a re-run that already serves this revision, the rollback target stays.
+        previous = next((r for r, _ in serving_now if r != revision), "") or (tagged if tagged != revision else "")
         targets = [run_v2.TrafficTarget(
             type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
             revision=revision, percent=100, tag=tag)]

@@ -98,6 +98,9 @@ def test_gate_revision_per_run_traffic_after_ready_and_rollback(env):
     again = run_deploy(config, run_b, 0.90, attempt=2)
     assert again.metrics["deployed"] is True and traffic(fake)[rev_b] == 100
     assert len(fake.revisions) == 2
+    # Once more while it serves: nothing new, and the rollback target is still tagged.
+    run_deploy(config, run_b, 0.90, attempt=3)
+    assert champion(config)["cloud_run_previous"] == rev_a and cloudrun_deploy.rollback(config, TEXT) == rev_a
 
 
 def test_a_revision_that_never_becomes_ready_gets_no_traffic(env, monkeypatch):
