@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from jobs import serving, vertex_deploy
+from jobs import cloudrun_deploy, serving, vertex_deploy
 from jobs.context import StageContext, StageResult
 from jobs.tasks.base import MODEL_DIR, JobError
 from lbtrain import pipelines, storage
@@ -189,6 +189,44 @@ def _run_vertex(ctx: StageContext, metric: str, value: float, model_dir: str) ->
     return _result(ctx, deploy, reason, endpoint, champion, metric, value, champ_uri, model_uri)
 
 
+def _run_cloudrun(ctx: StageContext, metric: str, value: float, model_dir: str) -> StageResult:
+    """The same gate and champion record, served by a Cloud Run service (jobs/cloudrun_deploy.py): a
+    revision per run, traffic moved only once it is ready, the superseded revision kept for rollback."""
+    champ_uri = champion_uri(ctx.config.artifact_root, ctx.model_type)
+    with _locked(champ_uri + ".lock", holder=f"{ctx.run_id}/a{ctx.attempt}"):
+        champion, generation = storage.read_json_generation(champ_uri)
+        alive = bool(champion) and cloudrun_deploy.is_serving(ctx.config, ctx.model_type,
+                                                              str(champion.get("cloud_run_revision", "")))
+        deploy, reason = decide(value, metric, champion, alive, ctx.run_id)
+        ctx.progress(f"gate: {'deploy' if deploy else 'keep champion'}: {reason}", deploy=deploy)
+        endpoint = champion["endpoint"] if champion and champion.get("run_id") == ctx.run_id and alive else ""
+        new: dict[str, Any] | None = None
+        if deploy:
+            served = cloudrun_deploy.deploy(ctx.config, ctx.model_type, ctx.run_id, model_dir, ctx.model_sha256)
+            endpoint = served["endpoint"]
+            new = {"run_id": ctx.run_id, "model_type": ctx.model_type, "metric": metric, "value": value,
+                   "model_uri": model_dir, "model_sha256": ctx.model_sha256, **served,
+                   "model_run_id": ctx.model_run_id, "attempt": ctx.attempt,
+                   "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            ctx.progress(f"deployed run {ctx.run_id} as revision {served['cloud_run_revision']}", endpoint=endpoint)
+        elif champion and champion.get("run_id") == ctx.run_id:
+            deploy = True  # idempotent re-run: this run is the live champion
+        elif champion and not alive:
+            served = cloudrun_deploy.deploy(ctx.config, ctx.model_type, str(champion["run_id"]),
+                                            str(champion.get("model_uri", "")), str(champion.get("model_sha256") or ""))
+            new = {**champion, **served}
+            reason += f"; champion run {champion['run_id']} was not serving: revision {served['cloud_run_revision']}"
+            ctx.progress(reason)
+        if new is not None:
+            try:
+                storage.write_json_if_generation(champ_uri, new, generation)
+            except storage.GenerationMismatch:
+                raise JobError(f"{champ_uri} changed while this deploy held its lease (the lease expired?): "
+                               f"run {ctx.run_id} is deployed but not recorded as champion; retry the deploy") from None
+            champion = new
+    return _result(ctx, deploy, reason, endpoint, champion, metric, value, champ_uri, model_dir)
+
+
 def run(ctx: StageContext) -> StageResult:
     metric = pipelines.get(ctx.model_type).headline_metric
     evaluated = ctx.upstream_outputs("evaluate").get("metrics") or {}
@@ -196,7 +234,10 @@ def run(ctx: StageContext) -> StageResult:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise JobError(f"the evaluate stage reported no {metric!r} metric to compare with the champion")
     model_dir = ctx.upstream_artifact("train", "model", MODEL_DIR)
-    if ctx.config.job_backend == "vertex":
+    where = cloudrun_deploy.serving_backend(ctx.config, ctx.model_type)  # SERVING_BACKENDS, else JOB_BACKEND
+    if where == "cloudrun":
+        return _run_cloudrun(ctx, metric, float(value), model_dir)
+    if where == "vertex":
         return _run_vertex(ctx, metric, float(value), model_dir)
     root = ctx.config.artifact_root
     champ_uri = champion_uri(root, ctx.model_type)

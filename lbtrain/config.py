@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MIN_EXAMPLES = {"train": 5, "validation": 1, "test": 1}
 PUSH_AUTH_MODES = ("none", "oidc", "cloudrun-iam")
+JOB_BACKENDS = ("local", "vertex", "cloudrun")
 # A Secret Manager secret (version) resource name; without a version it means the latest one.
 SECRET_NAME = re.compile(r"^projects/[^/\s]+/secrets/[\w-]+(?:/versions/(?:latest|\d+))?$")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
@@ -66,6 +67,13 @@ class Config:
     firestore_emulator_host: str = ""
     storage_emulator_host: str = ""
     vertex_api_endpoint: str = ""
+    # Cloud Run Admin API v2 endpoint override; `http://…` is a local fake (REST, anonymous credentials).
+    cloud_run_api_endpoint: str = ""
+    # Per stage: which backend runs its job (JSON, glob `model_type/stage` → local|vertex|cloudrun; the
+    # most specific pattern wins, lbtrain/adapters/dispatch_backend.py). Empty: JOB_BACKEND's own table.
+    stage_backends: str = ""
+    # Deploy: where the champion is served, per model type (JSON, `model_type` glob → vertex|cloudrun).
+    serving_backends: str = ""
     # Vertex AI jobs: images, service account, machines per model type / stage (JSON, see machine_for).
     job_image: str = ""
     job_image_gpu: str = ""
@@ -221,8 +229,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         values.pop(name, None)
         if env.get(f"LBTRAIN_{name.upper()}"):
             values[name] = env[f"LBTRAIN_{name.upper()}"]
-    if values.get("job_backend", "local") not in ("local", "vertex"):
-        raise ValueError(f"JOB_BACKEND must be local or vertex, not {values['job_backend']!r}")
+    if values.get("job_backend", "local") not in JOB_BACKENDS:
+        raise ValueError(f"JOB_BACKEND must be local, vertex or cloudrun, not {values['job_backend']!r}")
+    for name in ("stage_backends", "serving_backends"):
+        if values.get(name):
+            _backend_table(str(values[name]), name.upper())
     if values.get("labelbox_backend", "file") not in ("file", "sdk"):
         raise ValueError(f"LABELBOX_BACKEND must be file or sdk, not {values['labelbox_backend']!r}")
     if values.get("model_options"):
@@ -234,6 +245,24 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                                                            "LABELBOX_API_KEY_SECRET")
     _check_push_auth(values)
     return Config(**values)  # type: ignore[arg-type]
+
+
+def _backend_table(raw: str, env_var: str) -> dict[str, str]:
+    """STAGE_BACKENDS / SERVING_BACKENDS: a JSON object of glob pattern → backend name. Checked at
+    start-up so a typo fails the service, not the third stage of a run."""
+    import json
+
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{env_var} is not JSON: {exc}") from None
+    allowed = JOB_BACKENDS if env_var == "STAGE_BACKENDS" else ("local", "vertex", "cloudrun")
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ValueError(f"{env_var} must be a JSON object of pattern → backend name")
+    bad = {k: v for k, v in table.items() if v not in allowed}
+    if bad:
+        raise ValueError(f"{env_var}: unknown backend in {bad} (use {', '.join(allowed)})")
+    return table
 
 
 def _check_push_auth(values: Mapping[str, object]) -> None:

@@ -286,15 +286,50 @@ def _job_id(value: str) -> str:
 LOG_SINK_STATE = "LOGGED"  # a Cloud Logging entry says something happened; the backend says what
 
 
-def job_event_from_log_entry(entry: Any) -> JobEvent | None:
-    """A Cloud Logging sink entry for a Vertex AI job (`resource.type="ml_job"`) → a JobEvent hint.
+# Cloud Run job executions as job ids: `crj.{cloud run job}.{execution}` (Cloud Run names hold no dots; Vertex
+# ids are digits, local ids job names), so an id alone says which backend owns it.
+CLOUD_RUN_JOB_ID_PREFIX = "crj."
+CLOUD_RUN_EXECUTION_LABEL = "run.googleapis.com/execution_name"
 
-    The entry only names the job (`resource.labels.job_id`); its state is always re-read from
-    Vertex. Entries for other resource types are not job events (None).
+
+def cloud_run_job_id(job: str, execution: str) -> str:
+    return f"{CLOUD_RUN_JOB_ID_PREFIX}{job}.{execution}"
+
+
+def parse_cloud_run_job_id(job_id: str) -> tuple[str, str]:
+    """`crj.J.E` → (J, E); BadMessage for anything else."""
+    parts = job_id.split(".")
+    if len(parts) != 3 or f"{parts[0]}." != CLOUD_RUN_JOB_ID_PREFIX or not parts[1] or not parts[2] \
+            or any("/" in p for p in parts):
+        raise BadMessage(f"not a Cloud Run job id: {job_id[:120]!r}")
+    return parts[1], parts[2]
+
+
+def _cloud_run_event(entry: dict[str, Any], resource: dict[str, Any]) -> JobEvent:
+    """A Cloud Run job's system log entry names its job (`resource.labels.job_name`) and execution
+    (`labels."run.googleapis.com/execution_name"`); the execution's state is re-read from Cloud Run."""
+    job = str((resource.get("labels") or {}).get("job_name") or "")
+    labels = entry.get("labels") if isinstance(entry.get("labels"), dict) else {}
+    execution = str(labels.get(CLOUD_RUN_EXECUTION_LABEL) or "")
+    if not job or not execution:
+        raise BadMessage("cloud_run_job log entry without resource.labels.job_name and an execution_name label")
+    job_id = cloud_run_job_id(job, execution)
+    parse_cloud_run_job_id(job_id)
+    return JobEvent(job_id=job_id, state=LOG_SINK_STATE)
+
+
+def job_event_from_log_entry(entry: Any) -> JobEvent | None:
+    """A Cloud Logging sink entry for a Vertex AI job (`resource.type="ml_job"`) or a Cloud Run job
+    execution (`resource.type="cloud_run_job"`) → a JobEvent hint.
+
+    The entry only names the job (`resource.labels.job_id`, or the Cloud Run job and execution); its
+    state is always re-read from the backend. Entries for other resource types are not job events (None).
     """
     if not isinstance(entry, dict):
         return None
     resource = entry.get("resource")
+    if isinstance(resource, dict) and resource.get("type") == "cloud_run_job":
+        return _cloud_run_event(entry, resource)
     if not isinstance(resource, dict) or resource.get("type") != "ml_job":
         return None
     labels = resource.get("labels")

@@ -79,16 +79,21 @@ locals {
       "roles/datastore.user",
       "roles/logging.logWriter",
       "roles/aiplatform.user", # VertexBackend.submit/find_by_name/cancel (launch.launch_step, cancel_step)
+      # CloudRunBackend: create/update the stage jobs, RunJob with overrides, list/get/cancel executions.
+      # run.developer is the narrowest predefined role holding run.jobs.runWithOverrides.
+      "roles/run.developer",
     ]
     job_events = [
       "roles/datastore.user",
       "roles/logging.logWriter",
       "roles/aiplatform.viewer", # VertexBackend.get_status only (completion.handle_job_event)
+      "roles/run.viewer",        # CloudRunBackend.get_status/job_step: reads executions only
     ]
     reconciler = [
       "roles/datastore.user",
       "roles/logging.logWriter",
       "roles/aiplatform.user", # get_status, and cancel re-sent to a cancelling run's job (reconcile_once)
+      "roles/run.developer",   # the same for Cloud Run executions (run.executions.cancel)
     ]
     dashboard = ["roles/datastore.user", "roles/logging.logWriter"] # no Vertex
   }
@@ -149,6 +154,7 @@ resource "google_project_iam_member" "jobs" {
   for_each = toset([
     "roles/aiplatform.user",   # deploy stage: upload models, deploy/undeploy endpoints
     "roles/logging.logWriter", # job logs
+    "roles/run.developer",     # deploy stage on Cloud Run: create the serving service, revisions, traffic (jobs/cloudrun_deploy.py)
   ])
   project = var.project
   role    = each.value
@@ -183,6 +189,14 @@ resource "google_secret_manager_secret_iam_member" "jobs_labelbox_key" {
   secret_id = google_secret_manager_secret.secret["LABELBOX_API_KEY"].secret_id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.jobs.member
+}
+
+# The deploy job's Cloud Run serving revisions run as the jobs account (they read the model from the
+# artifact bucket): creating a revision that runs as an account needs actAs on it, for this one account.
+resource "google_service_account_iam_member" "jobs_act_as_jobs" {
+  service_account_id = google_service_account.jobs.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.jobs.member
 }
 
 # -- invoker -----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ locals {
     GOOGLE_CLOUD_PROJECT = var.project
     REGION               = var.region
     ARTIFACT_ROOT        = "gs://${local.bucket}"
-    JOB_BACKEND          = "vertex"
+    JOB_BACKEND          = var.job_backend
     LABELBOX_BACKEND     = var.labelbox_backend
     # Admission (lbtrain/admission.py): whoever starts, retries or ends a run applies the same limits.
     LBTRAIN_MAX_ACTIVE_RUNS          = var.max_active_runs
@@ -70,6 +70,8 @@ locals {
     LBTRAIN_MAX_ATTEMPTS       = var.max_attempts
     LBTRAIN_RETRY_BASE_SECONDS = var.retry_base_seconds
     LBTRAIN_RETRY_CAP_SECONDS  = var.retry_cap_seconds
+    # Which backend runs each stage (launchers submit, job-events and the reconciler read and cancel by id).
+    STAGE_BACKENDS = var.stage_backends
   }
   # What launchers need to build Vertex jobs (empty values are left unset: the code's defaults apply).
   # Jobs get no secret mounts: the launcher passes LABELBOX_API_KEY_SECRET, the Labelbox API key's
@@ -82,6 +84,7 @@ locals {
     JOB_SERVICE_ACCOUNT     = google_service_account.jobs.email
     JOB_MACHINES            = var.job_machines
     MODEL_OPTIONS           = var.model_options
+    SERVING_BACKENDS        = var.serving_backends
     LBTRAIN_MIN_EXAMPLES    = var.min_examples
     LABELBOX_API_KEY_SECRET = "projects/${var.project}/secrets/${var.labelbox_api_key_secret_id}/versions/latest"
     # The only buckets (besides lbtrain's own) whose gs:// data rows the jobs fetch (lbtrain/fetch.py).
@@ -107,7 +110,9 @@ locals {
 
   # Vertex state-change entries of custom jobs (task "service"; container output is task workerpoolN-M),
   # normalized by lbtrain.messages.parse_job_event; the job's state is re-read from Vertex.
-  job_state_log_filter = "resource.type=\"ml_job\" AND resource.labels.task_name=\"service\""
+  # Cloud Run jobs' system log (execution started/completed/failed); another deployment's entries are no-ops.
+  cloud_run_job_log_filter = "resource.type=\"cloud_run_job\" AND logName=\"projects/${var.project}/logs/run.googleapis.com%2Fvarlog%2Fsystem\""
+  job_state_log_filter     = "resource.type=\"ml_job\" AND resource.labels.task_name=\"service\""
 
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 }

@@ -138,6 +138,28 @@ variable "labelbox_backend" {
   }
 }
 
+variable "job_backend" {
+  description = "JOB_BACKEND: vertex (every stage a Vertex AI CustomJob) or cloudrun (Cloud Run jobs; Vertex only for stages with a GPU or longer than 24 h). See the README's cost table."
+  type        = string
+  default     = "vertex"
+  validation {
+    condition     = contains(["vertex", "cloudrun"], var.job_backend)
+    error_message = "job_backend must be vertex or cloudrun."
+  }
+}
+
+variable "stage_backends" {
+  description = "STAGE_BACKENDS: JSON, glob model_type/stage -> local|vertex|cloudrun, the most specific pattern wins (lbtrain/adapters/dispatch_backend.py); empty: job_backend decides."
+  type        = string
+  default     = ""
+}
+
+variable "serving_backends" {
+  description = "SERVING_BACKENDS: JSON, model type glob -> vertex|cloudrun: where the deploy stage serves the champion (jobs/cloudrun_deploy.py); empty: vertex."
+  type        = string
+  default     = ""
+}
+
 variable "job_machines" {
   description = "JOB_MACHINES: JSON machine config per model type / stage for Vertex jobs (see lbtrain/adapters/vertex_backend.py); empty uses the defaults."
   type        = string

@@ -56,6 +56,11 @@ class JobBackend(Protocol):
 
 
 def from_config(config, bus_factory=None) -> JobBackend:  # noqa: ANN001
+    if config.stage_backends or config.job_backend == "cloudrun":
+        # Stages on different backends (docs/architecture.md §4): route each spec and each job id.
+        from lbtrain.adapters.dispatch_backend import DispatchBackend
+
+        return DispatchBackend(config)
     if config.job_backend == "local":
         from lbtrain.adapters.local_backend import LocalBackend
 
@@ -64,4 +69,4 @@ def from_config(config, bus_factory=None) -> JobBackend:  # noqa: ANN001
         from lbtrain.adapters.vertex_backend import VertexBackend
 
         return VertexBackend(config)
-    raise ValueError(f"JOB_BACKEND={config.job_backend!r} is unknown; use local or vertex")
+    raise ValueError(f"JOB_BACKEND={config.job_backend!r} is unknown; use local, vertex or cloudrun")

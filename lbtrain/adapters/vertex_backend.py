@@ -24,6 +24,8 @@ JOB_ENV_KEYS = ("DEPLOYMENT_NAME", "GOOGLE_CLOUD_PROJECT", "REGION", "ARTIFACT_R
                 "LABELBOX_DIR", "LABELBOX_ENDPOINT", "LABELBOX_API_KEY_SECRET", "SECRET_MANAGER_API_ENDPOINT",
                 "LBTRAIN_MIN_EXAMPLES", "JOB_BACKEND", "VERTEX_API_ENDPOINT", "STORAGE_EMULATOR_HOST",
                 "MODEL_OPTIONS", "SERVING_IMAGE", "SERVING_MACHINE", "JOB_SERVICE_ACCOUNT",
+                # Deploy on Cloud Run (jobs/cloudrun_deploy.py).
+                "SERVING_BACKENDS", "CLOUD_RUN_API_ENDPOINT",
                 # Row-data fetch policy and image limits (lbtrain/fetch.py, jobs/tasks/images.py).
                 "MEDIA_BUCKETS", "LBTRAIN_FETCH_MAX_IMAGE_BYTES", "LBTRAIN_FETCH_MAX_TEXT_BYTES",
                 "LBTRAIN_FETCH_DEADLINE_SECONDS", "LBTRAIN_MAX_IMAGE_PIXELS")

@@ -121,9 +121,9 @@ def test_jobs_image_runs_the_stages_on_gcs(jobs_env: image_env.ImageEnv, gcs: st
 
 def test_jobs_image_has_what_the_cloud_stages_import(jobs_env: image_env.ImageEnv) -> None:
     """The deploy stage and AutoML (aiplatform), the SDK Labelbox, Secret Manager: imported as the jobs do."""
-    code = ("import jobs.deploy, jobs.vertex_deploy, jobs.automl, jobs.etl, jobs.train, jobs.evaluate\n"
-            "import lbtrain.adapters.labelbox_sdk, lbtrain.adapters.vertex_backend\n"
-            "from google.cloud import aiplatform, storage, secretmanager\n"
+    code = ("import jobs.deploy, jobs.vertex_deploy, jobs.cloudrun_deploy, jobs.automl, jobs.etl, jobs.train\n"
+            "import jobs.evaluate, lbtrain.adapters.labelbox_sdk, lbtrain.adapters.vertex_backend\n"
+            "from google.cloud import aiplatform, storage, secretmanager, run_v2\n"
             "import labelbox, torch, sklearn, sklearn_crfsuite\n"
             "print(torch.__version__)")
     result = jobs_env.run([jobs_env.python, "-c", code])
@@ -221,6 +221,23 @@ def _push_envelope(message: Any, subscription: str) -> dict[str, Any]:
     return {"message": {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes),
                         "messageId": message.message_id, "publishTime": "2026-12-03T00:00:00Z"},
             "subscription": subscription, "deliveryAttempt": 1}
+
+
+@pytest.mark.parametrize("dockerfile", ["services/launcher/Dockerfile", "functions/job_events/Dockerfile",
+                                        "functions/reconciler/Dockerfile"])
+def test_images_that_hold_a_job_backend_can_build_each(dockerfile: str,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Launchers, job-events and the reconciler route job ids to Cloud Run or Vertex: both clients load."""
+    env = _env(dockerfile, tmp_path_factory)
+    code = ("from lbtrain.adapters import cloudrun_client, dispatch_backend, vertex_client\n"
+            "from lbtrain.config import Config\n"
+            "cfg = Config(job_backend='cloudrun', cloud_run_api_endpoint='http://127.0.0.1:9')\n"
+            "cloudrun_client.jobs(cfg); cloudrun_client.executions(cfg)\n"
+            "from google.cloud import aiplatform\n"
+            "print(type(dispatch_backend.DispatchBackend(cfg).backend('cloudrun')).__name__)")
+    result = env.run([env.python, "-c", code])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("CloudRunBackend")
 
 
 def test_service_images_run_the_chain(emulator_hosts: dict[str, str], gcs: str, gcs_client: Any,

@@ -121,12 +121,14 @@ def test_gpu_image_installs_what_the_cpu_image_does():
 
 
 def test_images_that_touch_google_cloud_install_its_clients():
-    """Storage wherever gs:// artifacts are read; aiplatform where Vertex is called; Secret Manager in jobs."""
-    need = {"jobs/Dockerfile": {"vertex", "secrets", "jobs"}, "jobs/Dockerfile.gpu": {"vertex", "secrets", "jobs"},
+    """Storage wherever gs:// artifacts are read; aiplatform where Vertex is called; run_v2 where Cloud Run
+    jobs are run, read or cancelled and where the deploy job creates revisions; Secret Manager in jobs."""
+    need = {"jobs/Dockerfile": {"vertex", "cloudrun", "secrets", "jobs"},
+            "jobs/Dockerfile.gpu": {"vertex", "cloudrun", "secrets", "jobs"},
             "jobs/serving.Dockerfile": {"jobs", "gcs"}, "services/dashboard/Dockerfile": {"services", "gcs"},
-            "services/launcher/Dockerfile": {"services", "vertex"},
-            "functions/job_events/Dockerfile": {"services", "vertex"},
-            "functions/reconciler/Dockerfile": {"services", "vertex"},
+            "services/launcher/Dockerfile": {"services", "vertex", "cloudrun"},
+            "functions/job_events/Dockerfile": {"services", "vertex", "cloudrun"},
+            "functions/reconciler/Dockerfile": {"services", "vertex", "cloudrun"},
             "services/ingress/Dockerfile": {"services"}}
     assert set(need) == dockerfiles()
     for dockerfile, extras in need.items():
@@ -135,6 +137,7 @@ def test_images_that_touch_google_cloud_install_its_clients():
 
     assert any(d.startswith("google-cloud-storage") for d in image_env.project_dependencies("gcs"))
     assert any(d.startswith("google-cloud-storage") for d in image_env.project_dependencies("vertex"))
+    assert any(d.startswith("google-cloud-run") for d in image_env.project_dependencies("cloudrun"))
     assert any(d.startswith("google-cloud-secret-manager") for d in image_env.project_dependencies("secrets"))
 
 

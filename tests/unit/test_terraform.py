@@ -386,6 +386,7 @@ def test_functions_framework_turns_the_push_into_data_decode_push_reads(tmp_path
 def test_every_service_env_var_is_read_by_config_from_env():
     every = Config(**{f.name: f"x-{f.name}" for f in fields(Config)
                       if f.type == "str" and f.name not in ("job_backend", "labelbox_backend", "push_auth",
+                                                            "stage_backends", "serving_backends",
                                                             "model_options", "labelbox_api_key_secret",
                                                             "max_active_runs_per_type")},
                    labelbox_api_key_secret="projects/x/secrets/x-labelbox-api-key/versions/latest")
@@ -512,6 +513,22 @@ def test_log_sink_sends_job_state_changes_that_parse_job_event_accepts():
     assert grant["member"] == "${google_logging_project_sink.job_events.writer_identity}"
     assert grant["topic"] == '${google_pubsub_topic.topic["job-events"].name}'
     assert grant["role"] == "roles/pubsub.publisher"
+
+
+def test_cloud_run_log_sink_sends_execution_ends_that_parse_job_event_accepts():
+    tf = load()
+    base = Ctx(tf, tf.defaults())
+    sink = tf.resource("google_logging_project_sink", "cloud_run_job_events")
+    expression = render(sink["filter"], base)
+    entries = {p.stem: json.loads(p.read_text()) for p in (ROOT / "tests/data/logsink").glob("*.json")}
+    for name in ("cloud_run_job_succeeded", "cloud_run_job_failed"):
+        entry = json.loads(json.dumps(entries[name]).replace("proj-1", SAMPLE["project"]))
+        assert log_filter_matches(expression, entry), name
+        assert parse_job_event(entry).job_id.startswith("crj.")
+    assert not log_filter_matches(expression, entries["ml_job_succeeded"])
+    assert sink["destination"] == 'pubsub.googleapis.com/${google_pubsub_topic.topic["job-events"].id}'
+    grant = tf.resource("google_pubsub_topic_iam_member", "cloud_run_log_sink_publisher")
+    assert grant["member"] == "${google_logging_project_sink.cloud_run_job_events.writer_identity}"
 
 
 def store_queries() -> set[tuple[str, frozenset[str], tuple[str, str]]]:
@@ -886,7 +903,8 @@ EXPECTED_GRANTS: dict[str, dict[str, dict[str, str]]] = {
     "launcher": {
         "roles": {"roles/datastore.user": "launch.launch_step claims the step",
                   "roles/logging.logWriter": "structured logs",
-                  "roles/aiplatform.user": "VertexBackend.submit/find_by_name/cancel"},
+                  "roles/aiplatform.user": "VertexBackend.submit/find_by_name/cancel",
+                  "roles/run.developer": "CloudRunBackend: ensure_job, RunJob with overrides, find_by_name, cancel"},
         "bucket": {"roles/storage.objectUser": "launch_step writes runs/<id>/inputs/<stage>-a<n>.json"},
         "topics": {},
         "secrets": {"LABELBOX_API_KEY": "launch_step reports the stage's status"},
@@ -895,7 +913,8 @@ EXPECTED_GRANTS: dict[str, dict[str, dict[str, str]]] = {
     "job_events": {
         "roles": {"roles/datastore.user": "completion.handle_job_event",
                   "roles/logging.logWriter": "structured logs",
-                  "roles/aiplatform.viewer": "VertexBackend.get_status (the event is only a hint)"},
+                  "roles/aiplatform.viewer": "VertexBackend.get_status (the event is only a hint)",
+                  "roles/run.viewer": "CloudRunBackend.get_status/job_step read the execution"},
         "bucket": {"roles/storage.objectViewer": "completion.read_outputs/read_error"},
         "topics": {t: "publish_step: the next stage; triggers.on_run_finished releases a held run" for t in STEPS},
         "secrets": {"LABELBOX_API_KEY": "completion._report_end, triggers.model_run_created"},
@@ -904,7 +923,8 @@ EXPECTED_GRANTS: dict[str, dict[str, dict[str, str]]] = {
     "reconciler": {
         "roles": {"roles/datastore.user": "reconcile_once, triggers.sweep",
                   "roles/logging.logWriter": "structured logs",
-                  "roles/aiplatform.user": "reconcile_once: get_status, cancel re-sent"},
+                  "roles/aiplatform.user": "reconcile_once: get_status, cancel re-sent",
+                  "roles/run.developer": "reconcile_once: Cloud Run executions' get_status, cancel re-sent"},
         "bucket": {"roles/storage.objectViewer": "reconcile_once → handle_job_event reads outputs"},
         "topics": {t: "reconcile_once re-drives lost steps; triggers.sweep" for t in STEPS},
         "secrets": {"LABELBOX_API_KEY": "reconcile_once → handle_job_event reports the end"},
@@ -921,11 +941,12 @@ EXPECTED_GRANTS: dict[str, dict[str, dict[str, str]]] = {
     },
     "jobs": {
         "roles": {"roles/aiplatform.user": "deploy stage: upload models, deploy endpoints",
-                  "roles/logging.logWriter": "job logs"},
+                  "roles/logging.logWriter": "job logs",
+                  "roles/run.developer": "deploy stage on Cloud Run: service, revisions, traffic (cloudrun_deploy)"},
         "bucket": {"roles/storage.objectAdmin": "jobs read inputs, write outputs, models, predictions"},
         "topics": {"job-events": "jobs publish their end event"},
         "secrets": {"LABELBOX_API_KEY": "modelrun/etl/evaluate read it by name (lbtrain/secrets.py)"},
-        "acts_as": {},
+        "acts_as": {"jobs": "cloudrun_deploy: the serving revision runs as the jobs account"},
     },
     "invoker": {"roles": {}, "bucket": {}, "topics": {}, "secrets": {}, "acts_as": {}},
 }
@@ -1022,10 +1043,12 @@ def test_each_cloud_run_service_runs_as_its_own_account():
 
 def test_only_launchers_act_as_the_jobs_account_and_public_pieces_cannot_launch():
     got = account_grants()
-    assert {a for a, kinds in got.items() if kinds["acts_as"]} == {"launcher"}
+    # The jobs account acts as itself only: the deploy job's Cloud Run serving revisions run as it.
+    assert {a for a, kinds in got.items() if kinds["acts_as"]} == {"launcher", "jobs"}
+    assert got["jobs"]["acts_as"] == {"jobs"}
     assert got["launcher"]["acts_as"] == {"jobs"}
     for account in ("ingress", "dashboard"):
-        assert not [r for r in got[account]["roles"] if "aiplatform" in r], account
+        assert not [r for r in got[account]["roles"] if "aiplatform" in r or "roles/run." in r], account
     # Nobody may mint tokens for (impersonate) a service account but Pub/Sub for the invoker.
     tokens = [b for b in load().of_type("google_service_account_iam_member").values()
               if b["role"] == "roles/iam.serviceAccountTokenCreator"]
