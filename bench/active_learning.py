@@ -4,9 +4,10 @@
 For each reference dataset (MNIST-5k for image single-label, the Rotten Tomatoes reviews for text
 single-label): the reference model run is built (lbtrain.datasets) and put through the real etl job; its
 train split becomes the unlabeled pool (true labels hidden), its validation and test splits stay as they
-are. Starting from the same small labeled seed, each round trains the model type's task on the labeled
-rows (`Task.train`, as the train job does), predicts the rest of the pool (`load_predictor().predict`),
-and the simulated labelers label the B rows at the front of the queue:
+are (validation cut to 100 rows, used to pick epochs and never trained on). Starting from the same
+small labeled seed, each round trains the model type's task on the labeled rows (`Task.train`, as the
+train job does), predicts the rest of the pool (`load_predictor().predict`), and the simulated labelers
+label the B rows at the front of the queue:
 - **active**: the queue the prelabel step writes (`jobs.active.queue_order`: most uncertain first, 10%
   random picks), re-prioritised after every round;
 - **random**: the same budget in a random order with the same seed.
@@ -54,10 +55,13 @@ class Setup:
     full_params: dict[str, Any]
 
 
+VALIDATION_ROWS = 100
+
 SETUPS = {
     "mnist": Setup("image_single_classification", 5000, 20, 50, 1000,
                    {"max_seconds": 12, "epochs": 12, "patience": 4}, {"max_seconds": 60}),
-    "rotten_tomatoes": Setup("text_single_classification", None, 20, 50, 1500, {}, {}),
+    "rotten_tomatoes": Setup("text_single_classification", None, 20, 50, 1000,
+                             {"C": [1.0], "refit_on_validation": False}, {}),
 }
 
 
@@ -77,7 +81,9 @@ class Simulation:
         self.task = tasks.load(setup.model_type)
         self.label_map = dataset.label_map
         self.pool = {e["data_row_id"]: e for e in dataset.split("train")}
-        self.validation = dataset.split("validation")
+        # A small fixed validation set, used only to pick the epoch / stop early, never trained on: the
+        # labels counted are the training labels (both orders use the same one).
+        self.validation = sorted(dataset.split("validation"), key=lambda e: e["data_row_id"])[:VALIDATION_ROWS]
         self.test = dataset.split("test")
         self.metric = pipelines.get(setup.model_type).headline_metric
         self.fits = 0

@@ -12,16 +12,16 @@ their states on command (`set_execution`), the way Cloud Run reports them (condi
 from __future__ import annotations
 
 import copy
-import json
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.json_api import serve_json
 
 LOC = r"/v2/projects/([^/]+)/locations/([^/]+)"
 OPERATION = re.compile(rf"^{LOC}/operations/([^/:]+)$")
@@ -291,36 +291,4 @@ class FakeCloudRun:
 
 def serve(fake: FakeCloudRun, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Start serving `fake` in a daemon thread; `server.server_address` tells the port."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _dispatch(self, method: str) -> None:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            body = json.loads(raw) if raw else None
-            status, answer = fake.handle(method, url.path, parse_qs(url.query, keep_blank_values=True), body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._dispatch("POST")
-
-        def do_PATCH(self) -> None:  # noqa: N802
-            self._dispatch("PATCH")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._dispatch("DELETE")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_json(lambda r: fake.handle(r.method, r.path, r.query, r.json()), host, port)

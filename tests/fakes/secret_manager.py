@@ -10,15 +10,15 @@ transient statuses (e.g. 503) for the next calls. Every request is recorded.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlparse
 
 import google_crc32c
+
+from tests.fakes.json_api import serve_json
 
 ACCESS = re.compile(r"^/v1/(projects/([^/]+)/secrets/([^/]+))/versions/([^/:]+):access$")
 STATUS = {403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -86,32 +86,6 @@ class FakeSecretManager:
 
 def serve(fake: FakeSecretManager, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Start serving `fake` in a daemon thread; sets `fake.base_url` (the client's api_endpoint)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _dispatch(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            status, answer = fake.handle(method, urlparse(self.path).path, headers)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._dispatch("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = serve_json(lambda r: fake.handle(r.method, r.path, r.headers), host, port)
     fake.base_url = f"http://{host}:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
