@@ -121,6 +121,15 @@ def _result(ctx: StageContext, deploy: bool, reason: str, endpoint: str, champio
     )
 
 
+def _record_champion(ctx: StageContext, champ_uri: str, new: dict[str, Any], generation: Any) -> None:
+    """Write the champion record unless someone else wrote it since it was read (the lease expired)."""
+    try:
+        storage.write_json_if_generation(champ_uri, new, generation)
+    except storage.GenerationMismatch:
+        raise JobError(f"{champ_uri} changed while this deploy held its lease (the lease expired?): "
+                       f"run {ctx.run_id} is deployed but not recorded as champion; retry the deploy") from None
+
+
 def _vertex_alive(ctx: StageContext, champion: dict[str, Any] | None) -> bool:
     return bool(champion) and vertex_deploy.is_deployed(
         ctx.config, str(champion.get("vertex_endpoint", "")), str(champion.get("vertex_model", "")))
@@ -180,11 +189,7 @@ def _run_vertex(ctx: StageContext, metric: str, value: float, model_dir: str) ->
                        f"deployed again on {served['vertex_endpoint']}")
             ctx.progress(reason)
         if new is not None:
-            try:
-                storage.write_json_if_generation(champ_uri, new, generation)
-            except storage.GenerationMismatch:
-                raise JobError(f"{champ_uri} changed while this deploy held its lease (the lease expired?): "
-                               f"run {ctx.run_id} is deployed but not recorded as champion; retry the deploy") from None
+            _record_champion(ctx, champ_uri, new, generation)
             champion = new
     return _result(ctx, deploy, reason, endpoint, champion, metric, value, champ_uri, model_uri)
 
@@ -218,11 +223,7 @@ def _run_cloudrun(ctx: StageContext, metric: str, value: float, model_dir: str) 
             reason += f"; champion run {champion['run_id']} was not serving: revision {served['cloud_run_revision']}"
             ctx.progress(reason)
         if new is not None:
-            try:
-                storage.write_json_if_generation(champ_uri, new, generation)
-            except storage.GenerationMismatch:
-                raise JobError(f"{champ_uri} changed while this deploy held its lease (the lease expired?): "
-                               f"run {ctx.run_id} is deployed but not recorded as champion; retry the deploy") from None
+            _record_champion(ctx, champ_uri, new, generation)
             champion = new
     return _result(ctx, deploy, reason, endpoint, champion, metric, value, champ_uri, model_dir)
 
