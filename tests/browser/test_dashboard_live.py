@@ -125,7 +125,7 @@ def test_failed_run_shows_error_and_stage_then_retry_needs_the_token(live_stack:
     page.wait_for_selector("#run-status:text('SUCCEEDED')", timeout=60_000)
     assert_not_reloaded(page)
     assert page.locator("#run-error").count() == 0
-    assert page.locator('#stages tr[data-stage="train"] td').nth(1).inner_text() == "2"  # attempt
+    assert page.locator('#stages tr[data-stage="train"] td').nth(1).inner_text() == "2 on local"  # attempt and machine
     assert "train attempt 1" in page.locator("ul.attempts").inner_text()
 
     # The token lives in this tab's sessionStorage only: never in what the server sends.
