@@ -30,6 +30,11 @@ def run(ctx: StageContext) -> StageResult:
         raise ParamError(f"param resume must be true or false, not {resume!r}")
     session = trainloop.session_for_job(ctx.config.artifact_root, ctx.run_id, ctx.stage, ctx.attempt,
                                         ctx.outputs_uri, max_hours=_max_hours(ctx), resume=resume)
+    if not session.cache_dir:  # outputs on gs://: memmaps need a local file, removed below like the local one
+        import dataclasses
+        import tempfile
+
+        session = dataclasses.replace(session, cache_dir=tempfile.mkdtemp(prefix="lbtrain-cache-"))
     try:
         with trainloop.using(session):
             metrics = ctx.task.train(dataset, model_dir, ctx.params, ctx.progress)

@@ -90,11 +90,25 @@ def session_for_job(artifact_root: str, run_id: str, stage: str, attempt: int, o
 
 
 def cache_path(name: str) -> str:
-    """A local file for a cached array: the session's cache dir (the outputs dir when it is local),
-    else a temp dir (memmaps need a local file; on gs:// the cache is rebuilt by a retry)."""
-    base = current().cache_dir or tempfile.mkdtemp(prefix="lbtrain-cache-")
+    """A local file for a cached array: the session's cache dir (the outputs dir when it is local, a
+    temp dir the train stage removes when on gs://: memmaps need a local file, and a retry rebuilds it)."""
+    base = current().cache_dir or _process_cache_dir()
     os.makedirs(base, exist_ok=True)
     return os.path.join(base, name)
+
+
+_PROCESS_CACHE: list[str] = []
+
+
+def _process_cache_dir() -> str:
+    """Outside a train job (tests, benchmarks): one temp dir per process, removed when it exits."""
+    if not _PROCESS_CACHE:
+        import atexit
+        import shutil
+
+        _PROCESS_CACHE.append(tempfile.mkdtemp(prefix="lbtrain-cache-"))
+        atexit.register(shutil.rmtree, _PROCESS_CACHE[0], True)
+    return _PROCESS_CACHE[0]
 
 
 def open_cache(path: str, shape: tuple[int, ...]) -> Any:
