@@ -84,9 +84,11 @@ def test_ten_runs_with_a_limit_of_two(stack_factory):
     assert sorted(run_ids, key=lambda i: runs[run_ids.index(i)]["admitted_at"]) == run_ids
     assert all(r["admitted_at"] <= r["steps"][0]["launched_at"] for r in runs)
     assert all(r["admission"] == d.ADMISSION_ADMITTED and not r.get("waiting") for r in runs)
-    # The last run's reason counted down as the runs ahead of it finished.
+    # The last run's reason counted down as the runs ahead of it finished (the sampler polls: on a loaded
+    # machine it can miss a state that lasts a moment, such as the final "0 runs ahead").
     counts = [int(m.group(1)) for m in map(AHEAD.match, sampler.reasons.get(run_ids[-1], [])) if m]
-    assert len(counts) >= 3 and counts == sorted(counts, reverse=True) and counts[-1] == 0, sampler.reasons
+    assert len(counts) >= 3 and counts == sorted(counts, reverse=True) and counts[-1] <= 1, sampler.reasons
+    assert counts[0] >= 6, sampler.reasons  # it started behind most of the others
     # The last run's slot is released just after its status is committed (finish_report).
     doc = stack.wait_for(lambda: (doc := admission_doc(stack))["active"] == {} and doc, what="last slot released")
     assert doc["queue"] == []
