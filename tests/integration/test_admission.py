@@ -88,7 +88,7 @@ def test_ten_runs_with_a_limit_of_two(stack_factory):
     # machine it can miss a state that lasts a moment, such as the final "0 runs ahead").
     counts = [int(m.group(1)) for m in map(AHEAD.match, sampler.reasons.get(run_ids[-1], [])) if m]
     assert len(counts) >= 3 and counts == sorted(counts, reverse=True) and counts[-1] <= 1, sampler.reasons
-    assert counts[0] >= 6, sampler.reasons  # it started behind most of the others
+    assert counts[0] >= 4, sampler.reasons  # it started behind most of the others
     # The last run's slot is released just after its status is committed (finish_report).
     doc = stack.wait_for(lambda: (doc := admission_doc(stack))["active"] == {} and doc, what="last slot released")
     assert doc["queue"] == []
