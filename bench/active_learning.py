@@ -61,7 +61,7 @@ SETUPS = {
     # A fixed number of epochs, not a time budget: the curves must not depend on how busy the machine is.
     "mnist": Setup("image_single_classification", 5000, 20, 50, 1000,
                    {"epochs": 8, "patience": 8, "max_seconds": 3600}, {}),
-    "rotten_tomatoes": Setup("text_single_classification", None, 20, 50, 1000,
+    "rotten_tomatoes": Setup("text_single_classification", None, 20, 100, 4000,
                              {"C": [1.0], "refit_on_validation": False}, {}),
 }
 
@@ -201,9 +201,11 @@ def svg(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f'<polyline points="{pts}" stroke="{colour}" stroke-width="2" fill="none"/>')
         lines += [f'<text x="{pad}" y="{height - 12}" font-size="11">0</text>',
                   f'<text x="{width - pad}" y="{height - 12}" font-size="11" text-anchor="end">{x1} labels</text>',
-                  f'<text x="{pad + 4}" y="{pad + 14}" font-size="11" fill="#1f5fbf">queue (uncertainty)</text>',
-                  f'<text x="{pad + 4}" y="{pad + 28}" font-size="11" fill="#888">random</text>',
-                  f'<text x="{pad + 4}" y="{pad + 42}" font-size="11" fill="#c33">95% of all-pool {r["full_data_value"]}</text>',  # noqa: E501
+                  f'<text x="{pad - 4}" y="{pad + 4}" font-size="11" text-anchor="end">{y1:.2f}</text>',
+                  f'<text x="{pad - 4}" y="{height - pad}" font-size="11" text-anchor="end">{y0:.2f}</text>',
+                  f'<text x="{width - pad - 6}" y="{height - pad - 36}" font-size="11" text-anchor="end" fill="#1f5fbf">queue (uncertainty)</text>',  # noqa: E501
+                  f'<text x="{width - pad - 6}" y="{height - pad - 22}" font-size="11" text-anchor="end" fill="#888">random</text>',  # noqa: E501
+                  f'<text x="{width - pad - 6}" y="{height - pad - 8}" font-size="11" text-anchor="end" fill="#c33">- - 95% of all-pool {r["full_data_value"]}</text>',  # noqa: E501
                   "</g>"]
         panels.append("\n".join(lines))
     total = width * len(results)
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default=",".join(SETUPS))
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--svg", default="", help="write the learning curves as an SVG here")
+    p.add_argument("--save", default="", help="merge each dataset's result (curves included) into this JSON file; "
+                                             "--svg then draws every dataset in it")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="lbtrain-al-"))
@@ -237,8 +241,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['labels_active'] or '>' + str(SETUPS[name].max_labels):>7} {saving:>7} {acceptance:>13}")
         for order in ("random", "active"):
             print(f"  {order:>6}: " + ", ".join(f"{n}:{v:.3f}" for n, v in r["curves"][order]))
+    drawn = results
+    if args.save:
+        saved = json.loads(Path(args.save).read_text()) if Path(args.save).is_file() else {}
+        saved.update(results)
+        Path(args.save).write_text(json.dumps(saved, indent=1) + "\n")
+        drawn = saved
     if args.svg:
-        Path(args.svg).write_text(svg(results))
+        Path(args.svg).write_text(svg(drawn))
     print(json.dumps({name: {k: r[k] for k in ("labels_random", "labels_active", "saving_percent",
                                               "prelabel_acceptance")} for name, r in results.items()}))
     return 0
