@@ -60,6 +60,19 @@ class Labelbox(Protocol):
     def register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
         """Register (or update, by URL) the project's label webhook; its id."""
 
+    # -- closing the labeling loop (the prelabel step, docs/architecture.md §4) ---------------------
+    def unlabeled_rows(self, project_id: str) -> Iterator[dict[str, Any]]:
+        """Export v2 *project* rows (data_row, media_attributes) of the project's data rows that have
+        no label yet, streamed."""
+
+    def import_prelabels(self, project_id: str, name: str, annotations: list[dict[str, Any]]) -> None:
+        """Model-assisted labeling import of annotation-import rows (each with `dataRow.id`) into the
+        project, named `name`; an import of that name that exists already is not made again
+        (idempotent on retry). Raises PredictionUploadError naming the rejected rows."""
+
+    def set_priorities(self, project_id: str, priorities: list[tuple[str, int]]) -> None:
+        """Labeling-queue priority per data row (a lower number is labeled first), in bulk."""
+
 
 # Splits of data rows in model runs created by retraining rules: a stable hash of the data row id, so
 # a data row stays in the same split across model runs and test rows never become training rows.
@@ -131,7 +144,8 @@ def _check_id(value: str, what: str) -> str:
 
 
 class FileLabelbox:
-    """`$LABELBOX_DIR/model_runs/<id>/{export.ndjson,status.jsonl,predictions/<name>.ndjson}`."""
+    """`$LABELBOX_DIR/model_runs/<id>/{export.ndjson,status.jsonl,predictions/<name>.ndjson}` and
+    `$LABELBOX_DIR/projects/<id>/{export.ndjson,webhooks.json,prelabels/<name>.ndjson,priorities.json}`."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -223,6 +237,58 @@ class FileLabelbox:
             {"name": name, "model_id": model_id, "project_id": project_id}, indent=1), encoding="utf-8")
         os.replace(tmp, target_dir / "export.ndjson")
         return model_run_id
+
+    def unlabeled_rows(self, project_id: str) -> Iterator[dict[str, Any]]:
+        """`projects/<id>/export.ndjson` rows whose `projects.<id>.labels` is empty."""
+        source = self.project_dir(project_id) / "export.ndjson"
+        if not source.exists():
+            raise ValueError(f"project {project_id!r} not found in Labelbox (no {source})")
+        with source.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{source}:{lineno}: not JSON: {exc}") from None
+                labels = ((row.get("projects") or {}).get(project_id) or {}).get("labels") or []
+                if not labels:
+                    yield {k: v for k, v in row.items() if k != "projects"}
+
+    def prelabels(self, project_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every MAL import of the project by name (what the demo and the tests read back)."""
+        d = self.project_dir(project_id) / "prelabels"
+        if not d.is_dir():
+            return {}
+        return {p.stem: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+                for p in sorted(d.glob("*.ndjson"))}
+
+    def import_prelabels(self, project_id: str, name: str, annotations: list[dict[str, Any]]) -> None:
+        d = self.project_dir(project_id)
+        if not d.is_dir():
+            raise ValueError(f"project {project_id!r} not found in Labelbox (no {d})")
+        (d / "prelabels").mkdir(exist_ok=True)
+        target = d / "prelabels" / f"{_check_id(name, 'import name')}.ndjson"
+        if target.exists():
+            return  # made on an earlier attempt: Labelbox refuses a second import of the name too
+        tmp = target.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in annotations:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+
+    def priorities(self, project_id: str) -> dict[str, int]:
+        path = self.project_dir(project_id) / "priorities.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def set_priorities(self, project_id: str, priorities: list[tuple[str, int]]) -> None:
+        d = self.project_dir(project_id)
+        if not d.is_dir():
+            raise ValueError(f"project {project_id!r} not found in Labelbox (no {d})")
+        merged = {**self.priorities(project_id), **{str(r): int(p) for r, p in priorities}}
+        tmp = d / ".priorities.json.tmp"
+        tmp.write_text(json.dumps(merged, indent=0, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, d / "priorities.json")
 
     def register_webhook(self, project_id: str, url: str, secret: str, topics: list[str]) -> str:
         d = self.project_dir(project_id)
