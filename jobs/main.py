@@ -26,7 +26,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-STAGES = {"etl": "jobs.etl", "train": "jobs.train", "evaluate": "jobs.evaluate", "deploy": "jobs.deploy"}
+STAGES = {"etl": "jobs.etl", "train": "jobs.train", "evaluate": "jobs.evaluate", "deploy": "jobs.deploy",
+          "prelabel": "jobs.prelabel"}
 MAX_MESSAGE = 1000
 # As jobs.context names them (not imported from there: see the module docstring).
 OUTPUTS_FILE = "outputs.json"

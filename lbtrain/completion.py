@@ -83,7 +83,7 @@ def handle_job_event(deps: Deps, event: JobEvent) -> str:
                     state, error = "FAILED", f"modelrun job succeeded but names no valid model run ({model_run_id!r})"
                     model_run_id = ""
     run = deps.store.get_run(run_id)
-    stages = pipelines.get(run["model_type"]).stages
+    stages = pipelines.run_stages(run)
     if stage == d.MODELRUN:  # a rule run's first step, ahead of its pipeline
         stages = (d.MODELRUN, *stages)
     done = deps.store.complete_step(run_id, stage, attempt, event.job_id, state, outputs_uri=outputs_uri,

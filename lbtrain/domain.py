@@ -85,7 +85,9 @@ class JobStatus:
 
 
 def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, params: dict[str, Any],
-                trigger: dict[str, Any], first_stage: str, at: datetime) -> dict[str, Any]:
+                trigger: dict[str, Any], first_stage: str, at: datetime,
+                stages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`stages`: the run's own pipeline (its model type's, with the prelabel step when it has one)."""
     return {
         "run_id": run_id,
         "model_type": model_type,
@@ -101,6 +103,7 @@ def initial_run(run_id: str, model_type: str, model_run_id: str, model_id: str, 
         "error": None,
         "outputs": {},
         "metrics": {},
+        **({"stages": list(stages)} if stages else {}),
     }
 
 

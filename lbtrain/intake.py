@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from lbtrain import domain as d
-from lbtrain import pipelines
+from lbtrain import pipelines, prelabel
 from lbtrain.deps import Deps
 from lbtrain.messages import ID_PATTERN, BadMessage, RunRequest, StepMessage
 from lbtrain.reporting import report_status
@@ -35,6 +35,18 @@ def validate(req: RunRequest) -> pipelines.ModelType:
     return model_type
 
 
+def prelabel_settings(deps: Deps, model_type: str, params: dict[str, Any], trigger: dict[str, Any]
+                      ) -> dict[str, Any] | None:
+    """The run's prelabel step settings (lbtrain/prelabel.py), or None; bad settings are a BadMessage."""
+    from lbtrain import model_options
+
+    try:
+        options = model_options.for_type(deps.config.model_options, model_type).prelabel
+        return prelabel.resolve(params, trigger, options)
+    except prelabel.PrelabelError as exc:
+        raise BadMessage(str(exc)) from None
+
+
 def publish_step(deps: Deps, run_id: str, stage: str, attempt: int, action: str = "launch") -> None:
     msg = StepMessage(run_id, stage, attempt, action)
     deps.bus.publish(f"step-{stage}", msg.to_dict(), msg.attributes())
@@ -44,10 +56,12 @@ def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_
     from lbtrain import admission
 
     model_type = validate(req)
+    settings = prelabel_settings(deps, req.model_type, req.params, trigger)
     limited = admission.enabled(deps.config)
     result = deps.store.create_run(
         run_id=d.new_run_id(), model_type=req.model_type, model_run_id=req.model_run_id,
-        model_id=req.model_id, params=req.params, trigger=trigger, stages=model_type.stages,
+        model_id=req.model_id, params=prelabel.with_settings(req.params, settings), trigger=trigger,
+        stages=prelabel.stages_for(model_type.stages, settings),
         delivery_key=delivery_key, admission_hold=limited)
     if result.created:
         # Told before the first step is offered: a fast etl job reports PREPARING_DATA, and Labelbox

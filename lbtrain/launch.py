@@ -26,7 +26,7 @@ def inputs_uri(artifact_root: str, run_id: str, stage: str, attempt: int) -> str
 
 
 def job_inputs(run: dict[str, Any], stage: str, attempt: int) -> dict[str, Any]:
-    stages = pipelines.get(run["model_type"]).stages
+    stages = pipelines.run_stages(run)
     earlier = stages[: stages.index(stage)]
     return {
         "run_id": run["run_id"], "model_type": run["model_type"], "model_run_id": run["model_run_id"],
@@ -45,7 +45,7 @@ def model_run_inputs(deployment: str, run: dict[str, Any], attempt: int) -> dict
 
 
 # Stages that load the trained model: they get its recorded digest (jobs/tasks/base.py verifies it).
-LOADS_MODEL = frozenset({"evaluate", "deploy"})
+LOADS_MODEL = frozenset({"evaluate", "deploy", "prelabel"})
 
 # Jobs that run another program than the stages' (JOB_MODULE, the jobs image's entrypoint).
 JOB_MODULES = {d.MODELRUN: "jobs.modelrun"}

@@ -1,6 +1,7 @@
 """Per-model-type training options (`MODEL_OPTIONS`, JSON): custom training or AutoML Image.
 
-`{"bounding_box": {"training": "automl", "budget_milli_node_hours": 20000}}`. AutoML is offered for
+`{"bounding_box": {"training": "automl", "budget_milli_node_hours": 20000}}`; `"prelabel"` (true or
+settings, lbtrain/prelabel.py) turns the prelabel step on for the type's runs. AutoML is offered for
 the image types only (AutoML Text is deprecated by Google); the budget defaults to the API minimum.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from lbtrain import pipelines
 
@@ -25,6 +27,7 @@ TRAINING_KINDS = ("custom", "automl")
 class TrainingOptions:
     training: str = "custom"
     budget_milli_node_hours: int = 0
+    prelabel: Any = None  # the prelabel step's settings for this type's runs (lbtrain/prelabel.py)
 
     @property
     def automl(self) -> bool:
@@ -46,7 +49,7 @@ def parse(raw: str) -> dict[str, TrainingOptions]:
         pipelines.get(model_type)  # UnknownModelType names the valid ones
         if not isinstance(spec, dict):
             raise ValueError(f"MODEL_OPTIONS[{model_type!r}] must be an object")
-        unknown = set(spec) - {"training", "budget_milli_node_hours"}
+        unknown = set(spec) - {"training", "budget_milli_node_hours", "prelabel"}
         if unknown:
             raise ValueError(f"MODEL_OPTIONS[{model_type!r}]: unknown keys {sorted(unknown)}")
         training = spec.get("training", "custom")
@@ -66,7 +69,12 @@ def parse(raw: str) -> dict[str, TrainingOptions]:
                     f"MODEL_OPTIONS[{model_type!r}].budget_milli_node_hours must be an integer >= {minimum} "
                     f"(the Vertex AI minimum), not {budget!r}"
                 )
-        out[model_type] = TrainingOptions(training=training, budget_milli_node_hours=budget)
+        if "prelabel" in spec:
+            from lbtrain.prelabel import normalize
+
+            normalize(spec["prelabel"], f"MODEL_OPTIONS[{model_type!r}].prelabel")  # PrelabelError is a ValueError
+        out[model_type] = TrainingOptions(training=training, budget_milli_node_hours=budget,
+                                          prelabel=spec.get("prelabel"))
     return out
 
 

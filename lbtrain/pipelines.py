@@ -9,6 +9,7 @@ orchestration code never changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_STAGES: tuple[str, ...] = ("etl", "train", "evaluate", "deploy")
 
@@ -108,6 +109,12 @@ def get(name: str) -> ModelType:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def run_stages(run: dict[str, Any]) -> tuple[str, ...]:
+    """A run's own stages: its document's list (with the prelabel step when it has one), else its type's."""
+    stages = run.get("stages")
+    return tuple(stages) if stages else get(run["model_type"]).stages
 
 
 def next_stage(model_type: str, stage: str) -> str | None:

@@ -74,6 +74,13 @@ class Rule:
         if not isinstance(params, dict):
             raise BadMessage("params must be an object")
         check_storable(params)
+        if "prelabel" in params:  # a rule's runs pre-label its project unless params.prelabel is false
+            from lbtrain.prelabel import PrelabelError, normalize
+
+            try:
+                normalize(params["prelabel"])
+            except PrelabelError as exc:
+                raise BadMessage(str(exc)) from None
         enabled = data.get("enabled", True)
         if not isinstance(enabled, bool):
             raise BadMessage("enabled must be true or false")

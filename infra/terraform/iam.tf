@@ -111,11 +111,11 @@ locals {
   # for any stage (the next one, a retry, a rule release's modelrun, a cancel). Nobody publishes `runs`
   # from here; jobs (and the log sink) publish job events, Pub/Sub itself the dead letters.
   service_topics = {
-    ingress    = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy"] # start_run, cancel/retry, dead letter → release
-    launcher   = []                                                                          # launches jobs, publishes nothing
-    job_events = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy"] # next stage; a finished run releases a rule's held run
-    reconciler = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy"] # re-drives lost steps, triggers.sweep
-    dashboard  = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy"] # cancel/retry actions (ingress.cancel_run, retry_run)
+    ingress    = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy", "step-prelabel"] # start_run, cancel/retry, dead letter → release
+    launcher   = []                                                                                           # launches jobs, publishes nothing
+    job_events = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy", "step-prelabel"] # next stage; a finished run releases a rule's held run
+    reconciler = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy", "step-prelabel"] # re-drives lost steps, triggers.sweep
+    dashboard  = ["step-modelrun", "step-etl", "step-train", "step-evaluate", "step-deploy", "step-prelabel"] # cancel/retry actions (ingress.cancel_run, retry_run)
   }
 }
 

@@ -18,8 +18,9 @@ locals {
   }
 
   # Stages a launcher service is deployed for (lbtrain.api.push.all_stages()); modelrun: a retraining
-  # rule run's first step, the job that creates its Labelbox model run.
-  stages = ["modelrun", "etl", "train", "evaluate", "deploy"]
+  # rule run's first step, the job that creates its Labelbox model run; prelabel: after deploy, the
+  # job that pre-labels the project's unlabeled rows and orders its labeling queue.
+  stages = ["modelrun", "etl", "train", "evaluate", "deploy", "prelabel"]
 
   # The deployment's Pub/Sub topology, as lbtrain.adapters.pubsub_bus.topology() builds it locally:
   # topic {dep}-<key>, push subscription {dep}-<key>-push to <service><path>; every subscription but
@@ -32,6 +33,7 @@ locals {
     "step-train"    = { service = "launcher-train", path = "/push/step/train", dead_letter = true }
     "step-evaluate" = { service = "launcher-evaluate", path = "/push/step/evaluate", dead_letter = true }
     "step-deploy"   = { service = "launcher-deploy", path = "/push/step/deploy", dead_letter = true }
+    "step-prelabel" = { service = "launcher-prelabel", path = "/push/step/prelabel", dead_letter = true }
     "dead-letter"   = { service = "ingress", path = "/push/dead-letter", dead_letter = false }
   }
   ack_deadline_seconds = 60
@@ -47,6 +49,7 @@ locals {
     "launcher-train"    = google_cloud_run_v2_service.launcher["train"].uri
     "launcher-evaluate" = google_cloud_run_v2_service.launcher["evaluate"].uri
     "launcher-deploy"   = google_cloud_run_v2_service.launcher["deploy"].uri
+    "launcher-prelabel" = google_cloud_run_v2_service.launcher["prelabel"].uri
   }
 
   # OIDC audience of each service (a Cloud Run custom audience, so it is known before the URL is):

@@ -15,6 +15,11 @@ from google.cloud import firestore
 from lbtrain import domain as d
 from lbtrain.domain import JobRef
 from lbtrain.errors import Busy, Conflict, NotFound
+from lbtrain.prelabel import PRELABEL
+
+# The prelabel job's counts the run document keeps (the dashboard shows them).
+PRELABEL_FIELDS = ("project_id", "unlabeled", "predicted", "prelabeled_rows", "prelabels", "prioritised",
+                   "imports", "skipped", "failed_rows", "model_deployed")
 
 RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
@@ -172,7 +177,8 @@ class FirestoreStore:
                     t.set(delivery_ref, {"run_id": active, "at": at, "expire_at": at + DELIVERY_TTL})
                     self._count(1)
                 return CreateResult(active, False, "active run for model run")
-            run = d.initial_run(run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at)
+            run = d.initial_run(run_id, model_type, model_run_id, model_id, params, trigger, stages[0], at,
+                                stages=stages)
             if admission_hold:
                 run.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
             t.create(self._run_ref(run_id), run)
@@ -325,6 +331,10 @@ class FirestoreStore:
                     run_update["metrics"] = metrics
                 elif stage == "deploy":
                     run_update["deployment"] = metrics
+                elif stage == "etl" and isinstance(metrics.get("examples"), int):
+                    run_update["examples"] = metrics["examples"]  # labels the run learns from (model page)
+                elif stage == PRELABEL:
+                    run_update["prelabel"] = {k: metrics[k] for k in PRELABEL_FIELDS if k in metrics}
                 if nxt:
                     run_update["stage"] = nxt
                     result.next_stage, result.next_attempt = nxt, next_step["attempt"]
@@ -359,6 +369,11 @@ class FirestoreStore:
         if outcome.retry_at is not None:
             result.next_stage, result.next_attempt, result.retry_at = stage, step_update["attempt"], outcome.retry_at
             run_update.update({"status": d.RUNNING, "stage": stage})
+        elif stage == PRELABEL:
+            # The model is deployed: pre-labels that could not be made do not fail the run. The
+            # step keeps its error (and every attempt's), the run says so beside its SUCCEEDED.
+            result.finished = d.SUCCEEDED
+            run_update["prelabel"] = {"error": outcome.message}
         else:
             result.finished = d.FAILED
             run_update["error"] = {"stage": stage, "message": outcome.message}

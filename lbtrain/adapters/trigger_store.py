@@ -23,7 +23,7 @@ from typing import Any
 from google.cloud import firestore
 
 from lbtrain import domain as d
-from lbtrain import pipelines
+from lbtrain import pipelines, prelabel
 from lbtrain.adapters.firestore_store import DELIVERIES, DELIVERY_TTL, FirestoreStore, delivery_doc_id
 from lbtrain.errors import NotFound
 
@@ -61,6 +61,14 @@ def waiting_reason(rule: dict[str, Any], at: datetime) -> str:
     if due is not None and at < due:
         return f"waiting for the minimum interval between runs (until {due.strftime('%Y-%m-%dT%H:%M:%SZ')})"
     return "starting"
+
+
+def rule_prelabel(rule: dict[str, Any], params: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any] | None:
+    """A rule run's prelabel settings: on by default (the rule's project), off with params.prelabel false."""
+    try:
+        return prelabel.resolve(params, trigger)
+    except prelabel.PrelabelError:  # checked when the rule was set (lbtrain/triggers.py); older rules: no step
+        return None
 
 
 class TriggerStore:
@@ -184,10 +192,12 @@ class TriggerStore:
             if rule["epoch"] != epoch or rule.get("queued_run_id"):
                 return None
             waiting = waiting_reason(rule, at)
-            stages = pipelines.get(rule["model_type"]).stages
+            run_trigger = {**trigger, "project_id": project_id, "labels": pending}
+            params = dict(rule.get("params") or {})
+            settings = rule_prelabel(rule, params, run_trigger)
+            stages = prelabel.stages_for(pipelines.get(rule["model_type"]).stages, settings)
             run = d.initial_run(run_id, rule["model_type"], "", rule.get("model_id") or "",
-                                dict(rule.get("params") or {}),
-                                {**trigger, "project_id": project_id, "labels": pending}, stages[0], at)
+                                prelabel.with_settings(params, settings), run_trigger, stages[0], at, stages=stages)
             t.create(self.store._run_ref(run_id), {**run, "waiting": waiting})
             for i, stage in enumerate(stages):
                 t.create(self.store._step_ref(run_id, stage), d.initial_step(stage, i, at))

@@ -16,15 +16,17 @@ from lbtrain.domain import MODELRUN
 from lbtrain.intake import start_run
 from lbtrain.launch import handle_step
 from lbtrain.messages import BadMessage, RunRequest, StepMessage, decode_push, is_valid_id, parse_job_event
+from lbtrain.prelabel import PRELABEL
 
 log = logging.getLogger("lbtrain.push")
 
 
 def all_stages() -> list[str]:
-    """Every stage a launcher serves: a rule run's modelrun step, then the pipelines' stages."""
+    """Every stage a launcher serves: a rule run's modelrun step, the pipelines' stages, prelabel."""
     seen: dict[str, None] = {MODELRUN: None}
     for name in pipelines.names():
         seen.update(dict.fromkeys(pipelines.get(name).stages))
+    seen[PRELABEL] = None  # after deploy, for the runs that have it (lbtrain/prelabel.py)
     return list(seen)
 
 
