@@ -105,7 +105,8 @@ class JobEnv:
         import os
         import sys
 
-        before = {"etl": [], "train": ["etl"], "evaluate": ["etl", "train"], "deploy": ["etl", "train", "evaluate"]}
+        before = {"etl": [], "train": ["etl"], "evaluate": ["etl", "train"], "deploy": ["etl", "train", "evaluate"],
+                  "prelabel": ["etl", "train", "evaluate", "deploy"]}
         upstream = {s: str(self.out(run_id, s, (upstream_attempts or {}).get(s, 1))) for s in before[stage]}
         inputs = self.root / "inputs" / f"{run_id}-{stage}-a{attempt}.json"
         inputs.parent.mkdir(parents=True, exist_ok=True)
