@@ -32,12 +32,14 @@ class PredictionUploadError(RuntimeError):
     Raised after every batch was tried, so the accepted rows stay uploaded; `failed`/`total`
     count rows, `samples` holds the first few error messages."""
 
-    def __init__(self, model_run_id: str, failed: int, total: int, samples: list[str], uploads: list[str]):
+    def __init__(self, model_run_id: str, failed: int, total: int, samples: list[str], uploads: list[str],
+                 *, kind: str = "model run"):
+        # `kind`: what `model_run_id` names; "project" for pre-label (MAL) imports.
         self.model_run_id, self.failed, self.total = model_run_id, failed, total
-        self.samples, self.uploads = samples, uploads
+        self.samples, self.uploads, self.kind = samples, uploads, kind
         first = "; ".join(samples[:3])
         super().__init__(
-            f"Labelbox rejected {failed} of {total} prediction rows for model run {model_run_id!r} "
+            f"Labelbox rejected {failed} of {total} prediction rows for {kind} {model_run_id!r} "
             f"(uploads {', '.join(uploads)})" + (f": {first}" if first else "")
         )
 
@@ -71,7 +73,11 @@ class Labelbox(Protocol):
         (idempotent on retry). Raises PredictionUploadError naming the rejected rows."""
 
     def set_priorities(self, project_id: str, priorities: list[tuple[str, int]]) -> None:
-        """Labeling-queue priority per data row (a lower number is labeled first), in bulk."""
+        """Labeling-queue priority per data row (a lower number is labeled first), in bulk.
+
+        The order is what counts: a row never goes ahead of a row given a lower number. The SDK
+        adapter keeps the numbers of the first rows exactly but gives rows far down the queue
+        shared numbers (at most `priority_bands` distinct values, labelbox_sdk.priority_bands)."""
 
 
 # Splits of data rows in model runs created by retraining rules: a stable hash of the data row id, so

@@ -31,6 +31,20 @@ model run is exported and only data rows whose split differs from `split_for(dat
 assigned, in batches per split. Every step is idempotent, so calling it again for a model run
 left half-done by a crash completes it.
 
+The prelabel step. `unlabeled_rows`: `project.export(filters={"workflow_status": "ToLabel"},
+params=<no label/performance/project details>)`, streamed like `export_rows`; rows that show a
+label anyway are dropped here. As for model runs, SDK 7.17's project export has no
+`media_attributes` flag. `import_prelabels`: `MALPredictionImport.create_from_objects` per batch
+(same limits and `-p2` names as predictions, but a data row's rows are never split), each found
+first by name (`MALPredictionImport.from_name`), also after a failed create: the SDK retries a 5xx
+itself, and when the first create went through its retry is refused, so the existing import is
+used and an import is never made twice. `set_priorities`: the SDK's bulk call,
+`project.update_data_row_labeling_priority(UniqueIds(ids), priority)` (a task, waited for), sets
+ONE priority for up to 1M rows; `set_labeling_parameter_overrides` sets one per row but inlines
+every row in the query text. So the priorities go in bands (`priority_bands`: at most
+`priority_bands` = 100 distinct values, log-spaced so the top of the queue stays exact), one call
+per band and per `priority_batch_rows` (100,000) rows: a million ranked rows take about 100 calls.
+
 The API key goes only into the SDK client (an Authorization header); it is never logged. The
 webhook secret has to travel inside the query text (the SDK's `Webhook.create` inlines it), which
 the SDK logs at DEBUG: while registering, those records are redacted, and error messages too.
@@ -39,13 +53,14 @@ the SDK logs at DEBUG: while registering, those records are redacted, and error 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from lbtrain.adapters.labelbox import STATUSES, ModelRunNotFound, PredictionUploadError, clip_error, split_for
@@ -57,6 +72,14 @@ BATCH_ROWS = 5000
 BATCH_BYTES = 16 << 20
 EXPORT_PARAMS = {"model_run_details": True, "media_attributes": True, "predictions": False}
 MAX_SAMPLES = 5
+# unlabeled_rows: the project's export without label/performance details, only rows still to label.
+UNLABELED_EXPORT_PARAMS = {"data_row_details": False, "project_details": False, "label_details": False,
+                           "performance_details": False, "attachments": False, "metadata_fields": False,
+                           "embeddings": False, "interpolated_frames": False}
+UNLABELED_EXPORT_FILTERS = {"workflow_status": "ToLabel"}
+PRIORITY_BANDS = 100
+PRIORITY_BATCH_ROWS = 100_000
+INT32 = (-(2**31), 2**31 - 1)
 SPLIT_BATCH_ROWS = 5000
 # Loggers that may see the webhook secret: the SDK's request log (DEBUG, whole query) and ours.
 SECRET_LOGGERS = ("lbox.request_client", "lbtrain.labelbox")
@@ -101,7 +124,8 @@ class SdkLabelbox:
                  export_timeout_seconds: float = 3600.0, import_timeout_seconds: float = 1800.0,
                  import_poll_seconds: float = 5.0, batch_rows: int = BATCH_ROWS, batch_bytes: int = BATCH_BYTES,
                  http_timeout_seconds: float = 60.0, task_timeout_seconds: float = 3600.0,
-                 split_batch_rows: int = SPLIT_BATCH_ROWS, sleep: Callable[[float], None] = time.sleep):
+                 split_batch_rows: int = SPLIT_BATCH_ROWS, priority_bands: int = PRIORITY_BANDS,
+                 priority_batch_rows: int = PRIORITY_BATCH_ROWS, sleep: Callable[[float], None] = time.sleep):
         if not api_key:
             raise ValueError("LABELBOX_BACKEND=sdk needs a Labelbox API key: set LABELBOX_API_KEY "
                              "(from Secret Manager in the cloud)")
@@ -118,6 +142,8 @@ class SdkLabelbox:
         self.http_timeout_seconds = http_timeout_seconds
         self.task_timeout_seconds = task_timeout_seconds  # upsert_labels / split assignment tasks
         self.split_batch_rows = max(1, split_batch_rows)
+        self.priority_bands = max(1, priority_bands)
+        self.priority_batch_rows = max(1, priority_batch_rows)
         self._sleep = sleep
 
     def __repr__(self) -> str:  # the client holds the key: never show it
@@ -168,8 +194,13 @@ class SdkLabelbox:
         yield from self._export(self._model_run(model_run_id), model_run_id)
 
     def _export(self, model_run: Any, model_run_id: str) -> Iterator[dict[str, Any]]:
-        what = f"export of model run {model_run_id}"
-        task = self._call(what, lambda: model_run.export(f"lbtrain-{model_run_id}", params=dict(EXPORT_PARAMS)))
+        yield from self._run_export(
+            f"export of model run {model_run_id}",
+            lambda: model_run.export(f"lbtrain-{model_run_id}", params=dict(EXPORT_PARAMS)))
+
+    def _run_export(self, what: str, start: Callable[[], Any]) -> Iterator[dict[str, Any]]:
+        """Start an Export v2 task (`start()`), wait for it, then stream its rows."""
+        task = self._call(what, start)
         deadline = time.monotonic() + self.export_timeout_seconds
         self._call(what, lambda: task.wait_till_done(timeout_seconds=max(1, int(deadline - time.monotonic()))))
         if task.status == "IN_PROGRESS":
@@ -234,13 +265,18 @@ class SdkLabelbox:
         log.info("uploaded %d prediction rows to model run %s in %d import(s)", len(rows), model_run_id,
                  len(batches))
 
-    def batches(self, rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        """Consecutive slices of at most `batch_rows` rows and about `batch_bytes` bytes of NDJSON."""
+    def batches(self, rows: list[dict[str, Any]],
+                key: Callable[[dict[str, Any]], Any] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Consecutive slices of at most `batch_rows` rows and about `batch_bytes` bytes of NDJSON.
+
+        With `key`, a slice is only cut between rows of different keys (one data row's pre-labels
+        stay in one import), so a slice may then pass the limits by one key's rows."""
         batch: list[dict[str, Any]] = []
         size = 0
         for row in rows:
             n = len(json.dumps(row, ensure_ascii=False).encode()) + 1
-            if batch and (len(batch) >= self.batch_rows or size + n > self.batch_bytes):
+            if batch and (len(batch) >= self.batch_rows or size + n > self.batch_bytes) and (
+                    key is None or key(row) != key(batch[-1])):
                 yield batch
                 batch, size = [], 0
             batch.append(row)
@@ -252,6 +288,11 @@ class SdkLabelbox:
         """One MEA prediction import, waited for; returns the rejected rows' messages."""
         what = f"prediction upload {name!r} ({len(batch)} rows) to model run {model_run_id}"
         job = self._call(what, lambda: model_run.add_predictions(name, batch))
+        return self._finish_import(job, what, model_run_id, name, len(batch))
+
+    def _finish_import(self, job: Any, what: str, target: str, name: str, rows: int,
+                       kind: str = "model run") -> list[str]:
+        """Wait for an annotation import (MEA or MAL) to end; the rejected rows' messages."""
         deadline = time.monotonic() + self.import_timeout_seconds
         # Not job.wait_till_done(): it has no deadline, and wraps refresh() in a 120 s retry of its own.
         polls = 0
@@ -262,7 +303,7 @@ class SdkLabelbox:
             polls += 1
             self._call(what, job.refresh)
         if job.state.value == "FAILED":
-            raise PredictionUploadError(model_run_id, len(batch), len(batch), [f"import {name} FAILED"], [name])
+            raise PredictionUploadError(target, rows, rows, [f"import {name} FAILED"], [name], kind=kind)
         rejected = self._call(what, lambda: self._fetch_ndjson(job.error_file_url)) if job.error_file_url else []
         return [_row_error(r) for r in rejected]
 
@@ -272,6 +313,101 @@ class SdkLabelbox:
         response = requests.get(url, timeout=self.http_timeout_seconds)
         response.raise_for_status()
         return [json.loads(line) for line in response.text.split("\n") if line.strip()]
+
+    # -- closing the labeling loop: pre-labels and queue priorities ----------------------
+    def unlabeled_rows(self, project_id: str) -> Iterator[dict[str, Any]]:
+        """The project's Export v2 rows still to label, streamed, without their `projects` key.
+
+        Labelbox filters to the workflow's "To Label" step (`workflow_status: ToLabel`) and the
+        rows are checked here too: one with any label in `projects.<id>.labels` is left out."""
+        project = self._get("project", project_id, lambda: self.client.get_project(project_id))
+        rows = self._run_export(f"export of the unlabeled rows of project {project_id}", lambda: project.export(
+            f"lbtrain-unlabeled-{project_id}", filters=dict(UNLABELED_EXPORT_FILTERS),
+            params=dict(UNLABELED_EXPORT_PARAMS)))
+        for row in rows:
+            if not ((row.get("projects") or {}).get(project_id) or {}).get("labels"):
+                yield {k: v for k, v in row.items() if k != "projects"}
+
+    def import_prelabels(self, project_id: str, name: str, annotations: list[dict[str, Any]]) -> None:
+        """MAL imports named `name` (then `<name>-p2`, … per batch, a data row's rows never split);
+        an import that exists by name already is waited for and checked, never made again."""
+        if not annotations:
+            log.info("no pre-label rows to import to project %s", project_id)
+            return
+        self._get("project", project_id, lambda: self.client.get_project(project_id))
+        batches = list(self.batches(annotations, key=_data_row_key))
+        names = [name if i == 0 else f"{name}-p{i + 1}" for i in range(len(batches))]
+        failed, samples = 0, []
+        for batch_name, batch in zip(names, batches, strict=True):
+            errors = self._mal_import(project_id, batch_name, batch)
+            failed += len(errors)
+            samples.extend(errors[: MAX_SAMPLES - len(samples)])
+        if failed:
+            raise PredictionUploadError(project_id, failed, len(annotations), samples, names, kind="project")
+        log.info("imported %d pre-label rows to project %s in %d MAL import(s)", len(annotations), project_id,
+                 len(batches))
+
+    def _mal_import(self, project_id: str, name: str, batch: list[dict[str, Any]]) -> list[str]:
+        from labelbox import MALPredictionImport
+        from lbox.exceptions import ResourceNotFoundError
+
+        what = f"pre-label import {name!r} ({len(batch)} rows) to project {project_id}"
+
+        def existing() -> Any:
+            try:
+                found = MALPredictionImport.from_name(self.client, project_id, name, as_json=True)
+            except ResourceNotFoundError:
+                return None
+            return MALPredictionImport(self.client, found) if found else None
+
+        made: list[Any] = []
+
+        def find_or_create() -> Any:
+            # Looked up before every try: a create whose answer was lost must not be made twice.
+            job = existing()
+            if job is not None:
+                return job
+            try:
+                job = MALPredictionImport.create_from_objects(self.client, project_id, name, batch)
+            except Exception:
+                # The SDK retries a 5xx itself; when the first create went through, its retry is
+                # refused (the name is taken): the import that exists is the one we made.
+                job = existing()
+                if job is None:
+                    raise
+                return job
+            made.append(job)
+            return job
+
+        job = self._call(what, find_or_create)
+        if not made:
+            log.info("MAL import %r of project %s exists already (%s); not made again", name, project_id, job.uid)
+        return self._finish_import(job, what, project_id, name, len(batch), kind="project")
+
+    def set_priorities(self, project_id: str, priorities: list[tuple[str, int]]) -> None:
+        """`project.update_data_row_labeling_priority(UniqueIds(ids), priority)` per band of
+        `priority_bands(...)`, in calls of at most `priority_batch_rows` data rows."""
+        from labelbox import UniqueIds
+
+        latest: dict[str, int] = {}
+        for data_row_id, priority in priorities:  # a data row given twice: the last one counts
+            p = int(priority)
+            if not INT32[0] <= p <= INT32[1]:
+                raise ValueError(f"priority {p} of data row {data_row_id} is not a 32-bit integer")
+            latest[str(data_row_id)] = p
+        if not latest:
+            return
+        project = self._get("project", project_id, lambda: self.client.get_project(project_id))
+        bands = priority_bands(latest.items(), self.priority_bands)
+        calls = 0
+        for priority, ids in bands:
+            for start in range(0, len(ids), self.priority_batch_rows):
+                chunk = ids[start: start + self.priority_batch_rows]
+                self._call(f"priority {priority} for {len(chunk)} data rows of project {project_id}",
+                           lambda c=chunk, p=priority: project.update_data_row_labeling_priority(UniqueIds(c), p))
+                calls += 1
+        log.info("set the labeling priority of %d data rows of project %s: %d band(s), %d call(s)", len(latest),
+                 project_id, len(bands), calls)
 
     # -- retraining rules -------------------------------------------------------------
     def create_model_run(self, model_id: str, project_id: str, name: str) -> str:
@@ -366,6 +502,33 @@ class SdkLabelbox:
         hook = self._call(f"creation of the webhook of project {project_id}", find_or_create)
         log.info("created webhook %s of project %s (%s; topics %s)", hook.uid, project_id, url, ",".join(topics))
         return hook.uid
+
+
+def priority_bands(priorities: Iterable[tuple[str, int]],
+                   max_bands: int = PRIORITY_BANDS) -> list[tuple[int, list[str]]]:
+    """`(priority, data row ids)` bands, lowest priority first, at most `max_bands` of them.
+
+    Labelbox sets one priority per bulk call (`update_data_row_labeling_priority`), so every
+    distinct priority costs a call (a task, waited for). Up to `max_bands` distinct priorities
+    each keep their own band. Beyond that, the distinct priorities (in order) are cut into
+    log-spaced bands: the first ones stay alone, later bands grow geometrically (edge j of K at
+    about D**(j/K) of D distinct values), and each band takes its lowest priority. Rows never
+    change order across bands, equal priorities always share one, and the top of the queue, the
+    rows labeled next, keeps its exact order; only far down the queue do rows share a number."""
+    by_value: dict[int, list[str]] = defaultdict(list)
+    for data_row_id, priority in priorities:
+        by_value[int(priority)].append(data_row_id)
+    values = sorted(by_value)
+    d, k = len(values), max(1, max_bands)
+    if d <= k:
+        return [(v, by_value[v]) for v in values]
+    edges = sorted({max(j, round(d ** (j / k)) - 1) for j in range(k)} | {d})
+    return [(values[lo], [r for v in values[lo:hi] for r in by_value[v]]) for lo, hi in itertools.pairwise(edges)]
+
+
+def _data_row_key(row: dict[str, Any]) -> Any:
+    data_row = row.get("dataRow") or {}
+    return data_row.get("id") or data_row.get("globalKey")
 
 
 def _split_of(row: dict[str, Any], model_id: str, model_run_id: str) -> str:

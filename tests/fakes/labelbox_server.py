@@ -6,9 +6,12 @@ import's status/error files at URLs it hands out itself, records every request, 
 fail the next call of an operation on command (`fail`). For retraining rules it also holds models,
 projects (Export v2 *project* rows, labels under `projects`) and their webhooks: a model run
 created under a model gets the project's labeled rows when `upsert_labels` runs, and its
-export shows each row with the split assigned to it. Operations can be made slow (`slow`, a big
-project) or held until the test lets them go (`hold`). The query texts the SDK sends are
-recorded per operation, so tests can compare them with the golden copies in
+export shows each row with the split assigned to it. For the prelabel step a project's rows still
+to label are exported (`workflow_status: ToLabel`), its MAL imports are kept by name (a second
+create of a name is refused: RESOURCE_CONFLICT) and its queue priorities by data row.
+Operations can be made slow (`slow`, a big project) or held until the test lets them go
+(`hold`). The query texts the SDK sends are recorded per operation, so tests can compare them
+with the golden copies in
 tests/data/labelbox_sdk/ (see docs/architecture.md §13).
 """
 
@@ -96,6 +99,25 @@ class Project:
     """A Labelbox project: Export v2 project rows (`projects.<id>.labels`), the labeled ones count."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     name: str = "fake project"
+    # Workflow step per data row id (ToLabel, InReview, InRework, Done); unset: ToLabel when the row
+    # has no label, else Done.
+    workflow: dict[str, str] = field(default_factory=dict)
+    imports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # MAL import name -> its rows
+    priorities: dict[str, int] = field(default_factory=dict)  # data row id -> labeling-queue priority
+    reject_rows: dict[int, str] = field(default_factory=dict)  # MAL rows rejected, by index in each import
+    import_polls_running: int = 0  # MAL import refreshes answered RUNNING first
+
+    def step(self, row: dict[str, Any], project_id: str) -> str:
+        labels = ((row.get("projects") or {}).get(project_id) or {}).get("labels")
+        return self.workflow.get(row["data_row"]["id"], "Done" if labels else "ToLabel")
+
+
+class GraphQLError(Exception):
+    """Answered as `{"errors": [{"message", "extensions": {"code"}}]}` (HTTP 200), as Labelbox does."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -104,6 +126,7 @@ class FakeLabelbox:
     requests: list[Request] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, status, metadata, errorMessage}
     uploads: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, name, rows, file_name}
+    mal_uploads: list[dict[str, Any]] = field(default_factory=list)  # {project_id, name, rows, file_name}
     exports: list[dict[str, Any]] = field(default_factory=list)  # the export mutation's input
     models: dict[str, str] = field(default_factory=dict)  # model id -> name
     projects: dict[str, Project] = field(default_factory=dict)
@@ -112,6 +135,9 @@ class FakeLabelbox:
     label_registrations: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, project_id}
     split_assignments: list[dict[str, Any]] = field(default_factory=list)  # {model_run_id, split, data_row_ids}
     label_task_status: str = "COMPLETE"  # what upsert_labels' task reports (COMPLETE or FAILED)
+    priority_task_status: str = "COMPLETE"  # what a queue-priority update task ends in
+    # An unknown MAL import name: `null` data (False) or a RESOURCE_NOT_FOUND error (True).
+    mal_not_found_error: bool = False
     chunk_lines: int = 3  # lines per export file the stream fetches
     # A big project: operation -> seconds each call is answered late (label upsert, export, …).
     slow: dict[str, float] = field(default_factory=dict)
@@ -196,10 +222,14 @@ class FakeLabelbox:
         if operation in EXPERIMENTAL and path != "/_gql":
             return 200, {"errors": [{"message": "experimental operation on /graphql",
                                      "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}
-        if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
-            data = handler(variables, files, query)
-        else:
-            data = handler(variables, files)
+        try:
+            if "query" in handler.__code__.co_varnames[: handler.__code__.co_argcount]:
+                data = handler(variables, files, query)
+            else:
+                data = handler(variables, files)
+        except GraphQLError as exc:
+            return injected[:2] if injected else (200, {"data": None, "errors": [
+                {"message": exc.message, "extensions": {"code": exc.code}}]})
         return injected[:2] if injected else (200, {"data": data})
 
     def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -238,15 +268,18 @@ class FakeLabelbox:
         return {"model": {"id": model_id, "name": self.models[model_id], "ontologyId": "ontology-fake"}}
 
     def _op_GetProjectPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
-        project = self.projects.get(v["param_0"])
-        if project is None:
+        if v["param_0"] not in self.projects:
             return {"project": None}
-        return {"project": {
-            "id": v["param_0"], "name": project.name, "description": "", "createdAt": _now(), "updatedAt": _now(),
+        return {"project": self._project_json(v["param_0"])}
+
+    def _project_json(self, project_id: str) -> dict[str, Any]:
+        project = self.projects[project_id]
+        return {
+            "id": project_id, "name": project.name, "description": "", "createdAt": _now(), "updatedAt": _now(),
             "setupComplete": _now(), "lastActivityTime": _now(), "autoAuditNumberOfLabels": 1,
             "autoAuditPercentage": 1.0, "allowedMediaType": "TEXT", "editorTaskType": None,
             "dataRowCount": len(project.rows), "modelSetupComplete": False, "uploadType": None,
-            "isBenchmarkEnabled": False, "isConsensusEnabled": False}}
+            "isBenchmarkEnabled": False, "isConsensusEnabled": False}
 
     def _page(self, items: list[Any], query: str) -> list[Any]:
         skip, first = (int(x) for x in PAGE.search(query).groups())
@@ -358,11 +391,81 @@ class FakeLabelbox:
             task["polls"] -= 1
             status = "IN_PROGRESS"
         else:
-            status = task["run"].export_status
+            status = task["run"].export_status if "run" in task else task["final"]
         return {"user": {"createdTasks": [
-            {"id": task_id, "name": "lbtrain export", "status": status, "type": "export-data-rows",
+            {"id": task_id, "name": task.get("name", "lbtrain export"), "status": status,
+             "type": task.get("type", "export-data-rows"),
              "completionPercentage": 100.0 if status != "IN_PROGRESS" else 50.0, "createdAt": _now(),
              "updatedAt": _now(), "errors": None, "result": None, "metadata": None}]}}
+
+    # -- the prelabel step: rows to label, MAL imports, queue priorities --------------------
+    def _op_exportDataRowsInProjectPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        inp = v["input"]
+        self.exports.append(inp)
+        project_id = inp["filters"]["projectId"]
+        project = self.projects[project_id]
+        rows = project.rows
+        for term in inp["filters"]["searchQuery"]["query"]:
+            if term == {"type": "task_queue_not_exist"}:
+                rows = [r for r in rows if project.step(r, project_id) == "ToLabel"]
+            elif term.get("type") == "task_queue_status":
+                rows = [r for r in rows if project.step(r, project_id) == term["status"]]
+            else:
+                raise GraphQLError("MALFORMED_REQUEST", f"fake: unsupported export filter {term}")
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        self._tasks[task_id] = {"final": "COMPLETE", "polls": 0, "RESULT": _ndjson(rows), "ERRORS": b"",
+                                "RESULT_lines": len(rows), "ERRORS_lines": 0}
+        return {"exportDataRowsInProject": {"taskId": task_id, "isStreamable": True}}
+
+    def _op_createMALPredictionImportByFilePyApi(self, v: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:  # noqa: N802
+        project_id, name = v["projectId"], v["name"]
+        project = self.projects[project_id]
+        if name in project.imports:
+            raise GraphQLError("RESOURCE_CONFLICT", f"An import named {name!r} already exists in this project")
+        (file_name, payload), = files.items()
+        rows = [json.loads(line) for line in payload.decode().splitlines() if line.strip()]
+        import_id = f"mal-{uuid.uuid4().hex[:12]}"
+        statuses, errors = [], []
+        for i, row in enumerate(rows):
+            status = {"uuid": row.get("uuid"), "dataRow": row.get("dataRow"), "status": "SUCCESS"}
+            if i in project.reject_rows:
+                status = {**status, "status": "FAILURE",
+                          "errors": [{"name": "ValidationError", "message": project.reject_rows[i]}]}
+                errors.append(status)
+            statuses.append(status)
+        project.imports[name] = rows
+        self.mal_uploads.append({"project_id": project_id, "name": name, "rows": rows, "file_name": file_name,
+                             "content_length": v["contentLength"]})
+        self._imports[import_id] = {"name": name, "project_id": project_id, "polls": project.import_polls_running,
+                                    "errors": errors, "statuses": statuses, "inputs": rows}
+        state = "RUNNING" if project.import_polls_running else "FINISHED"
+        return {"createModelAssistedLabelingPredictionImport": self._import_json(import_id, state)}
+
+    def _op_getModelAssistedLabelingPredictionImportPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        for import_id, imp in self._imports.items():
+            if imp.get("project_id") == v["projectId"] and imp["name"] == v["name"]:
+                state = "FINISHED"
+                if imp["polls"] > 0:
+                    imp["polls"] -= 1
+                    state = "RUNNING"
+                return {"modelAssistedLabelingPredictionImport": self._import_json(import_id, state)}
+        if self.mal_not_found_error:
+            raise GraphQLError("RESOURCE_NOT_FOUND", "ModelAssistedLabelingPredictionImport not found")
+        return {"modelAssistedLabelingPredictionImport": None}
+
+    def _op_createQueuePriorityUpdateTaskPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
+        project = self.projects.get(v["projectId"])
+        if project is None:
+            raise GraphQLError("RESOURCE_NOT_FOUND", "Project not found")
+        identifiers = v["dataRowIdentifiers"]
+        if identifiers["idType"] != "ID":
+            raise GraphQLError("MALFORMED_REQUEST", f"fake: idType {identifiers['idType']} not supported")
+        priority = int(v["priority"])
+        project.priorities.update(dict.fromkeys(identifiers["ids"], priority))
+        task_id = f"task-{uuid.uuid4().hex[:12]}"
+        self._tasks[task_id] = {"final": self.priority_task_status, "polls": 0, "type": "queue-priority-update",
+                                "name": "Queue priority update"}
+        return {"project": {"createQueuePriorityUpdateTask": {"taskId": task_id}}}
 
     def _op_GetExportMetadataHeaderPyApi(self, v: dict[str, Any], _: Any) -> dict[str, Any]:  # noqa: N802
         task = self._tasks[v["where"]["id"]]
@@ -419,7 +522,9 @@ class FakeLabelbox:
     def _import_json(self, import_id: str, state: str) -> dict[str, Any]:
         imp = self._imports[import_id]
         base = f"{self.base_url}/imports/{import_id}"
-        return {"id": import_id, "name": imp["name"], "modelRunId": imp["model_run_id"], "state": state,
+        parent = ({"project": self._project_json(imp["project_id"])} if "project_id" in imp
+                  else {"modelRunId": imp["model_run_id"]})
+        return {"id": import_id, "name": imp["name"], **parent, "state": state,
                 "progress": "100%" if state == "FINISHED" else "0%", "inputFileUrl": f"{base}/inputs",
                 "errorFileUrl": f"{base}/errors", "statusFileUrl": f"{base}/statuses"}
 
