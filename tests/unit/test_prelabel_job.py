@@ -23,7 +23,8 @@ CASES = {  # model type: (reference rows, train params)
     "ner": (160, {}),
     "image_single_classification": (120, {"epochs": 2, "threads": 1}),
     "image_multi_classification": (120, {"epochs": 2, "threads": 1}),
-    "bounding_box": (40, {"epochs": 1, "width": 8, "input_size": 64, "threads": 1, "score_threshold": 0.01}),
+    "bounding_box": (80, {"epochs": 30, "width": 16, "lr": 0.004, "input_size": 64, "threads": 1,
+                          "score_threshold": 0.01}),
 }
 UNLABELED, BATCH = 24, 7
 
