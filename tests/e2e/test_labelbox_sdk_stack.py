@@ -80,7 +80,7 @@ def test_model_run_webhook_runs_the_pipeline_against_labelbox(sdk_dev: tuple[Dev
     assert [s["status"] for s in fake.statuses if s["model_run_id"] == mr] == STATUSES
     assert fake.statuses[-1]["metadata"]["lbtrain_run_id"] == run["run_id"]
     assert {r.path for r in fake.requests if r.operation == "setPipelineStatusPyApi"} == {"/_gql"}
-    exports = [e["filters"] for e in fake.exports if e["filters"]["modelRunId"] == mr]
+    exports = [e["filters"] for e in fake.exports if e["filters"].get("modelRunId") == mr]
     assert exports == [{"modelRunId": mr}]  # the ETL job's
     assert _predicted(fake, mr) == {r["data_row"]["id"] for r in rows}
     metric_rows = [r for u in fake.uploads for r in u["rows"] if r.get("aggregation") == "CONFUSION_MATRIX"]
@@ -152,7 +152,12 @@ def test_label_webhooks_fire_a_retraining_rule_on_a_new_model_run(sdk_dev: tuple
     per_split = Counter(split_for(d) for d in labeled)
     assert set(per_split) == {"TRAINING", "VALIDATION", "TEST"}
     # … which the ETL read back from the model run's export (the test split is what was evaluated).
-    assert [e["filters"] for e in fake.exports if e["filters"]["modelRunId"] == mr] == [{"modelRunId": mr}] * 2
+    assert [e["filters"] for e in fake.exports if e["filters"].get("modelRunId") == mr] == [{"modelRunId": mr}] * 2
+    # The run ended with its prelabel step: one export of the project's rows to label (none: all are
+    # labeled), so no pre-labels were imported and no priorities set.
+    assert [e["filters"]["projectId"] for e in fake.exports if "projectId" in e["filters"]] == [project_id]
+    assert [s["stage"] for s in run["steps"]][-1] == "prelabel" and run["prelabel"]["unlabeled"] == 0
+    assert fake.projects[project_id].imports == {} and fake.projects[project_id].priorities == {}
     assert run["metrics"]["test_size"] == per_split["TEST"]
 
     # Labelbox saw the statuses and the predictions on that new model run.
