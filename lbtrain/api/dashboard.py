@@ -312,12 +312,18 @@ def model_page(model_type: str):  # noqa: ANN201
     for run in runs:
         value, at = v.headline_value(run, metric), v.as_datetime(run.get("created_at"))
         if value is not None and at is not None:
-            points.append((at, value, run["run_id"]))
+            labels = run.get("examples")
+            points.append((at, value, run["run_id"], labels if isinstance(labels, int) else None))
     champion, champion_note = _champion(model_type)
     champ_run = str((champion or {}).get("run_id") or "")
-    chart = v.svg_series(points, title=f"{metric} of each run over time", champion_run=champ_run)
+    chart = v.svg_series([p[:3] for p in points], title=f"{metric} of each run over time", champion_run=champ_run)
+    label_points = [(p[3], p[1], p[2]) for p in points if p[3] is not None]
+    labels_chart = v.svg_by_labels(label_points, title=f"{metric} by number of labeled examples",
+                                   champion_run=champ_run)
     return render_template("dashboard/model.html", model_type=model_type, metric=metric, chart=chart,
-                           points=sorted(points, reverse=True), champion=champion, champion_note=champion_note,
+                           label_points=label_points, labels_chart=labels_chart,
+                           points=sorted(points, key=lambda p: p[0], reverse=True), champion=champion,
+                           champion_note=champion_note,
                            runs_shown=len(runs), limit=MODEL_PAGE_RUNS,
                            description=pipelines.get(model_type).description)
 

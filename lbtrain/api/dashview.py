@@ -193,22 +193,55 @@ def svg_bars(items: list[tuple[str, float | None]], *, title: str, maximum: floa
     return Markup("".join(parts))
 
 
-def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champion_run: str = "",
-               width: int = 640, height: int = 220) -> Markup:
-    """A metric over time: one dot per run (time on x, value on y, y from 0 to max(1, values)),
-    joined by a line; the champion's dot is ringed. Points are (time, value, run_id)."""
+def _frame(title: str, css: str, values: list[float], width: int, height: int
+           ) -> tuple[list[str], tuple[int, int, int, int], float]:
+    """An SVG chart's opening, title and y grid (0 to max(1, values)): (parts, plot box x0 x1 y0 y1, top)."""
     pad_l, pad_r, pad_t, pad_b = 44, 12, 12, 28
-    pts = sorted(points, key=lambda p: p[0])
-    parts = [f'<svg class="series" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
+    parts = [f'<svg class="{css}" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
              f'width="100%" preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
              f"<title>{escape(title)}</title>"]
     x0, x1, y0, y1 = pad_l, width - pad_r, height - pad_b, pad_t
-    top = max([1.0, *(p[1] for p in pts)])
+    top = max([1.0, *values])
     for frac in (0.0, 0.5, 1.0):
         y = y0 - frac * (y0 - y1)
         parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#d0d5dd" stroke-width="1"/>')
         parts.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
                      f'fill="#344054">{frac * top:.2f}</text>')
+    return parts, (x0, x1, y0, y1), top
+
+
+def svg_by_labels(points: list[tuple[int, float, str]], *, title: str, champion_run: str = "",
+                  width: int = 640, height: int = 220) -> Markup:
+    """The headline metric against the labeled examples each run learned from: (labels, value, run_id),
+    x from the fewest to the most labels, y from 0 to max(1, values); runs joined in label order."""
+    pts = sorted(points, key=lambda p: (p[0], p[2]))
+    parts, (x0, x1, y0, y1), top = _frame(title, "series labels", [p[1] for p in pts], width, height)
+    if pts:
+        lo, span = pts[0][0], max(pts[-1][0] - pts[0][0], 1)
+        coords = [(x0 + (x1 - x0) * ((p[0] - lo) / span if len(pts) > 1 else 0.5), y0 - (y0 - y1) * (p[1] / top))
+                  for p in pts]
+        if len(coords) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="#175cd3" stroke-width="2"/>')
+        for (x, y), (n, value, run_id) in zip(coords, pts, strict=True):
+            champ = run_id == champion_run
+            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{6 if champ else 4}" '
+                         f'fill="{"#1a7f37" if champ else "#175cd3"}" stroke="#ffffff" stroke-width="1.5" '
+                         f'data-run="{escape(run_id)}" data-labels="{n}"><title>{escape(run_id)}: {value:.4f} '
+                         f'with {n} labels{" (champion)" if champ else ""}</title></circle>')
+        parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">{pts[0][0]} labels</text>')
+        parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
+                     f'{pts[-1][0]} labels</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champion_run: str = "",
+               width: int = 640, height: int = 220) -> Markup:
+    """A metric over time: one dot per run (time on x, value on y, y from 0 to max(1, values)),
+    joined by a line; the champion's dot is ringed. Points are (time, value, run_id)."""
+    pts = sorted(points, key=lambda p: p[0])
+    parts, (x0, x1, y0, y1), top = _frame(title, "series", [p[1] for p in pts], width, height)
     if pts:
         t0 = pts[0][0].timestamp()
         span = max(pts[-1][0].timestamp() - t0, 1e-9)

@@ -6,6 +6,7 @@ hidden ground truth) → their label webhooks fire the next run, which pre-label
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,15 @@ def test_label_webhooks_to_prelabels_to_labels_to_the_next_run(dev: Dev, tmp_pat
     # The second run re-ranked exactly the rows still unlabeled.
     after = FileLabelbox(dev.labelbox_dir).priorities(project_id)
     assert sorted(after[r] for r in unlabeled - set(queue)) == list(range(1, len(unlabeled) - BATCH + 1))
+
+    # The dashboard shows each run's pre-labels and the model type's quality by number of labels.
+    page = _get(f"{dev.url}/dashboard/runs/{second['run_id']}")
+    assert 'id="run-prelabel"' in page and f"of {len(unlabeled) - BATCH} unlabeled rows of project" in page
+    model_page = _get(f"{dev.url}/dashboard/models/{MODEL_TYPE}")
+    for run in (first, second):
+        assert f'data-run="{run["run_id"]}" data-labels="{run["examples"]}"' in model_page
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - the local dev stack
+        return resp.read().decode()

@@ -114,6 +114,21 @@ def test_svg_series_orders_points_in_time_and_marks_the_champion():
     assert not list(empty.iter("{http://www.w3.org/2000/svg}circle"))
 
 
+def test_svg_by_labels_places_runs_by_their_labels():
+    points = [(460, 0.78, "second"), (400, 0.74, "first"), (1000, 0.81, "<third>")]
+    svg = str(v.svg_by_labels(points, title="macro_f1 by labels", champion_run="first"))
+    root = ElementTree.fromstring(svg)
+    circles = list(root.iter("{http://www.w3.org/2000/svg}circle"))
+    assert [c.get("data-labels") for c in circles] == ["400", "460", "1000"]
+    assert [c.get("data-run") for c in circles] == ["first", "second", "<third>"]  # escaped in the markup
+    xs = [float(c.get("cx")) for c in circles]
+    assert xs[0] < xs[1] < xs[2] and abs((xs[1] - xs[0]) / (xs[2] - xs[0]) - 60 / 600) < 1e-6  # labels on x
+    assert [c.get("r") for c in circles] == ["6", "4", "4"]
+    assert "400 labels" in svg and "1000 labels" in svg
+    assert not list(ElementTree.fromstring(str(v.svg_by_labels([], title="none"))).iter(
+        "{http://www.w3.org/2000/svg}circle"))
+
+
 def test_labelbox_history_dedupes_repeats_and_stays_bounded():
     def entry(status: str, reported: bool = True, i: int = 0) -> dict:
         return {"status": status, "error_message": None, "metadata": {"i": str(i)}, "at": at(i), "reported": reported}
