@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model_types = [m.strip() for m in args.model_types.split(",") if m.strip()] if args.model_types else None
     return run_demo(port=args.port, limit=args.limit, timeout=args.timeout, model_types=model_types,
-                    parallel=args.parallel, exit_at_end=args.exit)
+                    parallel=args.parallel, exit_at_end=args.exit, loop=not args.no_loop)
 
 
 def cmd_datasets_build(args: argparse.Namespace) -> int:
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trigger every run at once (they share the CPU; time-boxed trainers stop earlier)")
     demo.add_argument("--exit", action="store_true",
                       help="stop the stack when the runs end (default: keep it up, with the dashboard, until Ctrl-C)")
+    demo.add_argument("--no-loop", action="store_true",
+                      help="skip the labeling loop (a retraining rule whose run pre-labels a project's unlabeled rows)")
     demo.set_defaults(func=cmd_demo)
 
     ds = sub.add_parser("datasets", help="build file-backed Labelbox model runs from public data")

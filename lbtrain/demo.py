@@ -90,6 +90,51 @@ def _stay_up(proc: subprocess.Popen, log_path: Path) -> bool:
     return False
 
 
+LOOP_MODEL_TYPE = "text_single_classification"
+
+
+def _labeling_loop(api: Client, secret: str, labelbox_dir: Path, limit: int | None, timeout: float) -> bool:
+    """The labeling loop on a project: half its rows labeled, a retraining rule, label webhooks fire it,
+    the run pre-labels the other half and orders the labeling queue (docs/architecture.md §4.5)."""
+    import json
+
+    from lbtrain import datasets
+    from lbtrain.adapters.labelbox import FileLabelbox
+
+    project_id = f"demo-project-{uuid.uuid4().hex[:8]}"
+    datasets.build_project(LOOP_MODEL_TYPE, str(labelbox_dir), project_id, limit=min(limit or 1000, 1000))
+    export = labelbox_dir / "projects" / project_id / "export.ndjson"
+    rows = [json.loads(line) for line in export.read_text(encoding="utf-8").splitlines() if line.strip()]
+    seed = len(rows) // 2
+    for row in rows[seed:]:  # the half still to label
+        row["projects"][project_id]["labels"] = []
+    export.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    labels = 20
+    api.set_trigger(project_id, {"model_type": LOOP_MODEL_TYPE, "model_id": "demo-model", "min_labels": labels})
+    print(f"\nlbtrain demo: the labeling loop: project {project_id}, {seed} of {len(rows)} rows labeled, a rule "
+          f"retrains {LOOP_MODEL_TYPE} every {labels} labels; sending {labels} signed label webhooks", flush=True)
+    answer: dict = {}
+    for row in rows[:labels]:
+        label_id = row["projects"][project_id]["labels"][0]["id"]
+        body = {"id": label_id, "dataRow": {"id": row["data_row"]["id"]}, "project": {"id": project_id}}
+        _, answer = api.send_webhook("/webhooks/labelbox", body, secret, delivery_id=f"demo-{uuid.uuid4().hex}",
+                                     event="LABEL_CREATED")
+    run_id = str(answer.get("run_id") or "")
+    if not run_id:
+        print(f"lbtrain demo: the rule did not start a run: {answer}", file=sys.stderr)
+        return False
+    run = _watch(api, {run_id: f"{LOOP_MODEL_TYPE} (rule)"}, time.monotonic(), timeout)[run_id]
+    counts = run.get("prelabel") or {}
+    lb = FileLabelbox(labelbox_dir)
+    queue = sorted(lb.priorities(project_id).items(), key=lambda kv: kv[1])[:3]
+    print(f"lbtrain demo: run {run_id} {run['status']}: pre-labeled {counts.get('prelabeled_rows', 0)} of "
+          f"{counts.get('unlabeled', 0)} unlabeled rows ({counts.get('imports', 0)} imports in "
+          f"{labelbox_dir / 'projects' / project_id / 'prelabels'}), prioritised {counts.get('prioritised', 0)} "
+          f"(front of the queue: {', '.join(r for r, _ in queue)}; {labelbox_dir / 'projects' / project_id}"
+          f"/priorities.json). Label those and the rule trains again.", flush=True)
+    return run["status"] == "SUCCEEDED" and bool(counts.get("prioritised"))
+
+
 def default_model_types() -> list[str]:
     """Every registered model type that has a reference dataset."""
     from lbtrain import datasets, pipelines
@@ -98,7 +143,8 @@ def default_model_types() -> list[str]:
 
 
 def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
-             model_types: list[str] | None = None, parallel: bool = False, exit_at_end: bool = False) -> int:
+             model_types: list[str] | None = None, parallel: bool = False, exit_at_end: bool = False,
+             loop: bool = True) -> int:
     from lbtrain import datasets, pipelines
     from lbtrain.cli import describe_run
 
@@ -168,6 +214,8 @@ def run_demo(port: int = 0, limit: int | None = None, timeout: float = 3600.0,
             print(f"  {run['model_type']:<28} {run['status']:<10} {shown}")
             print(f"  {'':<28} {dashboard}runs/{run['run_id']}")
         ok = all(run["status"] == "SUCCEEDED" for run in final.values())
+        if loop and LOOP_MODEL_TYPE in model_types:
+            ok = _labeling_loop(api, secret, labelbox_dir, limit, timeout) and ok
         print(f"lbtrain demo: {'all runs SUCCEEDED' if ok else 'some runs did not succeed'} in "
               f"{time.monotonic() - start:.0f}s. Labelbox statuses and predictions: "
               f"{labelbox_dir}/model_runs/<id>/", flush=True)

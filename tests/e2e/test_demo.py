@@ -83,6 +83,9 @@ def test_the_demo_stays_up_with_its_dashboard_until_ctrl_c(tmp_path: Path):
         output = "".join(lines)
         assert "the stack stays up" in output, output
         assert "all runs SUCCEEDED" in output, output
+        # The labeling loop: label webhooks fired the rule, whose run pre-labeled the unlabeled half.
+        loop = re.search(r"run (\w+) SUCCEEDED: pre-labeled (\d+) of 200 unlabeled rows .* prioritised 200 ", output)
+        assert loop and int(loop.group(2)) > 0, output
         dashboard = re.search(r"dashboard (http://127\.0\.0\.1:\d+/dashboard/)", lines[-1]).group(1)
         run_page = re.search(re.escape(dashboard) + r"runs/[\w-]+", output).group(0)
         assert proc.poll() is None, output  # the results are printed and the demo is still running
