@@ -126,9 +126,7 @@ def test_the_golden_rows_cover_every_annotation_kind() -> None:
 
 def test_the_golden_rows_pass_the_sdks_annotation_models() -> None:
     """labelbox 7.x validates annotation-import dicts only with its NDJSON pydantic models, which
-    import the annotation types, which need opencv (the labelbox[data] extra)."""
-    pytest.importorskip("cv2", reason="labelbox's NDJSON annotation models need opencv (labelbox[data]), "
-                                      "not installed")
+    import the annotation types, which need opencv and shapely (the labelbox[data] extra, in `dev`)."""
     from labelbox.data.serialization.ndjson.classification import NDChecklist, NDRadio
     from labelbox.data.serialization.ndjson.objects import NDRectangle, NDTextEntity
 

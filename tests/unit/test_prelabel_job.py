@@ -70,6 +70,15 @@ def _check_shape(model_type: str, ann: dict[str, Any], classes: set[str], rows: 
         assert ann["name"] in classes
 
 
+def _sdk_model(ann: dict[str, Any]) -> Any:
+    from labelbox.data.serialization.ndjson.classification import NDChecklist, NDRadio
+    from labelbox.data.serialization.ndjson.objects import NDRectangle, NDTextEntity
+
+    if "answer" in ann:
+        return NDChecklist if isinstance(ann["answer"], list) else NDRadio
+    return NDRectangle if "bbox" in ann else NDTextEntity
+
+
 @pytest.mark.parametrize("model_type", list(CASES))
 def test_prelabel_job(model_type: str, tmp_path: Path) -> None:
     limit, params = CASES[model_type]
@@ -100,6 +109,7 @@ def test_prelabel_job(model_type: str, tmp_path: Path) -> None:
     classes = set(json.loads((env.out("r1", "etl") / "label_map.json").read_text())["classes"])
     for ann in annotations:
         _check_shape(model_type, ann, classes, rows)
+        _sdk_model(ann).model_validate(ann)  # the labelbox SDK's own annotation-import model accepts it
     if "single" in model_type:  # at confidence 0 every row gets its most likely class
         assert metrics["prelabeled_rows"] == UNLABELED
     else:
