@@ -1,0 +1,82 @@
+"""The floor for bench/ingress.py: the least a signed-webhook handler on Firestore and Pub/Sub can do.
+
+Served by gunicorn exactly as the ingress image serves `services.ingress.main:app` (1 worker, 8 threads):
+
+- `POST /model_run`: one HMAC check (lbtrain.signature), one Firestore transaction (read the delivery's
+  document, create it if absent) and, for a new delivery, one Pub/Sub publish waited for its ack.
+- `POST /webhooks/labelbox`: one HMAC check and one transaction: read the label's marker, and if absent
+  create it and increment one counter document.
+
+Environment: GOOGLE_CLOUD_PROJECT, DEPLOYMENT_NAME, LABELBOX_WEBHOOK_SECRET and the emulator hosts.
+Collections and topic are prefixed `floor-` so nothing here meets the product's documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from flask import Flask, jsonify, request
+from google.cloud import firestore, pubsub_v1
+
+from lbtrain import signature
+
+PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT", "demo")
+DEPLOYMENT = os.environ.get("DEPLOYMENT_NAME", "dev")
+SECRET = os.environ.get("LABELBOX_WEBHOOK_SECRET", "")
+TOPIC = "floor"  # topic id: {DEPLOYMENT}-floor
+DELIVERIES, LABELS, COUNTERS = "floor-deliveries", "floor-labels", "floor-counters"
+
+db = firestore.Client(project=PROJECT)
+publisher = pubsub_v1.PublisherClient()
+topic_path = publisher.topic_path(PROJECT, f"{DEPLOYMENT}-{TOPIC}")
+app = Flask("lbtrain-ingress-floor")
+
+
+def _verified() -> tuple[bytes, dict] | tuple[None, None]:
+    body = request.get_data(cache=True)
+    if signature.verify(SECRET, body, request.headers):
+        return None, None
+    return body, json.loads(body)
+
+
+@app.post("/model_run")
+def model_run():  # noqa: ANN201
+    body, data = _verified()
+    if body is None:
+        return jsonify({"error": "bad signature"}), 401
+    delivery = request.headers.get("X-Labelbox-Id") or hashlib.sha256(body).hexdigest()
+    ref = db.collection(DELIVERIES).document(hashlib.sha256(delivery.encode()).hexdigest())
+
+    @firestore.transactional
+    def txn(t: firestore.Transaction) -> bool:
+        if ref.get(transaction=t).exists:
+            return False
+        t.create(ref, {"model_run_id": data["modelRunId"], "at": firestore.SERVER_TIMESTAMP})
+        return True
+
+    created = txn(db.transaction(max_attempts=10))
+    if created:
+        publisher.publish(topic_path, body).result(timeout=30)
+    return jsonify({"created": created}), 200
+
+
+@app.post("/webhooks/labelbox")
+def label():  # noqa: ANN201
+    body, data = _verified()
+    if body is None:
+        return jsonify({"error": "bad signature"}), 401
+    project = data["project"]["id"]
+    marker = db.collection(LABELS).document(hashlib.sha256(f"{project}/{data['id']}".encode()).hexdigest())
+    counter = db.collection(COUNTERS).document(project)
+
+    @firestore.transactional
+    def txn(t: firestore.Transaction) -> bool:
+        if marker.get(transaction=t).exists:
+            return False
+        t.create(marker, {"project": project})
+        t.set(counter, {"count": firestore.Increment(1)}, merge=True)
+        return True
+
+    return jsonify({"counted": txn(db.transaction(max_attempts=10))}), 200
