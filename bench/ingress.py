@@ -84,6 +84,19 @@ class Gunicorn:
                 time.sleep(0.2)
         raise RuntimeError(f"{self.name} did not answer within {timeout:.0f}s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the gunicorn master and its workers so far (Linux /proc; 0 elsewhere)."""
+        total = 0.0
+        try:
+            pids = [self.proc.pid] + [int(c) for c in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+                                      .read_text().split()]
+            for pid in pids:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -466,11 +479,14 @@ def main(argv: list[str] | None = None) -> int:
         table = []
         for name, server, build in plan:
             sent[name] = build()
+            cpu0 = server.cpu_seconds()
             results[name] = drive(server.port, sent[name], conc)
             table.append(summary(name, results[name]))
             s = table[-1]
+            s["server_cpu_ms_per_request"] = round(1000 * (server.cpu_seconds() - cpu0) / len(sent[name]), 2)
             say(f"  {name:<12} {s['requests']:>5} req  {s['rps']:>7.1f} req/s  p50 {s['p50_ms']:>7.1f}  "
-                f"p90 {s['p90_ms']:>7.1f}  p99 {s['p99_ms']:>7.1f}  max {s['max_ms']:>7.1f} ms  {s['statuses']}")
+                f"p90 {s['p90_ms']:>7.1f}  p99 {s['p99_ms']:>7.1f}  max {s['max_ms']:>7.1f} ms  "
+                f"server CPU {s['server_cpu_ms_per_request']:>5.2f} ms/req  {s['statuses']}")
         by = {s["scenario"]: s for s in table}
 
         # Correctness.
@@ -520,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
                "new_vs_floor_rps": ratio(by["new"]["rps"], by["floor"]["rps"]),
                "new_vs_floor_p99": ratio(by["new"]["p99_ms"], by["floor"]["p99_ms"]),
                "label_vs_floor_rps": ratio(by["label"]["rps"], by["label_floor"]["rps"]),
+               "new_cpu_ms": by["new"]["server_cpu_ms_per_request"],
+               "floor_cpu_ms": by["floor"]["server_cpu_ms_per_request"],
+               "label_cpu_ms": by["label"]["server_cpu_ms_per_request"],
+               "label_floor_cpu_ms": by["label_floor"]["server_cpu_ms_per_request"],
                "non_200": sum(1 for r in results.values() for s in r["statuses"] if s != 200),
                "lost": lost, "extra": extra, "checks": checks, "scenarios": table}
         if prof is not None:
