@@ -49,6 +49,7 @@ from lbtrain import emulators, signature  # noqa: E402
 from lbtrain.client import Client  # noqa: E402
 
 MODEL_TYPE = "text_single_classification"
+PROJECTS: list[str] = []  # Firestore projects this run wrote (cleared at the end on reused emulators)
 # The image's command (services/ingress/Dockerfile CMD), bound to loopback.
 GUNICORN_ARGS = ["--workers", "1", "--threads", "8", "--timeout", "0"]
 
@@ -361,6 +362,7 @@ def profile(hosts: dict[str, str], root: Path, n: int) -> dict[str, Any]:
     from lbtrain.deps import Deps
 
     project, deployment = f"ibp-{uuid.uuid4().hex[:8]}", f"p{uuid.uuid4().hex[:6]}"
+    PROJECTS.append(project)
     secret, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     cfg = Config(project=project, deployment_name=deployment, labelbox_webhook_secret=secret, api_token=token,
                  artifact_root=str(root / "profile-artifacts"), labelbox_dir=str(root / "profile-labelbox"),
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             hosts["FIRESTORE_EMULATOR_HOST"] = owned[-1].host
         os.environ.update(hosts)
         project, deployment = f"ib-{uuid.uuid4().hex[:8]}", f"i{uuid.uuid4().hex[:6]}"
+        PROJECTS.append(project)
         secret, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         labelbox_dir = root / "labelbox"
         (labelbox_dir / "model_runs").mkdir(parents=True)
@@ -551,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
+        if not any(em.name == "firestore" for em in owned) and os.environ.get("FIRESTORE_EMULATOR_HOST"):
+            for project_id in PROJECTS:  # reused emulator: remove this benchmark's documents
+                try:
+                    emulators.reset_firestore(os.environ["FIRESTORE_EMULATOR_HOST"], project_id)
+                except OSError as exc:
+                    print(f"could not clear Firestore project {project_id}: {exc}", file=sys.stderr)
         for em in owned:
             em.stop()
         if args.keep:
