@@ -66,7 +66,7 @@ def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_
     if result.created:
         # Told before the first step is offered: a fast etl job reports PREPARING_DATA, and Labelbox
         # shows the last status it was given.
-        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id)
+        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id, first=True)
         if limited:  # a slot now (its first step published) or the queue
             admission.start(deps, result.run_id)
         else:

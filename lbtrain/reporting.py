@@ -19,7 +19,9 @@ HISTORY_LIMIT = 50  # entries kept on the run document: a few per attempt, far b
 
 
 def report_status(deps: Deps, model_run_id: str, status: str, *, run_id: str, error: str | None = None,
-                  metadata: dict[str, str] | None = None) -> bool:
+                  metadata: dict[str, str] | None = None, first: bool = False) -> bool:
+    """`first`: the run was created a moment ago and nothing else reports on it yet (start_run, before
+    its first step is offered): its history is this one entry, written without a transaction."""
     meta = {**({"lbtrain_run_id": run_id} if run_id else {}), **(metadata or {})}
     clipped = clip_error(error) if error else None
     try:
@@ -32,8 +34,23 @@ def report_status(deps: Deps, model_run_id: str, status: str, *, run_id: str, er
     if run_id:
         entry = {"status": status, "error_message": clipped, "at": d.now(), "reported": reported,
                  "metadata": {str(k): str(v) for k, v in (metadata or {}).items()}}
-        record_history(deps, run_id, entry)
+        if first:
+            record_first(deps, run_id, entry)
+        else:
+            record_history(deps, run_id, entry)
     return reported
+
+
+def record_first(deps: Deps, run_id: str, entry: dict[str, Any]) -> None:
+    """The first entry of a new run's history: one blind update (1 round trip, not a transaction's 3)."""
+    try:
+        from lbtrain.adapters.firestore_store import RUNS
+
+        deps.store.db.collection(RUNS).document(run_id).update({"labelbox_statuses": [entry]})
+        deps.store.writes += 1
+    except Exception as exc:  # noqa: BLE001 - the history is for people; it must not fail the handler
+        log.warning("Labelbox status %s not recorded on run %s: %s", entry.get("status"), run_id, exc,
+                    extra={"fields": {"run_id": run_id}})
 
 
 def same_report(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -147,12 +147,12 @@ class TriggerStore:
         @firestore.transactional
         def count(t: firestore.Transaction) -> tuple[str, dict[str, Any] | None, str]:
             at = d.now()
-            seen = delivery_ref.get(transaction=t)
-            snap = ref.get(transaction=t)
+            # The delivery, the rule and the label's marker in one round trip.
+            snaps = {s.reference.path: s for s in t.get_all([delivery_ref, ref, marker_ref])}
+            seen, snap, marker = snaps[delivery_ref.path], snaps[ref.path], snaps[marker_ref.path]
             rule = snap.to_dict() if snap.exists else None
             if seen.exists:
                 return "duplicate", rule, seen.get("run_id") or ""
-            marker = marker_ref.get(transaction=t)
             delivery = {"run_id": None, "at": at, "expire_at": at + DELIVERY_TTL, "kind": "label"}
             t.set(delivery_ref, delivery)
             if rule is None:
