@@ -173,7 +173,7 @@ def test_concurrent_redelivered_releases_launch_one_job_and_create_one_model_run
                                         "modelId": model_id}]
     (mr,) = fake.model_runs_of(model_id)
     assert done["model_run_id"] == mr and not done.get("waiting")
-    assert [s["stage"] for s in done["steps"]] == [d.MODELRUN, "etl", "train", "evaluate", "deploy"]
+    assert [s["stage"] for s in done["steps"]] == [d.MODELRUN, "etl", "train", "evaluate", "deploy", "prelabel"]
     assert all(s["state"] == d.SUCCEEDED and s["attempt"] == 1 for s in done["steps"])
     assert fake.model_runs[mr].splits == {dr: split_for(dr) for dr in rows}
     statuses = [s for s in fake.statuses if s["model_run_id"] == mr]
