@@ -97,10 +97,18 @@ def classifications(label: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def first_radio_question(rows: Rows, model_run_id: str) -> str | None:
     """Name of the first radio question answered in the model run (export order)."""
     for row in rows:
-        for label in run_labels(find_run(row, model_run_id)):
-            for c in classifications(label):
-                if isinstance(c.get("radio_answer"), Mapping) and c.get("name"):
-                    return str(c["name"])
+        question = first_radio_question_of_run(find_run(row, model_run_id))
+        if question is not None:
+            return question
+    return None
+
+
+def first_radio_question_of_run(run: Mapping[str, Any] | None) -> str | None:
+    """Name of the first radio question answered in one row's run (label order)."""
+    for label in run_labels(run):
+        for c in classifications(label):
+            if isinstance(c.get("radio_answer"), Mapping) and c.get("name"):
+                return str(c["name"])
     return None
 
 
