@@ -157,8 +157,12 @@ class Task(ABC):
 # --- snapshot I/O (through lbtrain.storage so gs:// can be added in one place) ---
 
 
+# json.dumps(r, ensure_ascii=False, sort_keys=True), without building an encoder per call
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
+
 def dumps_jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    return "".join(dumps_row(r) for r in rows)
 
 
 def loads_jsonl(text: str) -> list[dict[str, Any]]:
@@ -168,7 +172,7 @@ def loads_jsonl(text: str) -> list[dict[str, Any]]:
 
 def dumps_row(row: Mapping[str, Any]) -> str:
     """One snapshot line (what dumps_jsonl writes per row)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+    return _ROW_ENCODER.encode(row) + "\n"
 
 
 def dataset_uris(out_uri: str) -> dict[str, str]:
