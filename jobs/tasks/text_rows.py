@@ -60,12 +60,13 @@ def stream_text_rows(
     counts: StreamCounts,
     *,
     on_ref: Callable[[exportv2.RowRef], None] | None = None,
-    chunk: int = URL_CHUNK,
+    chunk: int | None = None,
 ) -> Iterator[TextRow]:
     """The usable text rows of the model run, one pass over `rows` in export order, without holding
     more than `chunk` rows: rows are read `chunk` at a time and the URLs among them fetched together
     (exportv2.resolve_texts). `on_ref` sees every export row's RowRef as it is read, before any
     TextRow of its chunk is handed on. `counts` is complete once the generator is exhausted."""
+    chunk = chunk or URL_CHUNK
     seen: set[str] = set()
     batch: list[exportv2.RowRef] = []
     for row in rows:
