@@ -67,7 +67,9 @@ def stream_text_rows(
     (exportv2.resolve_texts). `on_ref` sees every export row's RowRef as it is read, before any
     TextRow of its chunk is handed on. `counts` is complete once the generator is exhausted."""
     chunk = chunk or URL_CHUNK
-    seen: set[str] = set()
+    # A dict of str → None, not a set: the garbage collector untracks it (sets it would walk in
+    # every full collection: ~20% of a million-row ETL's time).
+    seen: dict[str, None] = {}
     batch: list[exportv2.RowRef] = []
     for row in rows:
         counts.rows += 1
@@ -87,7 +89,7 @@ def stream_text_rows(
 
 def _usable(
     batch: list[exportv2.RowRef], skipped: exportv2.SkipLog, progress: Progress, counts: StreamCounts,
-    seen: set[str],
+    seen: dict[str, None],
 ) -> Iterator[TextRow]:
     counts.in_run += len(batch)
     n_urls = sum(1 for ref in batch if isinstance(ref.row_data, str) and exportv2.is_url(ref.row_data))
@@ -104,7 +106,7 @@ def _usable(
         if ref.data_row_id in seen:
             skipped.add("duplicate_data_row", ref.data_row_id)
             continue
-        seen.add(ref.data_row_id)
+        seen[ref.data_row_id] = None
         if isinstance(text, exportv2.FetchError):
             skipped.add(text.reason, ref.data_row_id)
             continue
