@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -56,9 +56,17 @@ class Dataset:
     label_map: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
     predict_only: list[dict[str, Any]] = field(default_factory=list)
+    # Examples per split, when a streaming convert counted them as it wrote the snapshot (its
+    # `examples` are then a SnapshotRows read back from the file on demand).
+    split_sizes: dict[str, int] | None = None
 
     def split(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.examples if e["split"] == name]
+
+    def split_size(self, name: str) -> int:
+        if self.split_sizes is not None:
+            return self.split_sizes.get(name, 0)
+        return sum(1 for e in self.examples if e["split"] == name)
 
     def train_validation(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The training and validation examples; every trainer needs at least one training example."""
@@ -136,7 +144,7 @@ class Task(ABC):
 
     def etl_summary(self, dataset: Dataset) -> dict[str, Any]:
         """Small numbers for the etl step's outputs.json."""
-        per_split = {s: len(dataset.split(s)) for s in SPLITS}
+        per_split = {s: dataset.split_size(s) for s in SPLITS}
         return {
             "examples": len(dataset.examples),
             **per_split,
@@ -149,8 +157,12 @@ class Task(ABC):
 # --- snapshot I/O (through lbtrain.storage so gs:// can be added in one place) ---
 
 
+# json.dumps(r, ensure_ascii=False, sort_keys=True), without building an encoder per call
+_ROW_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
+
 def dumps_jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    return "".join(dumps_row(r) for r in rows)
 
 
 def loads_jsonl(text: str) -> list[dict[str, Any]]:
@@ -158,19 +170,57 @@ def loads_jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
-def write_dataset(out_uri: str, dataset: Dataset) -> dict[str, str]:
-    """Write the snapshot files; return their URIs by name."""
-    uris = {
+def dumps_row(row: Mapping[str, Any]) -> str:
+    """One snapshot line (what dumps_jsonl writes per row)."""
+    return _ROW_ENCODER.encode(row) + "\n"
+
+
+def dataset_uris(out_uri: str) -> dict[str, str]:
+    """The snapshot files' URIs by name."""
+    return {
         "dataset": storage.join(out_uri, DATASET_FILE),
         "predict_only": storage.join(out_uri, PREDICT_ONLY_FILE),
         "label_map": storage.join(out_uri, LABEL_MAP_FILE),
         "stats": storage.join(out_uri, STATS_FILE),
     }
-    storage.write_text(uris["dataset"], dumps_jsonl(dataset.examples))
-    storage.write_text(uris["predict_only"], dumps_jsonl(dataset.predict_only))
+
+
+def write_dataset(out_uri: str, dataset: Dataset) -> dict[str, str]:
+    """Write the snapshot files; return their URIs by name. The row files of a dataset a streaming
+    convert already wrote there (SnapshotRows) are left as they are."""
+    uris = dataset_uris(out_uri)
+    for name, rows in (("dataset", dataset.examples), ("predict_only", dataset.predict_only)):
+        if not (isinstance(rows, SnapshotRows) and rows.uri == uris[name]):
+            storage.write_text(uris[name], dumps_jsonl(rows))
     storage.write_json(uris["label_map"], dataset.label_map)
     storage.write_json(uris["stats"], dataset.stats)
     return uris
+
+
+class SnapshotRows(Sequence[dict[str, Any]]):
+    """The rows of a snapshot .jsonl file already written, counted as they were written and read
+    back only when iterated (each iteration reads the file again, a line at a time)."""
+
+    def __init__(self, uri: str, count: int):
+        self.uri = uri
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.count == 0:
+            return
+        with storage.localized(self.uri) as local, open(local, encoding="utf-8", newline="\n") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+    def __getitem__(self, index: Any) -> Any:
+        return list(self)[index]
+
+    def __add__(self, other: Any) -> list[dict[str, Any]]:
+        return list(self) + list(other)
 
 
 def read_dataset(etl_uri: str) -> Dataset:

@@ -20,8 +20,10 @@ def validate_counts(
     min_examples: Mapping[str, int],
     *,
     model_run_id: str = "",
+    per_class: Mapping[str, Mapping[str, int]] | None = None,
 ) -> None:
-    """Every class needs min_examples[split] examples in each split; ≥ 2 classes overall."""
+    """Every class needs min_examples[split] examples in each split; ≥ 2 classes overall.
+    `per_class` ({class: {split: examples}}), when given, is used instead of counting `examples`."""
     where = f" in model run {model_run_id!r}" if model_run_id else ""
     if not examples:
         raise DatasetError(f"no labeled examples with a train/validation/test split{where}")
@@ -29,10 +31,14 @@ def validate_counts(
         found = ", ".join(f'"{c}"' for c in classes) or "none"
         raise DatasetError(f"need at least 2 classes to train, found {len(classes)} ({found}){where}")
     counts = {(c, s): 0 for c in classes for s in SPLITS}
-    for e in examples:
-        key = (e["target"], e["split"])
-        if key in counts:
-            counts[key] += 1
+    if per_class is not None:
+        for key in counts:
+            counts[key] = int((per_class.get(key[0]) or {}).get(key[1], 0))
+    else:
+        for e in examples:
+            key = (e["target"], e["split"])
+            if key in counts:
+                counts[key] += 1
     problems = [
         (c, s, counts[(c, s)], min_examples.get(s, 1))
         for s in SPLITS

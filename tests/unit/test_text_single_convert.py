@@ -249,3 +249,41 @@ def test_no_examples_message_says_why(tmp_path: Path) -> None:
         "(rows skipped: 3 no_split)"
     )
     assert len(ds.predict_only) == 3  # still predicted by evaluate
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+def test_streamed_convert_writes_the_same_snapshot_as_convert(tmp_path, monkeypatch, chunk):
+    """The etl job's one-pass path (convert_to: the export walked once, rows written as they are made,
+    URLs fetched `chunk` rows at a time) gives the files, summary and validation that convert does."""
+    from jobs.tasks import text_rows
+    from jobs.tasks.base import SnapshotRows
+
+    monkeypatch.setattr(text_rows, "URL_CHUNK", chunk)
+    rows = golden_rows(tmp_path)
+    for params in ({}, {"question": "sentiment"}):
+        listed = TASK.convert(rows, MR, params, str(tmp_path / "a"), _quiet)
+        write_dataset(str(tmp_path / "a"), listed)
+        streamed = TASK.convert_to(iter(rows), MR, params, str(tmp_path / "b"), _quiet)
+        assert isinstance(streamed.examples, SnapshotRows)
+        write_dataset(str(tmp_path / "b"), streamed)
+        for name in ("dataset.jsonl", "predict_only.jsonl", "label_map.json", "stats.json"):
+            assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+        assert TASK.etl_summary(streamed) == TASK.etl_summary(listed)
+        assert list(streamed.examples) == listed.examples
+        assert list(streamed.predict_only) == listed.predict_only
+        for minimum in ({}, {"train": 1000}):
+            errors = []
+            for ds in (listed, streamed):
+                try:
+                    TASK.validate(ds, minimum)
+                    errors.append(None)
+                except DatasetError as exc:
+                    errors.append(str(exc))
+            assert errors[0] == errors[1]
+
+
+def test_streamed_convert_publishes_nothing_when_it_fails(tmp_path):
+    row = {"data_row": {"id": "a", "row_data": "x"}, "experiments": {"m": {"runs": {MR: {"split": "TRAINING"}}}}}
+    with pytest.raises(DatasetError, match="no radio classification is answered"):
+        TASK.convert_to(iter([row]), MR, {}, str(tmp_path / "out"), _quiet)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
