@@ -33,7 +33,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 bench: venv
-	$(BIN)/python bench/handoff.py
+	$(BIN)/python bench/all.py
 
 # Google Cloud (lbtrain/deploy.py; needs gcloud and terraform, not the virtualenv):
 #   make deploy PROJECT=my-project REGION=us-central1 [DEPLOYMENT=prod] [DRY_RUN=1] [TAG=…] [DASHBOARD=0]

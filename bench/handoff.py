@@ -351,7 +351,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print_table(result)
+    print(json.dumps(summary_line(result)))  # the last line: what `make bench` collects
     return 0 if result["run_statuses"] == {"SUCCEEDED": args.runs} else 1
+
+
+def summary_line(r: dict[str, Any]) -> dict[str, Any]:
+    lat = r["handoff_latency_ms"]
+    return {"p50_ms": round(lat["p50"], 1), "p99_ms": round(lat["p99"], 1),
+            "writes_per_run": round(r["firestore_writes_per_run"], 2),
+            "messages_per_run": round(r["pubsub_messages_per_run"]["total"], 2),
+            "handoffs": r["handoffs_measured"], "runs": r["runs"]}
 
 
 if __name__ == "__main__":
