@@ -53,7 +53,8 @@ def table(results: dict[str, dict[str, Any]], when: str) -> str:
          f"peak {num(etl, 'peak_rss_mib')} MiB", "reading and parsing the export alone: "
          f"{num(etl, 'floor_rows_per_s')} rows/s"),
         ("stage hand-off (job ends → next job launched)", f"p50 {num(hand, 'p50_ms')} ms, p99 "
-         f"{num(hand, 'p99_ms')} ms", "–"),
+         f"{num(hand, 'p99_ms')} ms", f"p50 {num(hand, 'floor_p50_ms')} ms, p99 {num(hand, 'floor_p99_ms')} ms "
+         "(two push hops, one transaction between)"),
         ("per 4-stage run", f"{num(hand, 'writes_per_run', '{:.0f}')} Firestore writes, "
          f"{num(hand, 'messages_per_run', '{:.0f}')} Pub/Sub messages", "–"),
     ]

@@ -31,7 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lbtrain.client import Client
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/handoff_floor.py
+
+from lbtrain.client import Client  # noqa: E402
 from lbtrain.config import Config
 from lbtrain.devstack import DevStack
 from lbtrain.emulators import free_port
@@ -195,6 +197,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.time() - t0
         writes, published = store.writes, bus.published
 
+        from handoff_floor import measure_floor
+
+        floor = measure_floor(cfg.project, n=max(30, min(200, args.runs * 3)), concurrency=args.concurrency)
         handoffs = [h for run in runs for h in measure_run(jobs_root, run)]
         latencies = [h["latency_ms"] for h in handoffs]
         publish = [h["publish_ms"] for h in handoffs if h["publish_ms"] is not None]
@@ -215,6 +220,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "run_statuses": dict(statuses),
             "handoffs_measured": len(handoffs),
             "handoff_latency_ms": summarize(latencies),
+            "floor_latency_ms": summarize(floor),
             "breakdown_ms": {"runner_publish (ended_at -> event acked)": summarize(publish),
                              "deliver_and_launch (event acked -> next job launched)": summarize(deliver)},
             "by_transition_p50_ms": {f"{a}->{b}": percentile([h["latency_ms"] for h in handoffs
@@ -309,6 +315,9 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"hand-offs measured: {r['handoffs_measured']}")
     print(f"hand-off latency ms: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  "
           f"max {lat['max']:.1f}  (mean {lat['mean']:.1f})")
+    fl = r["floor_latency_ms"]
+    print(f"floor (two push hops, one transaction between; same emulators, same run) ms: p50 {fl['p50']:.1f}  "
+          f"p90 {fl['p90']:.1f}  p99 {fl['p99']:.1f}; hand-off p50 / floor p50 = {lat['p50'] / fl['p50']:.2f}")
     for name, s in r["breakdown_ms"].items():
         print(f"  {name}: p50 {s['p50']:.1f}  p90 {s['p90']:.1f}  p99 {s['p99']:.1f}  max {s['max']:.1f}")
     print("  p50 by transition: " + ", ".join(f"{k} {v:.1f}" for k, v in r["by_transition_p50_ms"].items()))
@@ -357,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary_line(r: dict[str, Any]) -> dict[str, Any]:
     lat = r["handoff_latency_ms"]
-    return {"p50_ms": round(lat["p50"], 1), "p99_ms": round(lat["p99"], 1),
+    floor = r["floor_latency_ms"]
+    return {"p50_ms": round(lat["p50"], 1), "p99_ms": round(lat["p99"], 1), "floor_p50_ms": round(floor["p50"], 1),
+            "floor_p99_ms": round(floor["p99"], 1), "ratio_p50": round(lat["p50"] / floor["p50"], 2),
             "writes_per_run": round(r["firestore_writes_per_run"], 2),
             "messages_per_run": round(r["pubsub_messages_per_run"]["total"], 2),
             "handoffs": r["handoffs_measured"], "runs": r["runs"]}

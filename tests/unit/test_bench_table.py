@@ -17,6 +17,8 @@ RESULTS = {
     "etl": {"rows": 1_000_000, "rows_per_s": 50_700, "peak_rss_mib": 116.2, "floor_rows_per_s": 169_000},
     "handoff": {"error": "exit 1"},
 }
+HANDOFF = {"p50_ms": 214.6, "p99_ms": 340.2, "floor_p50_ms": 104.3, "floor_p99_ms": 205.2, "writes_per_run": 32.0,
+           "messages_per_run": 8.0}
 
 
 def test_the_table_holds_every_figure_and_names_a_failure():
@@ -25,6 +27,12 @@ def test_the_table_holds_every_figure_and_names_a_failure():
     assert "| 176/s | 222/s |" in text and "128/s" in text and "301/s" in text and "lost 0" in text
     assert "1,000,000 rows: 50,700 rows/s, peak 116 MiB" in text and "169,000 rows/s" in text
     assert "p50 – ms" in text and "(failed in this run: handoff)" in text
+
+
+def test_the_handoff_row_stands_beside_its_floor():
+    text = bench_all.table({**RESULTS, "handoff": HANDOFF}, "2026-12-03")
+    assert "| p50 215 ms, p99 340 ms | p50 104 ms, p99 205 ms (two push hops" in text
+    assert "32 Firestore writes, 8 Pub/Sub messages" in text and "failed" not in text
 
 
 def test_only_the_marked_readme_section_is_replaced():
