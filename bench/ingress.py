@@ -434,14 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     owned: list[emulators.Emulator] = []
     servers: list[Gunicorn] = []
     try:
-        hosts = {k: os.environ.get(k, "") for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")}
-        if not hosts["PUBSUB_EMULATOR_HOST"]:
-            owned.append(emulators.start_pubsub(root / "logs"))
-            hosts["PUBSUB_EMULATOR_HOST"] = owned[-1].host
-        if not hosts["FIRESTORE_EMULATOR_HOST"]:
-            owned.append(emulators.start_firestore(root / "logs"))
-            hosts["FIRESTORE_EMULATOR_HOST"] = owned[-1].host
-        os.environ.update(hosts)
+        hosts = emulators.hosts_starting_missing(root / "logs", owned)
         project, deployment = f"ib-{uuid.uuid4().hex[:8]}", f"i{uuid.uuid4().hex[:6]}"
         PROJECTS.append(project)
         secret, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)

@@ -49,7 +49,7 @@ def _row_id(row: dict[str, Any]) -> str:
     return str((row.get("data_row") or {}).get("id") or "")
 
 
-def _instances(media: str, rows: list[dict[str, Any]]) -> list[tuple[str, Any, str] | tuple[str, None, str]]:
+def _instances(media: str, rows: list[dict[str, Any]]) -> list[tuple[str, Any, str]]:
     """(data row id, serving instance or None, text or the reason it failed) per row, fetched under the
     job's fetch policy (lbtrain/fetch.py), a few at a time."""
     from jobs.tasks import exportv2, images

@@ -122,6 +122,21 @@ def start_firestore(log_dir: Path, port: int | None = None) -> Emulator:
     return _start("firestore", [str(launcher), "start", "--host=127.0.0.1", f"--port={port}"], port, log_dir)
 
 
+def hosts_starting_missing(log_dir: Path, owned: list[Emulator]) -> dict[str, str]:
+    """PUBSUB_EMULATOR_HOST / FIRESTORE_EMULATOR_HOST from the environment, the missing ones started
+    (appended to `owned` as each starts: the caller stops them, also when the second fails), and set
+    in os.environ for the clients."""
+    hosts = {k: os.environ.get(k, "") for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")}
+    if not hosts["PUBSUB_EMULATOR_HOST"]:
+        owned.append(start_pubsub(log_dir))
+        hosts["PUBSUB_EMULATOR_HOST"] = owned[-1].host
+    if not hosts["FIRESTORE_EMULATOR_HOST"]:
+        owned.append(start_firestore(log_dir))
+        hosts["FIRESTORE_EMULATOR_HOST"] = owned[-1].host
+    os.environ.update(hosts)
+    return hosts
+
+
 def reuse(name: str, host: str) -> Emulator:
     return Emulator(name, host, None)
 

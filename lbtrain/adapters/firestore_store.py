@@ -353,16 +353,22 @@ class FirestoreStore:
             else:
                 self._failed(step, stage, error or f"job {job_state.lower()}", failure, policy, at,
                              step_update, run_update, result)
-            if result.finished:
-                run_update.update({"status": result.finished, "finished_at": at})
-                self._release_model_run(t, run, at)
-            t.update(step_ref, step_update)
-            t.update(run_ref, run_update)
-            self._count(2)
-            result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
-            return result
+            return self._commit_completion(t, run, step_ref, run_ref, step_update, run_update, result, at)
 
         return self._run(txn)
+
+    def _commit_completion(self, t: firestore.Transaction, run: dict[str, Any], step_ref: Any, run_ref: Any,
+                           step_update: dict[str, Any], run_update: dict[str, Any], result: Completion,
+                           at: Any) -> Completion:
+        """The end of complete_step and fail_launch: a finished run lets its model run go; both documents."""
+        if result.finished:
+            run_update.update({"status": result.finished, "finished_at": at})
+            self._release_model_run(t, run, at)
+        t.update(step_ref, step_update)
+        t.update(run_ref, run_update)
+        self._count(2)
+        result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
+        return result
 
     @staticmethod
     def _failed(step: dict[str, Any], stage: str, error: str, failure: dict[str, Any] | None,
@@ -407,14 +413,7 @@ class FirestoreStore:
                          step_update, run_update, result)
             if result.next_stage is None:
                 step_update["machine"] = machine or step.get("machine")
-            if result.finished:
-                run_update.update({"status": result.finished, "finished_at": at})
-                self._release_model_run(t, run, at)
-            t.update(step_ref, step_update)
-            t.update(run_ref, run_update)
-            self._count(2)
-            result.run = {**run, **run_update}
-            return result
+            return self._commit_completion(t, run, step_ref, run_ref, step_update, run_update, result, at)
 
         return self._run(txn)
 

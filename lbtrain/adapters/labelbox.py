@@ -143,6 +143,26 @@ def clip_error(message: object, limit: int = MAX_ERROR_MESSAGE) -> str:
     return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
+def _read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from None
+
+
+def _write_ndjson(target: Path, rows: list[dict[str, Any]]) -> None:
+    """All rows or none: written beside `target`, then renamed over it."""
+    tmp = target.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, target)
+
+
 def _check_id(value: str, what: str) -> str:
     if not _SAFE_NAME.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a safe identifier")
@@ -169,14 +189,7 @@ class FileLabelbox:
         path = self._existing_dir(model_run_id) / "export.ndjson"
         if not path.exists():
             raise ModelRunNotFound(model_run_id)
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from None
+        yield from _read_ndjson(path)
 
     def statuses(self, model_run_id: str) -> list[dict[str, Any]]:
         path = self.model_run_dir(model_run_id) / "status.jsonl"
@@ -208,12 +221,7 @@ class FileLabelbox:
     def upload_predictions(self, model_run_id: str, name: str, rows: list[dict[str, Any]]) -> None:
         d = self._existing_dir(model_run_id) / "predictions"
         d.mkdir(exist_ok=True)
-        target = d / f"{_check_id(name, 'prediction upload name')}.ndjson"
-        tmp = target.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
+        _write_ndjson(d / f"{_check_id(name, 'prediction upload name')}.ndjson", rows)
 
     # -- projects: what label webhooks and retraining rules act on ------------------------------
     def project_dir(self, project_id: str) -> Path:
@@ -249,17 +257,9 @@ class FileLabelbox:
         source = self.project_dir(project_id) / "export.ndjson"
         if not source.exists():
             raise ValueError(f"project {project_id!r} not found in Labelbox (no {source})")
-        with source.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{source}:{lineno}: not JSON: {exc}") from None
-                labels = ((row.get("projects") or {}).get(project_id) or {}).get("labels") or []
-                if not labels:
-                    yield {k: v for k, v in row.items() if k != "projects"}
+        for row in _read_ndjson(source):
+            if not ((row.get("projects") or {}).get(project_id) or {}).get("labels"):
+                yield {k: v for k, v in row.items() if k != "projects"}
 
     def prelabels(self, project_id: str) -> dict[str, list[dict[str, Any]]]:
         """Every MAL import of the project by name (what the demo and the tests read back)."""
@@ -275,13 +275,8 @@ class FileLabelbox:
             raise ValueError(f"project {project_id!r} not found in Labelbox (no {d})")
         (d / "prelabels").mkdir(exist_ok=True)
         target = d / "prelabels" / f"{_check_id(name, 'import name')}.ndjson"
-        if target.exists():
-            return  # made on an earlier attempt: Labelbox refuses a second import of the name too
-        tmp = target.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for row in annotations:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
+        if not target.exists():  # else made on an earlier attempt: Labelbox refuses a second import of the name
+            _write_ndjson(target, annotations)
 
     def priorities(self, project_id: str) -> dict[str, int]:
         path = self.project_dir(project_id) / "priorities.json"

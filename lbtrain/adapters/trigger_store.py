@@ -63,7 +63,7 @@ def waiting_reason(rule: dict[str, Any], at: datetime) -> str:
     return "starting"
 
 
-def rule_prelabel(rule: dict[str, Any], params: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any] | None:
+def rule_prelabel(params: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any] | None:
     """A rule run's prelabel settings: on by default (the rule's project), off with params.prelabel false."""
     try:
         return prelabel.resolve(params, trigger)
@@ -194,7 +194,7 @@ class TriggerStore:
             waiting = waiting_reason(rule, at)
             run_trigger = {**trigger, "project_id": project_id, "labels": pending}
             params = dict(rule.get("params") or {})
-            settings = rule_prelabel(rule, params, run_trigger)
+            settings = rule_prelabel(params, run_trigger)
             stages = prelabel.stages_for(pipelines.get(rule["model_type"]).stages, settings)
             run = d.initial_run(run_id, rule["model_type"], "", rule.get("model_id") or "",
                                 prelabel.with_settings(params, settings), run_trigger, stages[0], at, stages=stages)

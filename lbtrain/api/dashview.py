@@ -210,30 +210,43 @@ def _frame(title: str, css: str, values: list[float], width: int, height: int
     return parts, (x0, x1, y0, y1), top
 
 
+def _runs_chart(title: str, css: str, points: list[tuple[float, float, str, str, str]], ends: tuple[str, str],
+               champion_run: str, width: int, height: int) -> Markup:
+    """One dot per run joined by a line, the champion's dot larger and green. A point is (x value,
+    metric, run_id, extra data- attributes, hover text after "run_id: metric"); x spans the points'
+    range, y 0 to max(1, metrics); `ends` label the x axis's two ends (escaped by the caller)."""
+    parts, (x0, x1, y0, y1), top = _frame(title, css, [p[1] for p in points], width, height)
+    if points:
+        lo, span = points[0][0], points[-1][0] - points[0][0]
+
+        def frac(x: float) -> float:  # where on the x axis: one run in the middle, equal ones at the left
+            return 0.5 if len(points) == 1 else (x - lo) / span if span else 0.0
+
+        coords = [(x0 + (x1 - x0) * frac(p[0]), y0 - (y0 - y1) * (p[1] / top)) for p in points]
+        if len(coords) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="#175cd3" stroke-width="2"/>')
+        for (x, y), (_, value, run_id, attrs, hover) in zip(coords, points, strict=True):
+            champ = run_id == champion_run
+            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{6 if champ else 4}" '
+                         f'fill="{"#1a7f37" if champ else "#175cd3"}" stroke="#ffffff" stroke-width="1.5" '
+                         f'data-run="{escape(run_id)}"{attrs}><title>{escape(run_id)}: {value:.4f}{hover}'
+                         f'{" (champion)" if champ else ""}</title></circle>')
+        parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">{ends[0]}</text>')
+        parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
+                     f'{ends[1]}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def svg_by_labels(points: list[tuple[int, float, str]], *, title: str, champion_run: str = "",
                   width: int = 640, height: int = 220) -> Markup:
     """The headline metric against the labeled examples each run learned from: (labels, value, run_id),
     x from the fewest to the most labels, y from 0 to max(1, values); runs joined in label order."""
     pts = sorted(points, key=lambda p: (p[0], p[2]))
-    parts, (x0, x1, y0, y1), top = _frame(title, "series labels", [p[1] for p in pts], width, height)
-    if pts:
-        lo, span = pts[0][0], max(pts[-1][0] - pts[0][0], 1)
-        coords = [(x0 + (x1 - x0) * ((p[0] - lo) / span if len(pts) > 1 else 0.5), y0 - (y0 - y1) * (p[1] / top))
-                  for p in pts]
-        if len(coords) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="#175cd3" stroke-width="2"/>')
-        for (x, y), (n, value, run_id) in zip(coords, pts, strict=True):
-            champ = run_id == champion_run
-            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{6 if champ else 4}" '
-                         f'fill="{"#1a7f37" if champ else "#175cd3"}" stroke="#ffffff" stroke-width="1.5" '
-                         f'data-run="{escape(run_id)}" data-labels="{n}"><title>{escape(run_id)}: {value:.4f} '
-                         f'with {n} labels{" (champion)" if champ else ""}</title></circle>')
-        parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">{pts[0][0]} labels</text>')
-        parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
-                     f'{pts[-1][0]} labels</text>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    plotted = [(float(n), v, run_id, f' data-labels="{n}"', f" with {n} labels") for n, v, run_id in pts]
+    ends = (f"{pts[0][0]} labels", f"{pts[-1][0]} labels") if pts else ("", "")
+    return _runs_chart(title, "series labels", plotted, ends, champion_run, width, height)
 
 
 def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champion_run: str = "",
@@ -241,31 +254,9 @@ def svg_series(points: list[tuple[datetime, float, str]], *, title: str, champio
     """A metric over time: one dot per run (time on x, value on y, y from 0 to max(1, values)),
     joined by a line; the champion's dot is ringed. Points are (time, value, run_id)."""
     pts = sorted(points, key=lambda p: p[0])
-    parts, (x0, x1, y0, y1), top = _frame(title, "series", [p[1] for p in pts], width, height)
-    if pts:
-        t0 = pts[0][0].timestamp()
-        span = max(pts[-1][0].timestamp() - t0, 1e-9)
-
-        def xy(p: tuple[datetime, float, str]) -> tuple[float, float]:
-            x = x0 + (x1 - x0) * ((p[0].timestamp() - t0) / span if len(pts) > 1 else 0.5)
-            return x, y0 - (y0 - y1) * (p[1] / top)
-
-        coords = [xy(p) for p in pts]
-        if len(coords) > 1:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="#175cd3" stroke-width="2"/>')
-        for (x, y), (t, v, run_id) in zip(coords, pts, strict=True):
-            champ = run_id == champion_run
-            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{6 if champ else 4}" '
-                         f'fill="{"#1a7f37" if champ else "#175cd3"}" stroke="#ffffff" stroke-width="1.5" '
-                         f'data-run="{escape(run_id)}"><title>{escape(run_id)}: {v:.4f} at '
-                         f'{fmt_time(t)}{" (champion)" if champ else ""}</title></circle>')
-        parts.append(f'<text x="{x0}" y="{height - 8}" font-size="11" fill="#344054">'
-                     f'{escape(fmt_time(pts[0][0])[:10])}</text>')
-        parts.append(f'<text x="{x1}" y="{height - 8}" text-anchor="end" font-size="11" fill="#344054">'
-                     f'{escape(fmt_time(pts[-1][0])[:10])}</text>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    plotted = [(t.timestamp(), v, run_id, "", f" at {fmt_time(t)}") for t, v, run_id in pts]
+    ends = (escape(fmt_time(pts[0][0])[:10]), escape(fmt_time(pts[-1][0])[:10])) if pts else ("", "")
+    return _runs_chart(title, "series", plotted, ends, champion_run, width, height)
 
 
 def headline_value(run: dict[str, Any], metric: str) -> float | None:

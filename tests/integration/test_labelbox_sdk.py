@@ -22,12 +22,12 @@ import pytest
 from lbtrain.adapters.labelbox import ModelRunNotFound, PredictionUploadError, from_config
 from lbtrain.adapters.labelbox_sdk import LabelboxApiError, SdkLabelbox
 from lbtrain.config import Config
-from tests.fakes.labelbox_server import FakeLabelbox, serve
+from tests.fakes.labelbox_server import FakeLabelbox
+from tests.labelbox_sdk_helpers import API_KEY, sdk_adapter, served
 from tests.launcher_args import recorded_args
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOLDEN_QUERIES = DATA / "labelbox_sdk"
-API_KEY = "lb-test-key-5f1c0ffee0ddba11"
 MR = "mr-golden"
 
 
@@ -44,15 +44,11 @@ def prediction(i: int) -> dict[str, Any]:
 def fake() -> Iterator[FakeLabelbox]:
     fake = FakeLabelbox()
     fake.add_model_run(MR, golden_rows())
-    server = serve(fake)
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with served(fake):
+        yield fake
 
 
-def adapter(fake: FakeLabelbox, **kwargs: Any) -> SdkLabelbox:
-    opts: dict[str, Any] = {"backoff_seconds": 0.01, "import_poll_seconds": 0.01, **kwargs}
-    return SdkLabelbox(API_KEY, endpoint=f"{fake.base_url}/graphql", **opts)
+adapter = sdk_adapter
 
 
 # -- export --------------------------------------------------------------------------------

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from lbtrain.adapters.labelbox import PredictionUploadError
-from lbtrain.adapters.labelbox_sdk import LabelboxApiError, SdkLabelbox, priority_bands
-from tests.fakes.labelbox_server import FakeLabelbox, serve
+from lbtrain.adapters.labelbox_sdk import LabelboxApiError, priority_bands
+from tests.fakes.labelbox_server import FakeLabelbox
+from tests.labelbox_sdk_helpers import sdk_adapter, served, text_project_rows
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOLDEN_QUERIES = DATA / "labelbox_sdk"
 PRELABELS = DATA / "prelabels"
-API_KEY = "lb-test-key-5f1c0ffee0ddba11"
 PROJECT = "proj-prelabel"
 N_ROWS = 40  # every 5th row has no label
 # The operations only the prelabel step sends (the rest are shared with test_labelbox_sdk*.py).
@@ -35,14 +35,7 @@ MODEL_TYPES = sorted(p.stem for p in PRELABELS.glob("*.ndjson"))
 
 
 def project_rows(project_id: str = PROJECT, n: int = N_ROWS) -> list[dict[str, Any]]:
-    return [{"data_row": {"id": f"dr-{i:03d}", "global_key": f"t{i}", "row_data": f"text {i}"},
-             "media_attributes": {"mime_type": "text/plain"},
-             "projects": {project_id: {"name": "p", "labels": [] if i % 5 == 0 else [
-                 {"id": f"lab-{i:03d}", "annotations": {"objects": [], "classifications": [
-                     {"name": "sentiment", "value": "sentiment",
-                      "radio_answer": {"name": "positive", "value": "positive", "classifications": []}}],
-                     "relationships": []}}]}}}
-            for i in range(n)]
+    return text_project_rows(project_id, n)
 
 
 def golden(model_type: str) -> list[dict[str, Any]]:
@@ -54,15 +47,11 @@ def golden(model_type: str) -> list[dict[str, Any]]:
 def fake() -> Iterator[FakeLabelbox]:
     fake = FakeLabelbox()
     fake.add_project(PROJECT, project_rows())
-    server = serve(fake)
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with served(fake):
+        yield fake
 
 
-def adapter(fake: FakeLabelbox, **kwargs: Any) -> SdkLabelbox:
-    opts: dict[str, Any] = {"backoff_seconds": 0.01, "import_poll_seconds": 0.01, **kwargs}
-    return SdkLabelbox(API_KEY, endpoint=f"{fake.base_url}/graphql", **opts)
+adapter = sdk_adapter
 
 
 # -- unlabeled_rows ------------------------------------------------------------------------------

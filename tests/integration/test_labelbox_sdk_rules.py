@@ -22,11 +22,11 @@ import pytest
 
 from lbtrain.adapters.labelbox import split_for
 from lbtrain.adapters.labelbox_sdk import LabelboxApiError, SdkLabelbox
-from tests.fakes.labelbox_server import FakeLabelbox, serve
+from tests.fakes.labelbox_server import FakeLabelbox
+from tests.labelbox_sdk_helpers import API_KEY, sdk_adapter, served, text_project_rows
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOLDEN_QUERIES = DATA / "labelbox_sdk"
-API_KEY = "lb-test-key-5f1c0ffee0ddba11"
 SECRET = "wh-secret-9a8b7c6d5e4f3a2b1c0d"
 MODEL, PROJECT, MR = "model-rules", "proj-rules", "mr-golden"
 URL = "https://lbtrain.example.run.app/webhooks/labelbox"
@@ -34,14 +34,7 @@ N_ROWS = 40  # every 5th row has no label
 
 
 def project_rows(project_id: str = PROJECT, n: int = N_ROWS) -> list[dict[str, Any]]:
-    return [{"data_row": {"id": f"dr-{i:03d}", "global_key": f"t{i}", "row_data": f"text {i}"},
-             "media_attributes": {"mime_type": "text/plain"},
-             "projects": {project_id: {"name": "p", "labels": [] if i % 5 == 0 else [
-                 {"id": f"lab-{i:03d}", "annotations": {"objects": [], "classifications": [
-                     {"name": "sentiment", "value": "sentiment",
-                      "radio_answer": {"name": "positive", "value": "positive", "classifications": []}}],
-                     "relationships": []}}]}}}
-            for i in range(n)]
+    return text_project_rows(project_id, n)
 
 
 LABELED = [r["data_row"]["id"] for r in project_rows() if r["projects"][PROJECT]["labels"]]
@@ -52,15 +45,12 @@ def fake() -> Iterator[FakeLabelbox]:
     fake = FakeLabelbox()
     fake.add_model(MODEL)
     fake.add_project(PROJECT, project_rows())
-    server = serve(fake)
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with served(fake):
+        yield fake
 
 
 def adapter(fake: FakeLabelbox, **kwargs: Any) -> SdkLabelbox:
-    opts: dict[str, Any] = {"backoff_seconds": 0.01, "import_poll_seconds": 0.01, "split_batch_rows": 10, **kwargs}
-    return SdkLabelbox(API_KEY, endpoint=f"{fake.base_url}/graphql", **opts)
+    return sdk_adapter(fake, **{"split_batch_rows": 10, **kwargs})
 
 
 def assigned(fake: FakeLabelbox, model_run_id: str) -> dict[str, str]:
