@@ -36,18 +36,15 @@ def read_error(outputs_uri: str) -> str:
 
 
 def handle_job_event(deps: Deps, event: JobEvent) -> str:
-    index = deps.store.job_index(event.job_id)
+    # The event names its step (the local runner's, the jobs' own); a log-sink entry names only the job,
+    # whose labels at the backend say which step it runs. complete_step checks the step holds this job.
+    if event.run_id and event.stage and event.attempt:
+        index: dict[str, Any] | None = {"run_id": event.run_id, "stage": event.stage, "attempt": event.attempt}
+    else:
+        lookup = getattr(deps.backend, "job_step", None)
+        index = lookup(event.job_id) if lookup is not None else None
     if index is None:
-        # The job can finish before its launcher recorded it; complete_step raises Busy then (and the
-        # event is redelivered). A log-sink entry names only the job: its labels at the backend say
-        # which step it runs.
-        if event.run_id and event.stage and event.attempt:
-            index = {"run_id": event.run_id, "stage": event.stage, "attempt": event.attempt}
-        else:
-            lookup = getattr(deps.backend, "job_step", None)
-            index = lookup(event.job_id) if lookup is not None else None
-        if index is None:
-            return f"no-op: unknown job {event.job_id}"
+        return f"no-op: unknown job {event.job_id}"
     run_id, stage, attempt = index["run_id"], index["stage"], int(index["attempt"])
     status = deps.backend.get_status(event.job_id)  # the event is a hint; the backend is the truth
     if not status.terminal:

@@ -6,10 +6,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from lbtrain import domain as d
-from lbtrain import pipelines, prelabel
+from lbtrain import pipelines, prelabel, reporting
 from lbtrain.deps import Deps
 from lbtrain.messages import ID_PATTERN, BadMessage, RunRequest, StepMessage
-from lbtrain.reporting import report_status
 
 if TYPE_CHECKING:  # the store (google-cloud-firestore) loads on first use, not at cold start
     from lbtrain.adapters.firestore_store import CreateResult
@@ -58,15 +57,16 @@ def start_run(deps: Deps, req: RunRequest, *, trigger: dict[str, Any], delivery_
     model_type = validate(req)
     settings = prelabel_settings(deps, req.model_type, req.params, trigger)
     limited = admission.enabled(deps.config)
+    first = reporting.status_entry("EXPORTING_DATA")
     result = deps.store.create_run(
         run_id=d.new_run_id(), model_type=req.model_type, model_run_id=req.model_run_id,
         model_id=req.model_id, params=prelabel.with_settings(req.params, settings), trigger=trigger,
         stages=prelabel.stages_for(model_type.stages, settings),
-        delivery_key=delivery_key, admission_hold=limited)
+        delivery_key=delivery_key, admission_hold=limited, first_status=first)
     if result.created:
         # Told before the first step is offered: a fast etl job reports PREPARING_DATA, and Labelbox
-        # shows the last status it was given.
-        report_status(deps, req.model_run_id, "EXPORTING_DATA", run_id=result.run_id, first=True)
+        # shows the last status it was given. The run's history holds the entry already.
+        reporting.report_recorded(deps, req.model_run_id, first, run_id=result.run_id)
         if limited:  # a slot now (its first step published) or the queue
             admission.start(deps, result.run_id)
         else:

@@ -2,7 +2,9 @@
 pipeline; every report is repeated on redelivery and by the reconciler's re-drives.
 
 Each report is also kept on the run document (`labelbox_statuses`, newest last, bounded) so the
-dashboard can show the history in the cloud, where Labelbox is not ours to read back."""
+dashboard can show the history in the cloud, where Labelbox is not ours to read back. An entry's
+`reported` is true (delivered), false (not delivered) or null: written before it was sent, in the
+transaction that created the run, and not marked since because the send did not fail."""
 
 from __future__ import annotations
 
@@ -19,38 +21,42 @@ HISTORY_LIMIT = 50  # entries kept on the run document: a few per attempt, far b
 
 
 def report_status(deps: Deps, model_run_id: str, status: str, *, run_id: str, error: str | None = None,
-                  metadata: dict[str, str] | None = None, first: bool = False) -> bool:
-    """`first`: the run was created a moment ago and nothing else reports on it yet (start_run, before
-    its first step is offered): its history is this one entry, written without a transaction."""
-    meta = {**({"lbtrain_run_id": run_id} if run_id else {}), **(metadata or {})}
-    clipped = clip_error(error) if error else None
-    try:
-        deps.labelbox.update_status(model_run_id, status, metadata=meta, error_message=clipped)
-        reported = True
-    except Exception as exc:  # noqa: BLE001 - reporting must never fail the handler
-        log.warning("Labelbox status %s for model run %s not reported: %s", status, model_run_id, exc,
-                    extra={"fields": {"run_id": run_id}})
-        reported = False
+                  metadata: dict[str, str] | None = None) -> bool:
+    """Tell Labelbox, then append the report (delivered or not) to the run's history."""
+    entry = status_entry(status, error=error, metadata=metadata)
+    reported = send(deps, model_run_id, entry, run_id=run_id)
     if run_id:
-        entry = {"status": status, "error_message": clipped, "at": d.now(), "reported": reported,
-                 "metadata": {str(k): str(v) for k, v in (metadata or {}).items()}}
-        if first:
-            record_first(deps, run_id, entry)
-        else:
-            record_history(deps, run_id, entry)
+        record_history(deps, run_id, {**entry, "reported": reported})
     return reported
 
 
-def record_first(deps: Deps, run_id: str, entry: dict[str, Any]) -> None:
-    """The first entry of a new run's history: one blind update (1 round trip, not a transaction's 3)."""
-    try:
-        from lbtrain.adapters.firestore_store import RUNS
+def status_entry(status: str, *, error: str | None = None, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """A history entry not yet sent: `reported` None. A new run's first entry is written like this in
+    the transaction that creates the run (one write less); only a failed send changes it afterwards."""
+    return {"status": status, "error_message": clip_error(error) if error else None, "at": d.now(),
+            "reported": None, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()}}
 
-        deps.store.db.collection(RUNS).document(run_id).update({"labelbox_statuses": [entry]})
-        deps.store.writes += 1
-    except Exception as exc:  # noqa: BLE001 - the history is for people; it must not fail the handler
-        log.warning("Labelbox status %s not recorded on run %s: %s", entry.get("status"), run_id, exc,
+
+def send(deps: Deps, model_run_id: str, entry: dict[str, Any], *, run_id: str) -> bool:
+    """The Labelbox status update for `entry`; False (logged) when it could not be delivered."""
+    meta = {**({"lbtrain_run_id": run_id} if run_id else {}), **entry["metadata"]}
+    try:
+        deps.labelbox.update_status(model_run_id, entry["status"], metadata=meta,
+                                    error_message=entry["error_message"])
+        return True
+    except Exception as exc:  # noqa: BLE001 - reporting must never fail the handler
+        log.warning("Labelbox status %s for model run %s not reported: %s", entry["status"], model_run_id, exc,
                     extra={"fields": {"run_id": run_id}})
+        return False
+
+
+def report_recorded(deps: Deps, model_run_id: str, entry: dict[str, Any], *, run_id: str) -> bool:
+    """Send an entry the run's document already holds (status_entry): a delivered one stays as written,
+    an undelivered one is marked `reported: false` (a write on bad days only)."""
+    reported = send(deps, model_run_id, entry, run_id=run_id)
+    if not reported:
+        record_history(deps, run_id, {**entry, "reported": False})
+    return reported
 
 
 def same_report(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -61,11 +67,14 @@ def same_report(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def appended(history: list[dict[str, Any]], entry: dict[str, Any],
              limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
     """The history with `entry` added, newest last, at most `limit` long. A repeat of the last
-    entry adds nothing (the same list object comes back), except that a delivered repeat marks an
-    undelivered entry delivered."""
+    entry adds nothing (the same list object comes back), except that it settles the last entry's
+    delivery: a delivered repeat marks it delivered, an undelivered one marks a not-yet-sent
+    (`reported` None) entry undelivered."""
     if history and same_report(history[-1], entry):
-        if entry.get("reported") and not history[-1].get("reported"):
-            return [*history[:-1], {**history[-1], "reported": True}]
+        last = history[-1].get("reported")
+        got = entry.get("reported")
+        if (got and not last) or (got is False and last is None):
+            return [*history[:-1], {**history[-1], "reported": bool(got)}]
         return history
     return [*history, entry][-limit:]
 

@@ -21,7 +21,7 @@ from lbtrain.prelabel import PRELABEL
 PRELABEL_FIELDS = ("project_id", "unlabeled", "predicted", "prelabeled_rows", "prelabels", "prioritised",
                    "imports", "skipped", "failed_rows", "model_deployed")
 
-RUNS, STEPS, JOBS, DELIVERIES, MODEL_RUNS = "runs", "steps", "jobs", "deliveries", "model_runs"
+RUNS, STEPS, DELIVERIES, MODEL_RUNS = "runs", "steps", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
 LAUNCH_LEASE = timedelta(seconds=30)
 ADMISSION_WAITING = "waiting for admission"  # until the admission round (lbtrain/admission.py) says more
@@ -114,10 +114,6 @@ class FirestoreStore:
             raise NotFound(f"{run_id}/{stage}")
         return snap.to_dict()
 
-    def job_index(self, job_id: str) -> dict[str, Any] | None:
-        snap = self.db.collection(JOBS).document(_job_doc_id(job_id)).get()
-        return snap.to_dict() if snap.exists else None
-
     def run_for_request(self, delivery_key: str | None, model_run_id: str) -> CreateResult | None:
         """What `create_run` would answer a duplicate, read without a transaction: the run a delivery
         already made, else the model run's active run; None if neither exists (yet)."""
@@ -155,11 +151,13 @@ class FirestoreStore:
     # -- transitions ---------------------------------------------------------------
     def create_run(self, *, run_id: str, model_type: str, model_run_id: str, model_id: str,
                    params: dict[str, Any], trigger: dict[str, Any], stages: tuple[str, ...],
-                   delivery_key: str | None, admission_hold: bool = False) -> CreateResult:
+                   delivery_key: str | None, admission_hold: bool = False,
+                   first_status: dict[str, Any] | None = None) -> CreateResult:
         """Create a run and its steps, unless the delivery was seen or the model run is busy.
 
         With `admission_hold` (limits configured, lbtrain/admission.py) the run is created waiting for
-        admission: nothing launches it until a round admits it."""
+        admission: nothing launches it until a round admits it. `first_status` is the first entry of its
+        Labelbox status history (lbtrain/reporting.py), written with it rather than after it."""
         delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)) if delivery_key else None
         mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
 
@@ -184,6 +182,8 @@ class FirestoreStore:
                                 stages=stages)
             if admission_hold:
                 run.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
+            if first_status is not None:
+                run["labelbox_statuses"] = [first_status]
             t.create(self._run_ref(run_id), run)
             for i, stage in enumerate(stages):
                 t.create(self._step_ref(run_id, stage), d.initial_step(stage, i, at))
@@ -241,9 +241,9 @@ class FirestoreStore:
         return self._run(txn)
 
     def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef, machine: str = "") -> LaunchRecord:
-        """LAUNCHING → RUNNING with the job, plus the jobs/ reverse index."""
+        """LAUNCHING → RUNNING with the job. No reverse index from job to step: a job event names its
+        step itself, or the backend's labels on the job do (completion.handle_job_event)."""
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
-        job_ref = self.db.collection(JOBS).document(_job_doc_id(job.id))
 
         @firestore.transactional
         def txn(t: firestore.Transaction) -> LaunchRecord:
@@ -257,14 +257,12 @@ class FirestoreStore:
                 # Cancelled while we launched: the job we just made must go too.
                 return LaunchRecord(cancel_job=step["state"] == d.CANCELLED and not same_job,
                                     duplicate=same_job)
-            t.set(job_ref, {"run_id": run_id, "stage": stage, "attempt": attempt,
-                            "job_name": job.name, "backend": job.backend, "created_at": at})
             t.update(step_ref, {"state": d.RUNNING, "job": job.to_dict(), "started_at": at,
                                 "lease_until": None, "updated_at": at, "machine": machine or None,
                                 "not_before": None})
             # The run document is read (a cancel that lands meanwhile retries this transaction) but not
             # written: nothing on it changes when a job starts.
-            self._count(2)
+            self._count(1)
             return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
 
         return self._run(txn)
@@ -531,11 +529,6 @@ class FirestoreStore:
             return True
 
         return self._run(txn)
-
-
-def _job_doc_id(job_id: str) -> str:
-    """Vertex job ids are numeric, local ones are names; both are safe, but '/' is not."""
-    return job_id.replace("/", "_")
 
 
 def make_client(project: str) -> firestore.Client:

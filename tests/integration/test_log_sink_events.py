@@ -90,20 +90,17 @@ def test_entries_for_jobs_that_are_not_ours_are_acked(vertex_stack):
 
 
 def test_a_job_that_ends_before_its_launch_is_recorded_is_not_lost(vertex_stack):
-    """The sink entry arrives while the step is still LAUNCHING (no jobs/ index yet): the job's labels
-    name its step, the handler answers 503 until the launcher records the job, then the step moves."""
-    from lbtrain.adapters.firestore_store import JOBS, _job_doc_id
-
+    """The sink entry arrives while the step is still LAUNCHING (its job not recorded yet): the job's
+    labels name its step, the handler answers 503 until the launcher records the job, then the step moves."""
     stack, fake = vertex_stack
     mr = stack.model_run()
     run_id = stack.api.start_run("text_single_classification", mr)["run_id"]
     stack.wait_for(lambda: stack.api.get_run(run_id)["steps"][0]["state"] == "RUNNING", what="etl submitted")
     job_id = stack.api.get_run(run_id)["steps"][0]["job"]["id"]
-    # Rewind Firestore to "submitted but not recorded": step LAUNCHING, no job, no index entry.
+    # Rewind Firestore to "submitted but not recorded": step LAUNCHING, no job.
     db = stack.deps.store.db
     step_ref = db.collection("runs").document(run_id).collection("steps").document("etl")
     step_ref.update({"state": "LAUNCHING", "job": None})
-    db.collection(JOBS).document(_job_doc_id(job_id)).delete()
     assert stack.deps.backend.job_step(job_id) == {"run_id": run_id, "stage": "etl", "attempt": 1}
 
     out = storage.run_dir(stack.dev.config.artifact_root, run_id, "etl", 1)

@@ -41,6 +41,39 @@ def test_webhook_runs_every_stage_and_reports_to_labelbox(stack):
     assert again["created"] is True and again["run_id"] != run["run_id"]
 
 
+def test_status_history_is_kept_on_the_run_and_an_undelivered_first_report_is_marked(stack, monkeypatch):
+    """The first entry is written by the transaction that creates the run (reported: null, as nothing has
+    been sent yet) and stays so when the send succeeds; later entries are written after their send. A
+    first report Labelbox refuses is marked reported: false."""
+    mr = stack.model_run()
+    status, body = stack.webhook(mr)
+    assert status == 200 and body["created"] is True
+    run = stack.wait(body["run_id"])
+    assert run["status"] == "SUCCEEDED", run
+    history = stack.deps.store.get_run(run["run_id"])["labelbox_statuses"]
+    assert [(e["status"], e["reported"]) for e in history] == [
+        ("EXPORTING_DATA", None), ("PREPARING_DATA", True), ("TRAINING_MODEL", True), ("COMPLETE", True)]
+
+    labelbox = stack.deps.labelbox
+    real_update = labelbox.update_status
+
+    def refuse_the_first(model_run_id, status, **kwargs):
+        if status == "EXPORTING_DATA":
+            raise ConnectionError("Labelbox is down")
+        return real_update(model_run_id, status, **kwargs)
+
+    monkeypatch.setattr(labelbox, "update_status", refuse_the_first)
+    mr2 = stack.model_run()
+    status, body = stack.webhook(mr2)
+    assert status == 200 and body["created"] is True
+    run = stack.wait(body["run_id"])
+    assert run["status"] == "SUCCEEDED", run
+    history = stack.deps.store.get_run(run["run_id"])["labelbox_statuses"]
+    assert [(e["status"], e["reported"]) for e in history] == [
+        ("EXPORTING_DATA", False), ("PREPARING_DATA", True), ("TRAINING_MODEL", True), ("COMPLETE", True)]
+    assert stack.statuses(mr2) == ["PREPARING_DATA", "TRAINING_MODEL", "COMPLETE"]
+
+
 def test_same_delivery_twice_makes_one_run(stack):
     mr = stack.model_run()
     first = stack.webhook(mr, delivery_id="delivery-1")[1]

@@ -130,7 +130,7 @@ def test_svg_by_labels_places_runs_by_their_labels():
 
 
 def test_labelbox_history_dedupes_repeats_and_stays_bounded():
-    def entry(status: str, reported: bool = True, i: int = 0) -> dict:
+    def entry(status: str, reported: bool | None = True, i: int = 0) -> dict:
         return {"status": status, "error_message": None, "metadata": {"i": str(i)}, "at": at(i), "reported": reported}
 
     h = appended([], entry("EXPORTING_DATA"))
@@ -138,6 +138,11 @@ def test_labelbox_history_dedupes_repeats_and_stays_bounded():
     undelivered = appended(h, entry("TRAINING_MODEL", reported=False, i=1))
     assert appended(undelivered, entry("TRAINING_MODEL", reported=False, i=1)) is undelivered
     assert appended(undelivered, entry("TRAINING_MODEL", i=1))[-1]["reported"] is True  # delivered later
+    # A new run's first entry is written before it is sent (reported None): only a failed send marks it.
+    pending = appended(h, entry("PREPARING_DATA", reported=None, i=2))
+    assert appended(pending, entry("PREPARING_DATA", reported=True, i=2)) is not pending
+    assert appended(pending, entry("PREPARING_DATA", reported=False, i=2))[-1]["reported"] is False
+    assert appended(undelivered, entry("TRAINING_MODEL", reported=None, i=1)) is undelivered
     long = []
     for i in range(HISTORY_LIMIT + 7):
         long = appended(long, entry("TRAINING_MODEL", i=i))
