@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from lbtrain.adapters.pubsub_bus import publisher_client
 from lbtrain.emulators import free_port
 
 
@@ -29,7 +30,7 @@ def measure_floor(project: str, n: int = 100, concurrency: int = 4, timeout: flo
 
     tag = uuid.uuid4().hex[:8]
     db = firestore.Client(project=project)
-    publisher = pubsub_v1.PublisherClient()
+    publisher = publisher_client()  # the same settings as lbtrain's bus: no batching delay
     subscriber = pubsub_v1.SubscriberClient()
     topics = {hop: publisher.topic_path(project, f"floor-{tag}-{hop}") for hop in ("a", "b")}
     arrived: dict[str, float] = {}

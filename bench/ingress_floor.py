@@ -18,9 +18,10 @@ import json
 import os
 
 from flask import Flask, jsonify, request
-from google.cloud import firestore, pubsub_v1
+from google.cloud import firestore
 
 from lbtrain import signature
+from lbtrain.adapters.pubsub_bus import publisher_client
 
 PROJECT = os.environ.get("GOOGLE_CLOUD_PROJECT", "demo")
 DEPLOYMENT = os.environ.get("DEPLOYMENT_NAME", "dev")
@@ -29,7 +30,7 @@ TOPIC = "floor"  # topic id: {DEPLOYMENT}-floor
 DELIVERIES, LABELS, COUNTERS = "floor-deliveries", "floor-labels", "floor-counters"
 
 db = firestore.Client(project=PROJECT)
-publisher = pubsub_v1.PublisherClient()
+publisher = publisher_client()  # the same settings as lbtrain's bus: no batching delay
 topic_path = publisher.topic_path(PROJECT, f"{DEPLOYMENT}-{TOPIC}")
 app = Flask("lbtrain-ingress-floor")
 
