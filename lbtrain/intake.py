@@ -144,7 +144,7 @@ def redrive_pending(deps: Deps, run_id: str) -> None:
     Duplicate step messages are harmless (the launcher's claim is transactional).
 
     The run document alone settles the common case: a run still QUEUED at the first stage, never
-    changed since it was created (`updated_at` is `created_at`: not claimed, retried or admitted), whose
+    changed since it was created (`updated_at` is `created_at`: not claimed or retried; no admission), whose
     first step message this process published and saw acknowledged, has its message in Pub/Sub already."""
     run = deps.store.get_run(run_id)
     if run["status"] not in (d.QUEUED, d.RUNNING):
@@ -154,7 +154,7 @@ def redrive_pending(deps: Deps, run_id: str) -> None:
 
         admission.start(deps, run_id)
         return
-    if run["status"] == d.QUEUED and run.get("updated_at") == run.get("created_at") \
+    if run["status"] == d.QUEUED and run.get("updated_at") == run.get("created_at") and not run.get("admission") \
             and deps.answered.was_offered(run_id) == run["stage"]:
         return
     step = deps.store.get_step(run_id, run["stage"])
