@@ -284,7 +284,9 @@ def floor_count(project: str, project_id: str) -> int:
 class Probe:
     """Counts Firestore RPCs (at the GAPIC client) and Pub/Sub publishes, and times named sections."""
 
-    RPCS = ("begin_transaction", "commit", "rollback", "batch_get_documents", "run_query", "get_document")
+    RPCS = ("begin_transaction", "commit", "rollback", "batch_get_documents", "run_query", "run_aggregation_query",
+            "get_document")
+    STREAMS = ("batch_get_documents", "run_query", "run_aggregation_query")  # server streams
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
@@ -338,7 +340,7 @@ def probed(deps: Any) -> Iterator[Probe]:
 
     probe = Probe()
     for rpc in Probe.RPCS:
-        probe.wrap(gapic.FirestoreClient, rpc, f"firestore.{rpc}", stream=rpc in ("batch_get_documents", "run_query"))
+        probe.wrap(gapic.FirestoreClient, rpc, f"firestore.{rpc}", stream=rpc in Probe.STREAMS)
     probe.wrap(sig, "verify", "signature check")
     probe.wrap(deps.store, "create_run", "create_run transaction")
     probe.wrap(intake, "report_status", "Labelbox status report")

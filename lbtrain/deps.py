@@ -28,6 +28,13 @@ class Deps:
         return PubSubBus(self.config.project, self.config.deployment_name)
 
     @cached_property
+    def answered(self) -> Any:
+        """What this process answered lately (lbtrain/intake.py `Answered`): redeliveries skip Firestore."""
+        from lbtrain.intake import Answered
+
+        return Answered()
+
+    @cached_property
     def backend(self) -> Any:
         from lbtrain.adapters.backend import from_config
 

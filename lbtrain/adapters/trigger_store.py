@@ -24,6 +24,7 @@ from google.cloud import firestore
 
 from lbtrain import domain as d
 from lbtrain import pipelines, prelabel
+from lbtrain.adapters import firestore_txn
 from lbtrain.adapters.firestore_store import DELIVERIES, DELIVERY_TTL, FirestoreStore, delivery_doc_id
 from lbtrain.errors import NotFound
 
@@ -125,8 +126,12 @@ class TriggerStore:
 
     # -- label events ---------------------------------------------------------------------------
     def pending(self, project_id: str, epoch: int, transaction: firestore.Transaction | None = None) -> int:
-        """Distinct labels counted in `epoch`: the sum of its counter shards."""
+        """Distinct labels counted in `epoch`: the sum of its counter shards. Outside a transaction the
+        server adds them up (one number comes back, not SHARD_COUNT documents to decode)."""
         shards = self._ref(project_id).collection(SHARDS).where(filter=firestore.FieldFilter("epoch", "==", epoch))
+        if transaction is None:
+            (row,) = shards.sum("count", alias="n").get()
+            return int(row[0].value or 0)
         return sum(int(s.get("count") or 0) for s in shards.stream(transaction=transaction))
 
     def record_label_event(self, project_id: str, label_key: str, delivery_key: str, trigger: dict[str, Any],
@@ -144,10 +149,10 @@ class TriggerStore:
         delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key))
         shard = random.randrange(SHARD_COUNT)
 
-        @firestore.transactional
-        def count(t: firestore.Transaction) -> tuple[str, dict[str, Any] | None, str]:
+        def count(t: firestore_txn.LazyTransaction) -> tuple[str, dict[str, Any] | None, str]:
             at = d.now()
-            # The delivery, the rule and the label's marker in one round trip.
+            # The delivery, the rule and the label's marker in one round trip, which also begins the
+            # transaction (lbtrain/adapters/firestore_txn.py).
             snaps = {s.reference.path: s for s in t.get_all([delivery_ref, ref, marker_ref])}
             seen, snap, marker = snaps[delivery_ref.path], snaps[ref.path], snaps[marker_ref.path]
             rule = snap.to_dict() if snap.exists else None
@@ -166,7 +171,7 @@ class TriggerStore:
                   {"epoch": rule["epoch"], "count": firestore.Increment(1)}, merge=True)
             return "counted", rule, ""
 
-        outcome, rule, run_id = self.store._run(count)
+        outcome, rule, run_id = firestore_txn.run(self.db, count)
         threshold = int(rule["min_labels"]) if rule else None
         if rule is None or outcome == "duplicate":
             return LabelEventResult(outcome, run_id=run_id, min_labels=threshold)
