@@ -102,6 +102,12 @@ class FirestoreStore:
         self.writes += n
 
     @staticmethod
+    def _get_all(t: firestore.Transaction, refs: list[Any]) -> list[Any]:
+        """The snapshots of `refs` (in their order) read in one round trip."""
+        snaps = {snap.reference.path: snap for snap in t.get_all(refs)}
+        return [snaps[ref.path] for ref in refs]
+
+    @staticmethod
     def stored_step(run: dict[str, Any], stage: str, snap: Any) -> dict[str, Any] | None:
         """The step as stored, or, for a stage of the run's pipeline that has no document yet,
         PENDING attempt 1 as the run created it; None when the run has no such step."""
@@ -244,7 +250,7 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Claim:
             at = d.now()
-            run_snap, step_snap = run_ref.get(transaction=t), step_ref.get(transaction=t)
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
             run = run_snap.to_dict() if run_snap.exists else None
             step = self.stored_step(run, stage, step_snap) if run is not None else None
             if step is None:
@@ -286,8 +292,8 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> LaunchRecord:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step_snap = step_ref.get(transaction=t)
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
+            run = run_snap.to_dict()
             step = self.stored_step(run, stage, step_snap)
             if step["attempt"] != attempt:
                 return LaunchRecord(cancel_job=False, duplicate=True)
@@ -335,10 +341,11 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Completion:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step_snap = step_ref.get(transaction=t)
+            # The run, the step and the next one in one round trip.
+            run_snap, step_snap, *next_snap = self._get_all(t, [run_ref, step_ref, *([next_ref] if next_ref else [])])
+            run = run_snap.to_dict()
             step = self.stored_step(run, stage, step_snap)
-            next_step = self.stored_step(run, nxt, next_ref.get(transaction=t)) if next_ref else None
+            next_step = self.stored_step(run, nxt, next_snap[0]) if next_snap else None
             same_job = (step.get("job") or {}).get("id") == job_id
             if step["attempt"] != attempt or not same_job:
                 if step["state"] == d.LAUNCHING and step["attempt"] == attempt:
@@ -442,8 +449,8 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Completion:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step_snap = step_ref.get(transaction=t)
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
+            run = run_snap.to_dict()
             step = self.stored_step(run, stage, step_snap)
             if step["attempt"] != attempt or step["state"] != d.LAUNCHING:
                 return Completion(False, run, reason=f"step is {step['state']} a{step['attempt']}")
@@ -478,6 +485,7 @@ class FirestoreStore:
             run = snap.to_dict()
             if run["status"] in d.TERMINAL_RUN_STATUSES:
                 raise Conflict(f"run {run_id} is already {run['status']}")
+            # The run names the step to read: a second round trip (a cancel is rare; the hot path is not here).
             step_ref = self._step_ref(run_id, run["stage"])
             step_snap = step_ref.get(transaction=t)
             step = self.stored_step(run, run["stage"], step_snap)
@@ -556,14 +564,15 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> bool:
             at = d.now()
-            snap = run_ref.get(transaction=t)
+            # With the stage named (a dead letter usually names it), the run and the step in one round trip.
+            snap, *step_snaps = self._get_all(t, [run_ref, *([self._step_ref(run_id, stage)] if stage else [])])
             if not snap.exists:
                 return False
             run = snap.to_dict()
             if run["status"] in d.TERMINAL_RUN_STATUSES:
                 return False
             step_ref = self._step_ref(run_id, stage or run["stage"])
-            step_snap = step_ref.get(transaction=t)
+            step_snap = step_snaps[0] if step_snaps else step_ref.get(transaction=t)
             step = self.stored_step(run, stage or run["stage"], step_snap)
             if step is not None and step["state"] not in (d.SUCCEEDED, d.FAILED, d.CANCELLED):
                 self._write_step(t, step_ref, step_snap.exists, step, {
