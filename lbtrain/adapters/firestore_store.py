@@ -40,10 +40,11 @@ class CreateResult:
 
 @dataclass
 class Claim:
-    kind: str  # "claimed" | "reclaim" | "noop"
+    kind: str  # "claimed" | "reclaim" | "noop" | "not_yet" (an automatic retry before its back-off ended)
     run: dict[str, Any] = field(default_factory=dict)
     step: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    due: Any = None  # "not_yet": when the attempt may launch (its `not_before`)
 
 
 @dataclass
@@ -243,7 +244,9 @@ class FirestoreStore:
 
         A step already LAUNCHING whose lease expired is handed back as "reclaim": the previous
         launcher may have crashed after submitting, so the caller looks the job up by name first.
-        A live lease means another launcher is at work: `Busy`.
+        A live lease means another launcher is at work: `Busy`. An automatic retry of this attempt whose
+        back-off has not ended is "not_yet" with its `due` time (nothing written; lbtrain/launch.py
+        decides whether the message waits for it).
         """
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
 
@@ -255,6 +258,9 @@ class FirestoreStore:
             step = self.stored_step(run, stage, step_snap) if run is not None else None
             if step is None:
                 return Claim("noop", reason="unknown run or stage")
+            due = step.get("not_before")
+            if due and step["state"] == d.PENDING and step["attempt"] == attempt and due > at:
+                return Claim("not_yet", run, step, f"attempt {attempt} is due at {due.isoformat()}", due=due)
             if run["status"] not in (d.QUEUED, d.RUNNING):
                 return Claim("noop", run, step, f"run is {run['status']}")
             blocker = d.launch_blocker(run, stage)
