@@ -133,16 +133,15 @@ class FirestoreStore:
             raise NotFound(run_id)
         return snap.to_dict()
 
-    def get_steps(self, run_id: str, run: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every step of the run in pipeline order, those not written yet included (PENDING attempt 1).
-        `run`: the run document when the caller has it (else it is read)."""
+    def get_steps(self, run_id: str) -> list[dict[str, Any]]:
+        """Every step of the run in pipeline order, those not written yet included (PENDING attempt 1)."""
         stored = {s.id: s.to_dict() for s in self._run_ref(run_id).collection(STEPS).stream()}
-        if run is None:
-            snap = self._run_ref(run_id).get()
-            run = snap.to_dict() if snap.exists else None
-        return self._all_steps(run, stored)
+        snap = self._run_ref(run_id).get()
+        return self._all_steps(snap.to_dict() if snap.exists else None, stored)
 
-    def _all_steps(self, run: dict[str, Any] | None, stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _all_steps(run: dict[str, Any] | None, stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stored steps (by stage) and the run's stages that have none yet, in pipeline order."""
         steps = dict(stored)
         if run is not None:
             for i, stage in enumerate(pipelines.run_stages(run)):
