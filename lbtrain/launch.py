@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from lbtrain import domain as d
 from lbtrain import failures, pipelines, storage
 from lbtrain.adapters.backend import JobSpec
 from lbtrain.deps import Deps
-from lbtrain.errors import Busy, NotFound
+from lbtrain.errors import Busy
 from lbtrain.messages import StepMessage
 from lbtrain.reporting import report_status
 
@@ -60,10 +61,9 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     holds the step: the message is redelivered later."""
     if msg.action == "cancel":
         return cancel_step(deps, msg)
-    waiting = not_yet(deps, msg)
-    if waiting:
-        return waiting
     claim = deps.store.claim_step(msg.run_id, msg.stage, msg.attempt)
+    if claim.kind == "not_yet":
+        return not_yet(msg, claim.due)
     if claim.kind == "noop":
         return f"no-op: {claim.reason}"
     run = claim.run
@@ -101,21 +101,12 @@ def handle_step(deps: Deps, msg: StepMessage) -> str:
     return f"launched {job.id}"
 
 
-def not_yet(deps: Deps, msg: StepMessage) -> str:
-    """A retry before its back-off ended: Busy (503, redelivered) when it is due soon, else an
-    acknowledging no-op, the reconciler re-publishing it once due. "" when it may launch now."""
-    try:
-        step = deps.store.get_step(msg.run_id, msg.stage)
-    except NotFound:
-        return ""  # claim_step says so
-    due = step.get("not_before")
-    if not due or step.get("state") != d.PENDING or step.get("attempt") != msg.attempt:
-        return ""
+def not_yet(msg: StepMessage, due: datetime) -> str:
+    """A retry before its back-off ended (claim_step's "not_yet"): Busy (503, redelivered) when it is
+    due soon, else an acknowledging no-op, the reconciler re-publishing it once due."""
     wait = (due - d.now()).total_seconds()
-    if wait <= 0:
-        return ""
-    if wait <= HOLD_SECONDS:
-        raise Busy(f"{msg.run_id}/{msg.stage} attempt {msg.attempt} is due in {wait:.1f} s")
+    if wait <= HOLD_SECONDS:  # due by now too (since the claim read it): redelivered, it launches then
+        raise Busy(f"{msg.run_id}/{msg.stage} attempt {msg.attempt} is due in {max(wait, 0.0):.1f} s")
     return f"no-op: {msg.stage} attempt {msg.attempt} is due at {due.isoformat()}; the reconciler launches it"
 
 

@@ -1,5 +1,8 @@
 """Pipeline state in Firestore (docs/architecture.md §6). Every transition is one transaction: one writer wins
 and a duplicate becomes a no-op. One document per run and one per step keeps contention low.
+
+A step's document is written on its first change: a stage of the run's pipeline without one is
+PENDING attempt 1 (`stored_step`), and the transaction that first moves it creates it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from lbtrain import domain as d
+from lbtrain import pipelines
 from lbtrain.domain import JobRef
 from lbtrain.errors import Busy, Conflict, NotFound
 from lbtrain.prelabel import PRELABEL
@@ -36,10 +40,11 @@ class CreateResult:
 
 @dataclass
 class Claim:
-    kind: str  # "claimed" | "reclaim" | "noop"
+    kind: str  # "claimed" | "reclaim" | "noop" | "not_yet" (an automatic retry before its back-off ended)
     run: dict[str, Any] = field(default_factory=dict)
     step: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    due: Any = None  # "not_yet": when the attempt may launch (its `not_before`)
 
 
 @dataclass
@@ -97,6 +102,30 @@ class FirestoreStore:
     def _count(self, n: int) -> None:
         self.writes += n
 
+    @staticmethod
+    def _get_all(t: firestore.Transaction, refs: list[Any]) -> list[Any]:
+        """The snapshots of `refs` (in their order) read in one round trip."""
+        snaps = {snap.reference.path: snap for snap in t.get_all(refs)}
+        return [snaps[ref.path] for ref in refs]
+
+    @staticmethod
+    def stored_step(run: dict[str, Any], stage: str, snap: Any) -> dict[str, Any] | None:
+        """The step as stored, or, for a stage of the run's pipeline that has no document yet,
+        PENDING attempt 1 as the run created it; None when the run has no such step."""
+        if snap.exists:
+            return snap.to_dict()
+        stages = pipelines.run_stages(run)
+        return d.initial_step(stage, stages.index(stage), run["created_at"]) if stage in stages else None
+
+    @staticmethod
+    def _write_step(t: firestore.Transaction, ref: Any, exists: bool, step: dict[str, Any],
+                    update: dict[str, Any]) -> None:
+        """Change a step (`step`: as `stored_step` gave it); the first write creates its document."""
+        if exists:
+            t.update(ref, update)
+        else:
+            t.set(ref, {**step, **update})
+
     # -- reads -------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict[str, Any]:
         snap = self._run_ref(run_id).get()
@@ -105,14 +134,28 @@ class FirestoreStore:
         return snap.to_dict()
 
     def get_steps(self, run_id: str) -> list[dict[str, Any]]:
-        steps = [s.to_dict() for s in self._run_ref(run_id).collection(STEPS).stream()]
-        return sorted(steps, key=lambda s: s["index"])
+        """Every step of the run in pipeline order, those not written yet included (PENDING attempt 1)."""
+        stored = {s.id: s.to_dict() for s in self._run_ref(run_id).collection(STEPS).stream()}
+        snap = self._run_ref(run_id).get()
+        return self._all_steps(snap.to_dict() if snap.exists else None, stored)
+
+    @staticmethod
+    def _all_steps(run: dict[str, Any] | None, stored: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stored steps (by stage) and the run's stages that have none yet, in pipeline order."""
+        steps = dict(stored)
+        if run is not None:
+            for i, stage in enumerate(pipelines.run_stages(run)):
+                steps.setdefault(stage, d.initial_step(stage, i, run["created_at"]))
+        return sorted(steps.values(), key=lambda s: s["index"])
 
     def get_step(self, run_id: str, stage: str) -> dict[str, Any]:
-        snap = self._step_ref(run_id, stage).get()
-        if not snap.exists:
+        run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
+        snaps = {snap.reference.path: snap for snap in self.db.get_all([run_ref, step_ref])}
+        run_snap = snaps[run_ref.path]
+        step = self.stored_step(run_snap.to_dict(), stage, snaps[step_ref.path]) if run_snap.exists else None
+        if step is None:
             raise NotFound(f"{run_id}/{stage}")
-        return snap.to_dict()
+        return step
 
     def run_for_request(self, delivery_key: str | None, model_run_id: str) -> CreateResult | None:
         """What `create_run` would answer a duplicate, read without a transaction: the run a delivery
@@ -153,7 +196,8 @@ class FirestoreStore:
                    params: dict[str, Any], trigger: dict[str, Any], stages: tuple[str, ...],
                    delivery_key: str | None, admission_hold: bool = False,
                    first_status: dict[str, Any] | None = None) -> CreateResult:
-        """Create a run and its steps, unless the delivery was seen or the model run is busy.
+        """Create a run, unless the delivery was seen or the model run is busy. Its steps are written on
+        their first change (`stored_step`).
 
         With `admission_hold` (limits configured, lbtrain/admission.py) the run is created waiting for
         admission: nothing launches it until a round admits it. `first_status` is the first entry of its
@@ -184,13 +228,12 @@ class FirestoreStore:
                 run.update(admission=d.ADMISSION_QUEUED, waiting=ADMISSION_WAITING)
             if first_status is not None:
                 run["labelbox_statuses"] = [first_status]
+            # The steps are not written: each is PENDING attempt 1 until its first change (stored_step).
             t.create(self._run_ref(run_id), run)
-            for i, stage in enumerate(stages):
-                t.create(self._step_ref(run_id, stage), d.initial_step(stage, i, at))
             t.set(mr_ref, {"active_run_id": run_id, "updated_at": at})
             if delivery_ref is not None:
                 t.set(delivery_ref, {"run_id": run_id, "at": at, "expire_at": at + DELIVERY_TTL})
-            self._count(len(stages) + 2 + (delivery_ref is not None))
+            self._count(2 + (delivery_ref is not None))
             return CreateResult(run_id, True)
 
         return self._run(txn)
@@ -200,17 +243,23 @@ class FirestoreStore:
 
         A step already LAUNCHING whose lease expired is handed back as "reclaim": the previous
         launcher may have crashed after submitting, so the caller looks the job up by name first.
-        A live lease means another launcher is at work: `Busy`.
+        A live lease means another launcher is at work: `Busy`. An automatic retry of this attempt whose
+        back-off has not ended is "not_yet" with its `due` time (nothing written; lbtrain/launch.py
+        decides whether the message waits for it).
         """
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
 
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Claim:
             at = d.now()
-            run_snap, step_snap = run_ref.get(transaction=t), step_ref.get(transaction=t)
-            if not run_snap.exists or not step_snap.exists:
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
+            run = run_snap.to_dict() if run_snap.exists else None
+            step = self.stored_step(run, stage, step_snap) if run is not None else None
+            if step is None:
                 return Claim("noop", reason="unknown run or stage")
-            run, step = run_snap.to_dict(), step_snap.to_dict()
+            due = step.get("not_before")
+            if due and step["state"] == d.PENDING and step["attempt"] == attempt and due > at:
+                return Claim("not_yet", run, step, f"attempt {attempt} is due at {due.isoformat()}", due=due)
             if run["status"] not in (d.QUEUED, d.RUNNING):
                 return Claim("noop", run, step, f"run is {run['status']}")
             blocker = d.launch_blocker(run, stage)
@@ -229,7 +278,7 @@ class FirestoreStore:
             step_update = {"state": d.LAUNCHING, "lease_until": at + LAUNCH_LEASE, "updated_at": at}
             if kind == "claimed":
                 step_update["launched_at"] = at
-            t.update(step_ref, step_update)
+            self._write_step(t, step_ref, step_snap.exists, step, step_update)
             # The run says RUNNING at this stage already after the first claim (complete_step moves its
             # stage on, a retry sets both): written only when it changes, one write less per stage.
             if run["status"] != d.RUNNING or run.get("stage") != stage:
@@ -248,8 +297,9 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> LaunchRecord:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step = step_ref.get(transaction=t).to_dict()
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
+            run = run_snap.to_dict()
+            step = self.stored_step(run, stage, step_snap)
             if step["attempt"] != attempt:
                 return LaunchRecord(cancel_job=False, duplicate=True)
             if step["state"] != d.LAUNCHING:
@@ -257,9 +307,9 @@ class FirestoreStore:
                 # Cancelled while we launched: the job we just made must go too.
                 return LaunchRecord(cancel_job=step["state"] == d.CANCELLED and not same_job,
                                     duplicate=same_job)
-            t.update(step_ref, {"state": d.RUNNING, "job": job.to_dict(), "started_at": at,
-                                "lease_until": None, "updated_at": at, "machine": machine or None,
-                                "not_before": None})
+            self._write_step(t, step_ref, step_snap.exists, step, {
+                "state": d.RUNNING, "job": job.to_dict(), "started_at": at, "lease_until": None, "updated_at": at,
+                "machine": machine or None, "not_before": None})
             # The run document is read (a cancel that lands meanwhile retries this transaction) but not
             # written: nothing on it changes when a job starts.
             self._count(1)
@@ -294,9 +344,11 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Completion:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step = step_ref.get(transaction=t).to_dict()
-            next_step = next_ref.get(transaction=t).to_dict() if next_ref else None
+            # The run, the step and the next one in one round trip.
+            run_snap, step_snap, *next_snap = self._get_all(t, [run_ref, step_ref, *([next_ref] if next_ref else [])])
+            run = run_snap.to_dict()
+            step = self.stored_step(run, stage, step_snap)
+            next_step = self.stored_step(run, nxt, next_snap[0]) if next_snap else None
             same_job = (step.get("job") or {}).get("id") == job_id
             if step["attempt"] != attempt or not same_job:
                 if step["state"] == d.LAUNCHING and step["attempt"] == attempt:
@@ -351,18 +403,18 @@ class FirestoreStore:
             else:
                 self._failed(step, stage, error or f"job {job_state.lower()}", failure, policy, at,
                              step_update, run_update, result)
-            return self._commit_completion(t, run, step_ref, run_ref, step_update, run_update, result, at)
+            return self._commit_completion(t, run, step_snap, step, run_ref, step_update, run_update, result, at)
 
         return self._run(txn)
 
-    def _commit_completion(self, t: firestore.Transaction, run: dict[str, Any], step_ref: Any, run_ref: Any,
-                           step_update: dict[str, Any], run_update: dict[str, Any], result: Completion,
-                           at: Any) -> Completion:
+    def _commit_completion(self, t: firestore.Transaction, run: dict[str, Any], step_snap: Any,
+                           step: dict[str, Any], run_ref: Any, step_update: dict[str, Any],
+                           run_update: dict[str, Any], result: Completion, at: Any) -> Completion:
         """The end of complete_step and fail_launch: a finished run lets its model run go; both documents."""
         if result.finished:
             run_update.update({"status": result.finished, "finished_at": at})
             self._release_model_run(t, run, at)
-        t.update(step_ref, step_update)
+        self._write_step(t, step_snap.reference, step_snap.exists, step, step_update)
         t.update(run_ref, run_update)
         self._count(2)
         result.run = {**run, **{k: v for k, v in run_update.items() if "." not in k}}
@@ -400,8 +452,9 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> Completion:
             at = d.now()
-            run = run_ref.get(transaction=t).to_dict()
-            step = step_ref.get(transaction=t).to_dict()
+            run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
+            run = run_snap.to_dict()
+            step = self.stored_step(run, stage, step_snap)
             if step["attempt"] != attempt or step["state"] != d.LAUNCHING:
                 return Completion(False, run, reason=f"step is {step['state']} a{step['attempt']}")
             step_update: dict[str, Any] = {}
@@ -411,7 +464,7 @@ class FirestoreStore:
                          step_update, run_update, result)
             if result.next_stage is None:
                 step_update["machine"] = machine or step.get("machine")
-            return self._commit_completion(t, run, step_ref, run_ref, step_update, run_update, result, at)
+            return self._commit_completion(t, run, step_snap, step, run_ref, step_update, run_update, result, at)
 
         return self._run(txn)
 
@@ -435,8 +488,10 @@ class FirestoreStore:
             run = snap.to_dict()
             if run["status"] in d.TERMINAL_RUN_STATUSES:
                 raise Conflict(f"run {run_id} is already {run['status']}")
+            # The run names the step to read: a second round trip (a cancel is rare; the hot path is not here).
             step_ref = self._step_ref(run_id, run["stage"])
-            step = step_ref.get(transaction=t).to_dict()
+            step_snap = step_ref.get(transaction=t)
+            step = self.stored_step(run, run["stage"], step_snap)
             if step["state"] == d.RUNNING and step.get("job"):
                 if run["status"] != d.CANCELLING:
                     t.update(run_ref, {"status": d.CANCELLING, "updated_at": at})
@@ -445,7 +500,8 @@ class FirestoreStore:
                                     changed=run["status"] != d.CANCELLING)
             # Nothing runs (PENDING/LAUNCHING): the run ends now; a launcher that is mid-launch
             # sees the CANCELLED step when it records its job and cancels that job.
-            t.update(step_ref, {"state": d.CANCELLED, "ended_at": at, "updated_at": at, "lease_until": None})
+            self._write_step(t, step_ref, step_snap.exists, step,
+                             {"state": d.CANCELLED, "ended_at": at, "updated_at": at, "lease_until": None})
             t.update(run_ref, {"status": d.CANCELLED, "finished_at": at, "updated_at": at})
             self._count(2)
             self._release_model_run(t, run, at)
@@ -475,19 +531,20 @@ class FirestoreStore:
             active = mr.get("active_run_id") if mr.exists else None
             if active and active != run_id:
                 raise Conflict(f"model run {run['model_run_id']} has an active run {active}")
-            steps = [s.to_dict() for s in steps_ref.get(transaction=t)]
+            stored = {s.id: s.to_dict() for s in steps_ref.get(transaction=t)}
+            steps = self._all_steps(run, stored)
             step = d.retry_stage(steps)
             if step is None:
                 raise Conflict(f"run {run_id} has no stage left to retry")
             attempt = step["attempt"] + 1
-            t.update(steps_ref.document(step["stage"]), {
+            self._write_step(t, steps_ref.document(step["stage"]), step["stage"] in stored, step, {
                 "state": d.PENDING, "attempt": attempt, "job": None, "launched_at": None,
                 "started_at": None, "ended_at": None, "lease_until": None, "error": None,
                 "outputs_uri": None, "metrics": {}, "updated_at": at, "machine": None, "failure": None,
                 "not_before": None, "retry_from": attempt, "machine_index": 0,
                 "attempts": [*step.get("attempts", []), d.history_entry(step)],
             })
-            # Later stages cancelled along with the run go back to PENDING.
+            # Later stages cancelled along with the run go back to PENDING (a cancelled step is stored).
             for other in steps:
                 if other["index"] > step["index"] and other["state"] == d.CANCELLED:
                     t.update(steps_ref.document(other["stage"]), {"state": d.PENDING, "updated_at": at})
@@ -510,17 +567,19 @@ class FirestoreStore:
         @firestore.transactional
         def txn(t: firestore.Transaction) -> bool:
             at = d.now()
-            snap = run_ref.get(transaction=t)
+            # With the stage named (a dead letter usually names it), the run and the step in one round trip.
+            snap, *step_snaps = self._get_all(t, [run_ref, *([self._step_ref(run_id, stage)] if stage else [])])
             if not snap.exists:
                 return False
             run = snap.to_dict()
             if run["status"] in d.TERMINAL_RUN_STATUSES:
                 return False
             step_ref = self._step_ref(run_id, stage or run["stage"])
-            step_snap = step_ref.get(transaction=t)
-            if step_snap.exists and step_snap.get("state") not in (d.SUCCEEDED, d.FAILED, d.CANCELLED):
-                t.update(step_ref, {"state": d.FAILED, "error": message, "ended_at": at, "updated_at": at,
-                                    "lease_until": None})
+            step_snap = step_snaps[0] if step_snaps else step_ref.get(transaction=t)
+            step = self.stored_step(run, stage or run["stage"], step_snap)
+            if step is not None and step["state"] not in (d.SUCCEEDED, d.FAILED, d.CANCELLED):
+                self._write_step(t, step_ref, step_snap.exists, step, {
+                    "state": d.FAILED, "error": message, "ended_at": at, "updated_at": at, "lease_until": None})
                 self._count(1)
             t.update(run_ref, {"status": d.FAILED, "error": {"stage": stage or run["stage"], "message": message},
                                "finished_at": at, "updated_at": at})

@@ -203,9 +203,8 @@ class TriggerStore:
             stages = prelabel.stages_for(pipelines.get(rule["model_type"]).stages, settings)
             run = d.initial_run(run_id, rule["model_type"], "", rule.get("model_id") or "",
                                 prelabel.with_settings(params, settings), run_trigger, stages[0], at, stages=stages)
+            # Its steps are written on their first change (FirestoreStore.stored_step).
             t.create(self.store._run_ref(run_id), {**run, "waiting": waiting})
-            for i, stage in enumerate(stages):
-                t.create(self.store._step_ref(run_id, stage), d.initial_step(stage, i, at))
             t.update(ref, {"queued_run_id": run_id, "updated_at": at})
             return run_id, waiting
 

@@ -261,6 +261,37 @@ def test_concurrent_launchers_launch_one_job(stack):
     assert stack.wait(res.run_id, timeout=30)["status"] == "CANCELLED"
 
 
+def test_concurrent_claims_of_a_step_not_yet_written_claim_it_once(stack):
+    """A step has no document until its first change: two claims that both read it missing still
+    serialize on it (the run document, already RUNNING at that stage, is not written by either)."""
+    store = stack.deps.store
+    mr = stack.model_run()
+    res = store.create_run(run_id=d.new_run_id(), model_type="text_single_classification", model_run_id=mr,
+                           model_id="", params={}, trigger={"source": "test"}, stages=tuple(STAGES),
+                           delivery_key=None)
+    store.db.collection("runs").document(res.run_id).update({"status": d.RUNNING, "stage": "train"})
+    assert not store.db.collection("runs").document(res.run_id).collection("steps").document("train").get().exists
+    assert store.get_step(res.run_id, "train")["state"] == d.PENDING
+    kinds: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def claim():
+        barrier.wait()
+        try:
+            kinds.append(store.claim_step(res.run_id, "train", 1).kind)
+        except Busy:
+            kinds.append("busy")
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert kinds.count("claimed") == 1 and kinds.count("reclaim") == 0, kinds
+    assert store.get_step(res.run_id, "train")["state"] == d.LAUNCHING
+    store.cancel_run(res.run_id)
+
+
 class DroppingBus:
     """Loses messages for some topics, as a crash between commit and publish would."""
 
