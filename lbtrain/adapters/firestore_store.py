@@ -17,6 +17,7 @@ from google.cloud import firestore
 
 from lbtrain import domain as d
 from lbtrain import pipelines
+from lbtrain.adapters import firestore_txn
 from lbtrain.domain import JobRef
 from lbtrain.errors import Busy, Conflict, NotFound
 from lbtrain.prelabel import PRELABEL
@@ -28,6 +29,7 @@ PRELABEL_FIELDS = ("project_id", "unlabeled", "predicted", "prelabeled_rows", "p
 RUNS, STEPS, DELIVERIES, MODEL_RUNS = "runs", "steps", "deliveries", "model_runs"
 DELIVERY_TTL = timedelta(days=7)
 LAUNCH_LEASE = timedelta(seconds=30)
+Txn = firestore.Transaction | firestore_txn.LazyTransaction  # what the transaction functions write through
 ADMISSION_WAITING = "waiting for admission"  # until the admission round (lbtrain/admission.py) says more
 
 
@@ -103,7 +105,7 @@ class FirestoreStore:
         self.writes += n
 
     @staticmethod
-    def _get_all(t: firestore.Transaction, refs: list[Any]) -> list[Any]:
+    def _get_all(t: Txn, refs: list[Any]) -> list[Any]:
         """The snapshots of `refs` (in their order) read in one round trip."""
         snaps = {snap.reference.path: snap for snap in t.get_all(refs)}
         return [snaps[ref.path] for ref in refs]
@@ -118,7 +120,7 @@ class FirestoreStore:
         return d.initial_step(stage, stages.index(stage), run["created_at"]) if stage in stages else None
 
     @staticmethod
-    def _write_step(t: firestore.Transaction, ref: Any, exists: bool, step: dict[str, Any],
+    def _write_step(t: Txn, ref: Any, exists: bool, step: dict[str, Any],
                     update: dict[str, Any]) -> None:
         """Change a step (`step`: as `stored_step` gave it); the first write creates its document."""
         if exists:
@@ -205,8 +207,8 @@ class FirestoreStore:
         delivery_ref = self.db.collection(DELIVERIES).document(delivery_doc_id(delivery_key)) if delivery_key else None
         mr_ref = self.db.collection(MODEL_RUNS).document(model_run_id)
 
-        @firestore.transactional
-        def txn(t: firestore.Transaction) -> CreateResult:
+        # One transaction, begun by its first read (lbtrain/adapters/firestore_txn.py).
+        def txn(t: firestore_txn.LazyTransaction) -> CreateResult:
             at = d.now()
             # One round trip for both reads (a new run's request is dominated by Firestore round trips).
             refs = [mr_ref] if delivery_ref is None else [delivery_ref, mr_ref]
@@ -236,7 +238,7 @@ class FirestoreStore:
             self._count(2 + (delivery_ref is not None))
             return CreateResult(run_id, True)
 
-        return self._run(txn)
+        return firestore_txn.run(self.db, txn)
 
     def claim_step(self, run_id: str, stage: str, attempt: int) -> Claim:
         """PENDING → LAUNCHING before the backend is called (docs/architecture.md §7.2).
@@ -249,8 +251,7 @@ class FirestoreStore:
         """
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
 
-        @firestore.transactional
-        def txn(t: firestore.Transaction) -> Claim:
+        def txn(t: firestore_txn.LazyTransaction) -> Claim:
             at = d.now()
             run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
             run = run_snap.to_dict() if run_snap.exists else None
@@ -287,15 +288,14 @@ class FirestoreStore:
             self._count(1)
             return Claim(kind, {**run, "status": d.RUNNING, "stage": stage}, {**step, **step_update})
 
-        return self._run(txn)
+        return firestore_txn.run(self.db, txn)
 
     def record_launch(self, run_id: str, stage: str, attempt: int, job: JobRef, machine: str = "") -> LaunchRecord:
         """LAUNCHING → RUNNING with the job. No reverse index from job to step: a job event names its
         step itself, or the backend's labels on the job do (completion.handle_job_event)."""
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
 
-        @firestore.transactional
-        def txn(t: firestore.Transaction) -> LaunchRecord:
+        def txn(t: firestore_txn.LazyTransaction) -> LaunchRecord:
             at = d.now()
             run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
             run = run_snap.to_dict()
@@ -315,7 +315,7 @@ class FirestoreStore:
             self._count(1)
             return LaunchRecord(cancel_job=run["status"] == d.CANCELLING)
 
-        return self._run(txn)
+        return firestore_txn.run(self.db, txn)
 
     def complete_step(self, run_id: str, stage: str, attempt: int, job_id: str, job_state: str, *,
                       outputs_uri: str | None, metrics: dict[str, Any], error: str,
@@ -341,8 +341,7 @@ class FirestoreStore:
         nxt = stages[idx + 1] if idx + 1 < len(stages) else None
         next_ref = self._step_ref(run_id, nxt) if nxt else None
 
-        @firestore.transactional
-        def txn(t: firestore.Transaction) -> Completion:
+        def txn(t: firestore_txn.LazyTransaction) -> Completion:
             at = d.now()
             # The run, the step and the next one in one round trip.
             run_snap, step_snap, *next_snap = self._get_all(t, [run_ref, step_ref, *([next_ref] if next_ref else [])])
@@ -405,9 +404,9 @@ class FirestoreStore:
                              step_update, run_update, result)
             return self._commit_completion(t, run, step_snap, step, run_ref, step_update, run_update, result, at)
 
-        return self._run(txn)
+        return firestore_txn.run(self.db, txn)
 
-    def _commit_completion(self, t: firestore.Transaction, run: dict[str, Any], step_snap: Any,
+    def _commit_completion(self, t: Txn, run: dict[str, Any], step_snap: Any,
                            step: dict[str, Any], run_ref: Any, step_update: dict[str, Any],
                            run_update: dict[str, Any], result: Completion, at: Any) -> Completion:
         """The end of complete_step and fail_launch: a finished run lets its model run go; both documents."""
@@ -449,8 +448,7 @@ class FirestoreStore:
         launcher never answers 500 forever."""
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
 
-        @firestore.transactional
-        def txn(t: firestore.Transaction) -> Completion:
+        def txn(t: firestore_txn.LazyTransaction) -> Completion:
             at = d.now()
             run_snap, step_snap = self._get_all(t, [run_ref, step_ref])
             run = run_snap.to_dict()
@@ -466,9 +464,9 @@ class FirestoreStore:
                 step_update["machine"] = machine or step.get("machine")
             return self._commit_completion(t, run, step_snap, step, run_ref, step_update, run_update, result, at)
 
-        return self._run(txn)
+        return firestore_txn.run(self.db, txn)
 
-    def _release_model_run(self, t: firestore.Transaction, run: dict[str, Any], at: Any) -> None:
+    def _release_model_run(self, t: Txn, run: dict[str, Any], at: Any) -> None:
         """End single flight for the model run. Written blind: only this run can hold it while active."""
         if not run.get("model_run_id"):  # a held rule run that never got its model run
             return

@@ -14,7 +14,11 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_client import _parse_batch_get, _reference_info
+
+try:  # the client's own helpers for BatchGetDocuments; without them, its usual transaction (one round trip more)
+    from google.cloud.firestore_v1.base_client import _parse_batch_get, _reference_info
+except ImportError:  # pragma: no cover - a google-cloud-firestore release that renamed them
+    _parse_batch_get = _reference_info = None
 
 from lbtrain.errors import Busy
 
@@ -87,6 +91,8 @@ class LazyTransaction:
 def run(client: firestore.Client, fn: Callable[[LazyTransaction], T], max_attempts: int = MAX_ATTEMPTS) -> T:
     """`fn(transaction)`, committed; run again on contention (Aborted), `Busy` when that outlasts the attempts.
     An exception from `fn` rolls the transaction back and propagates."""
+    if _parse_batch_get is None or _reference_info is None:
+        return _run_classic(client, fn, max_attempts)
     retry_id: bytes | None = None
     last: Exception | None = None
     for _ in range(max_attempts):
@@ -106,3 +112,14 @@ def run(client: firestore.Client, fn: Callable[[LazyTransaction], T], max_attemp
         except gexc.Aborted as exc:
             last, retry_id = exc, txn.id or retry_id
     raise Busy(f"Firestore contention: {max_attempts} attempts aborted: {last}")
+
+
+def _run_classic(client: firestore.Client, fn: Callable[[Any], T], max_attempts: int) -> T:
+    """The same through `@firestore.transactional` (BeginTransaction first): its Transaction has the
+    same `get_all`, `set`, `create`, `update` and `delete`."""
+    try:
+        return firestore.transactional(fn)(client.transaction(max_attempts=max_attempts))
+    except ValueError as exc:
+        if "Failed to commit transaction" in str(exc):
+            raise Busy(f"Firestore contention: {exc}") from exc
+        raise
