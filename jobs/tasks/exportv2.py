@@ -11,8 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs.tasks.base import DatasetError
 from lbtrain import fetch
@@ -35,8 +34,10 @@ SPOOL_PROGRESS_EVERY = 10_000
 MAX_NAMED_IDS = 20
 
 
-@dataclass(frozen=True)
-class RowRef:
+class RowRef(NamedTuple):
+    """Where one export row's data and model-run entry are (a tuple: built for every row, ~3x
+    cheaper than a frozen dataclass)."""
+
     data_row_id: str
     global_key: str | None
     row_data: Any
@@ -115,8 +116,13 @@ def first_radio_question_of_run(run: Mapping[str, Any] | None) -> str | None:
 
 def radio_answers(run: Mapping[str, Any] | None, question: str) -> list[str]:
     """The answers to `question` in each label of the run (one per label that answers it)."""
+    return radio_answers_of_labels(run_labels(run), question)
+
+
+def radio_answers_of_labels(labels: Iterable[Mapping[str, Any]], question: str) -> list[str]:
+    """radio_answers of a run whose labels (run_labels) are at hand."""
     out = []
-    for label in run_labels(run):
+    for label in labels:
         for c in classifications(label):
             answer = c.get("radio_answer")
             is_map = type(answer) is dict or isinstance(answer, Mapping)
