@@ -74,19 +74,33 @@ def require_rows_in_run(rows: Rows, model_run_id: str) -> None:
         raise DatasetError(f"none of the {len(rows)} exported data rows belongs to model run {model_run_id!r}")
 
 
+_SPLIT_CACHE: dict[str, tuple[str | None, str | None]] = {}  # parse_split of the few split strings an export has
+_SPLIT_CACHE_MAX = 64
+
+
 def parse_split(value: Any) -> tuple[str | None, str | None]:
     """→ (split, None) or (None, skip reason). Case-insensitive; missing means unassigned."""
+    if type(value) is str:
+        cached = _SPLIT_CACHE.get(value)
+        if cached is not None:
+            return cached
     if value is None or (isinstance(value, str) and not value.strip()):
         return None, "no_split"
     text = str(value).strip().lower()
     if text == "unassigned":
-        return None, "unassigned_split"
-    split = _SPLIT_ALIASES.get(text)
-    return (split, None) if split else (None, "unknown_split")
+        out: tuple[str | None, str | None] = (None, "unassigned_split")
+    else:
+        split = _SPLIT_ALIASES.get(text)
+        out = (split, None) if split else (None, "unknown_split")
+    if type(value) is str and len(_SPLIT_CACHE) < _SPLIT_CACHE_MAX:
+        _SPLIT_CACHE[value] = out
+    return out
 
 
 def run_labels(run: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     labels = (run or {}).get("labels") or []
+    if type(labels) is list and len(labels) == 1 and type(labels[0]) is dict:
+        return [labels[0]]  # the common case, without the filtering comprehension
     return [label for label in labels if type(label) is dict or isinstance(label, Mapping)]
 
 
