@@ -49,6 +49,7 @@ Span = tuple[str, int, int]  # (entity type, start, end inclusive), code points
 
 _WS_TOKEN = re.compile(r"\S+")
 _URL = re.compile(r"^(?:https?://|www\.)", re.IGNORECASE)
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # a character UTF-16 counts as two units
 _LEAD = set("\"([{«“‘¿¡")
 _TRAIL = set(".,!?;:\"')]}»”’…")
 
@@ -60,6 +61,9 @@ def tokenize(text: str) -> list[tuple[int, int]]:
     for m in _WS_TOKEN.finditer(text):
         s, e = m.span()
         word = text[s:e]
+        if word.isalnum():  # most words: no URL, no bracket, quote or punctuation to split off
+            out.append((s, e))
+            continue
         if _URL.match(word) or not any(ch.isalnum() for ch in word):
             out.append((s, e))
             continue
@@ -379,7 +383,7 @@ def _label_entities(
                 offsets["utf16"] += 1
             else:
                 notes.add("token_mismatch", data_row_id)  # the offsets are trusted
-        elif isinstance(token, str) and any(ord(ch) > 0xFFFF for ch in text[:end]):
+        elif isinstance(token, str) and not text.isascii() and _ASTRAL.search(text[:end]):
             offsets["codepoint"] += 1
         if start < 0 or end < start or end >= len(text):
             notes.add("invalid_span", data_row_id)
