@@ -46,11 +46,12 @@ class RowRef(NamedTuple):
 
 def row_ref(row: Mapping[str, Any], model_run_id: str) -> RowRef:
     data_row = row.get("data_row") or {}
-    return RowRef(
-        data_row_id=str(data_row.get("id") or ""),
-        global_key=data_row.get("global_key") or None,
-        row_data=data_row.get("row_data"),
-        run=find_run(row, model_run_id),
+    data_row_id = data_row.get("id") or ""
+    return RowRef(  # data_row_id, global_key, row_data, run (positional: this runs for every row)
+        data_row_id if type(data_row_id) is str else str(data_row_id),
+        data_row.get("global_key") or None,
+        data_row.get("row_data"),
+        find_run(row, model_run_id),
     )
 
 
