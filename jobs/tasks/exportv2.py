@@ -139,9 +139,10 @@ def radio_answers_of_labels(labels: Iterable[Mapping[str, Any]], question: str) 
     out = []
     for label in labels:
         for c in classifications(label):
+            if c.get("name") != question:  # `name` first: most classifications answer another question
+                continue
             answer = c.get("radio_answer")
-            is_map = type(answer) is dict or isinstance(answer, Mapping)
-            if c.get("name") == question and is_map and answer.get("name"):
+            if (type(answer) is dict or isinstance(answer, Mapping)) and answer.get("name"):
                 out.append(str(answer["name"]))
                 break
     return out

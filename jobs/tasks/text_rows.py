@@ -325,8 +325,9 @@ class _Lines:
         self.lines: list[str] = []
 
     def __call__(self, row: dict[str, Any]) -> None:
-        self.lines.append(dumps_row(row))
-        if len(self.lines) >= LINES_PER_WRITE:
+        lines = self.lines
+        lines.append(dumps_row(row))
+        if len(lines) >= LINES_PER_WRITE:
             self.flush()
 
     def flush(self) -> None:
