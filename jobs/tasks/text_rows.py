@@ -138,16 +138,6 @@ class SeenIds:
         self.recent = {}
 
 
-def text_rows(
-    rows: exportv2.Rows, model_run_id: str, skipped: exportv2.SkipLog, progress: Progress
-) -> tuple[list[TextRow], int]:
-    """Usable text rows of the model run (export order) and how many texts were fetched by URL."""
-    exportv2.require_rows_in_run(rows, model_run_id)
-    counts = StreamCounts()
-    out = list(stream_text_rows(rows, model_run_id, skipped, progress, counts))
-    return out, counts.urls
-
-
 def stream_text_rows(
     rows: Iterable[Mapping[str, Any]],
     model_run_id: str,
