@@ -25,13 +25,11 @@ from typing import Any
 from jobs.tasks import exportv2, multilabel, text_rows
 from jobs.tasks.base import (
     MODEL_META_FILE,
-    SPLITS,
     Dataset,
     DatasetError,
     Evaluation,
     ParamError,
     Progress,
-    Task,
     load_joblib,
     save_joblib,
 )
@@ -51,6 +49,7 @@ Span = tuple[str, int, int]  # (entity type, start, end inclusive), code points
 
 _WS_TOKEN = re.compile(r"\S+")
 _URL = re.compile(r"^(?:https?://|www\.)", re.IGNORECASE)
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # a character UTF-16 counts as two units
 _LEAD = set("\"([{«“‘¿¡")
 _TRAIL = set(".,!?;:\"')]}»”’…")
 
@@ -62,6 +61,9 @@ def tokenize(text: str) -> list[tuple[int, int]]:
     for m in _WS_TOKEN.finditer(text):
         s, e = m.span()
         word = text[s:e]
+        if word.isalnum():  # most words: no URL, no bracket, quote or punctuation to split off
+            out.append((s, e))
+            continue
         if _URL.match(word) or not any(ch.isalnum() for ch in word):
             out.append((s, e))
             continue
@@ -381,7 +383,7 @@ def _label_entities(
                 offsets["utf16"] += 1
             else:
                 notes.add("token_mismatch", data_row_id)  # the offsets are trusted
-        elif isinstance(token, str) and any(ord(ch) > 0xFFFF for ch in text[:end]):
+        elif isinstance(token, str) and not text.isascii() and _ASTRAL.search(text[:end]):
             offsets["codepoint"] += 1
         if start < 0 or end < start or end >= len(text):
             notes.add("invalid_span", data_row_id)
@@ -396,26 +398,18 @@ def _label_entities(
     return kept
 
 
-class NamedEntityRecognition(Task):
+class NamedEntityRecognition(text_rows.StreamingTextTask):
     model_type = MODEL_TYPE
 
-    def convert(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        model_run_id: str,
-        params: Mapping[str, Any],
-        out_uri: str,
-        progress: Progress,
-    ) -> Dataset:
-        rows = exportv2.reiterable(rows)
-        skipped = exportv2.SkipLog()
-        notes = exportv2.SkipLog()
-        usable, n_urls = text_rows.text_rows(rows, model_run_id, skipped, progress)
+    def convert_rows(
+        self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any], out: text_rows.Snapshot
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Export v2 rows → (label_map, stats), one pass over `rows`; the offset unit the export
+        counts in is decided by the majority of entities that tell."""
+        notes = out.notes
         offsets = {"utf16": 0, "codepoint": 0}
-        examples: list[dict[str, Any]] = []
-        predict_only: list[dict[str, Any]] = []
         misaligned = 0
-        for tr in usable:
+        for tr in out.text_rows(rows, model_run_id):
             row = tr.base()
             reason = tr.split_reason
             entities: list[Span] = []
@@ -432,50 +426,25 @@ class NamedEntityRecognition(Task):
                     misaligned += n_bad
                     notes.add("misaligned_span", tr.ref.data_row_id)
             row["entities"] = [{"type": t, "start": s, "end": e} for t, s, e in entities]
-            if reason:
-                skipped.add(reason, tr.ref.data_row_id)
-                predict_only.append({**row, "reason": reason})
-            else:
-                examples.append(row)
-        types = sorted({x["type"] for e in examples for x in e["entities"]})
-        counts = _mentions(examples)
-        stats = {
-            "model_run_id": model_run_id,
-            "rows": len(rows),
-            "examples": len(examples),
-            "per_split": {s: sum(1 for e in examples if e["split"] == s) for s in SPLITS},
-            "per_class": {t: {s: counts.get((t, s), 0) for s in SPLITS} for t in types},
-            "entities": sum(len(e["entities"]) for e in examples),
-            "misaligned_spans": misaligned,
-            "offsets": offsets,
-            "predict_only": len(predict_only),
-            "skipped": skipped.as_dict(),
-            "notes": notes.as_dict(),
-            "fetched_urls": n_urls,
-        }
-        progress(
-            f"converted {len(rows)} rows: {len(examples)} examples with {stats['entities']} entities "
-            f"({len(types)} types), {len(predict_only)} predict-only, {skipped.total()} not used for training",
-            examples=len(examples),
+            out.add(row, reason, [t for t, _, _ in entities])
+        out.require_rows(model_run_id)
+        types = out.classes()
+        stats = out.stats(
+            model_run_id, entities=sum(out.pairs.values()), misaligned_spans=misaligned, offsets=offsets
         )
+        out.done(f"examples with {stats['entities']} entities ({len(types)} types)")
         unit = "utf16" if offsets["utf16"] > offsets["codepoint"] else "codepoint"
-        return Dataset(
-            examples=examples,
-            label_map={"entity_types": types, "classes": types, "offsets": unit},
-            stats=stats,
-            predict_only=predict_only,
-        )
+        return {"entity_types": types, "classes": types, "offsets": unit}, stats
 
     def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
-        if not dataset.examples:
-            raise DatasetError(text_rows.no_examples_message(dataset.stats))
+        self.require_examples(dataset)
         types = dataset.label_map.get("entity_types", [])
         if not types:
             raise DatasetError(
                 f"no entity is labeled in model run {dataset.stats.get('model_run_id', '')!r}: nothing to learn"
             )
         multilabel.validate_counts(
-            _mentions(dataset.examples), types, min_examples, noun="entity type", unit="entities"
+            self.class_split_counts(dataset, _mentions), types, min_examples, noun="entity type", unit="entities"
         )
 
     def etl_summary(self, dataset: Dataset) -> dict[str, Any]:

@@ -21,20 +21,20 @@ Run params (all optional):
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jobs.tasks import exportv2, multilabel, text_rows
 from jobs.tasks.base import (
     MODEL_META_FILE,
-    SPLITS,
     Dataset,
     DatasetError,
     Evaluation,
     ParamError,
     Progress,
-    Task,
     load_joblib,
     save_joblib,
 )
@@ -182,106 +182,149 @@ class TextMultiClassifier:
 # --- the task -----------------------------------------------------------------------------------
 
 
-class TextMultiClassification(Task):
+class _QuestionFinder:
+    """What the questions are when no param names them, found on the way through the export: the first
+    checklist question answered in the model run (export order), else every radio question answered."""
+
+    def __init__(self) -> None:
+        self.checklist: str | None = None
+        self.radios: set[str] = set()
+
+    def see(self, ref: exportv2.RowRef) -> None:
+        if self.checklist is not None or ref.run is None:
+            return
+        for label in exportv2.run_labels(ref.run):
+            for c in exportv2.classifications(label):
+                if isinstance(c.get("checklist_answers"), list) and c.get("name"):
+                    self.checklist = str(c["name"])
+                    return
+                if isinstance(c.get("radio_answer"), Mapping) and c.get("name"):
+                    self.radios.add(str(c["name"]))
+
+
+HELD_IN_MEMORY = 1000  # rows held back in a list before they go to a temporary file
+
+
+class _Held:
+    """Usable rows held back, in order, until the questions are known (no checklist seen yet and no
+    question param): the first HELD_IN_MEMORY in a list, the rest in a temporary JSON-lines file."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[dict[str, Any], str | None, list[Any]]] = []
+        self.file: Any = None
+
+    def __bool__(self) -> bool:
+        return bool(self.rows) or self.file is not None
+
+    def add(self, row: dict[str, Any], reason: str | None, labels: list[Any]) -> None:
+        if len(self.rows) < HELD_IN_MEMORY:
+            self.rows.append((row, reason, labels))
+            return
+        if self.file is None:
+            self.file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n")
+        self.file.write(json.dumps([row, reason, labels]) + "\n")  # ASCII: lone surrogates survive
+
+    def drain(self) -> Iterator[tuple[dict[str, Any], str | None, list[Any]]]:
+        yield from self.rows
+        self.rows = []
+        if self.file is not None:
+            file, self.file = self.file, None
+            with file:
+                file.seek(0)
+                for line in file:
+                    row, reason, labels = json.loads(line)
+                    yield row, reason, labels
+
+
+class TextMultiClassification(text_rows.StreamingTextTask):
     model_type = MODEL_TYPE
 
-    def convert(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        model_run_id: str,
-        params: Mapping[str, Any],
-        out_uri: str,
-        progress: Progress,
-    ) -> Dataset:
-        rows = exportv2.reiterable(rows)
+    def check_params(self, params: Mapping[str, Any]) -> None:
         unanswered = params.get("unanswered", "empty")
         if unanswered not in ("empty", "skip"):
             raise ParamError(f'param unanswered must be "empty" or "skip", not {unanswered!r}')
-        skipped = exportv2.SkipLog()
-        notes = exportv2.SkipLog()
-        usable, n_urls = text_rows.text_rows(rows, model_run_id, skipped, progress)
-        question = params.get("question") or None
         questions = params.get("questions") or None
         if questions is not None and (
             not isinstance(questions, list) or not all(isinstance(q, str) and q for q in questions)
         ):
             raise ParamError(f"param questions must be a list of radio question names, not {questions!r}")
-        if question is None and questions is None:
-            question = multilabel.first_checklist_question(rows, model_run_id)
-            if question is None:
-                questions = multilabel.radio_questions(rows, model_run_id) or None
-        if question is not None:
-            mode, asked = "checklist", [str(question)]
-        elif questions:
-            mode, asked = "radios", sorted(questions)
-        else:
-            raise DatasetError(
-                f"no checklist or radio classification is answered in model run {model_run_id!r}: "
-                "text_multi_classification needs a checklist (or radio questions)"
-            )
 
-        examples: list[dict[str, Any]] = []
-        predict_only: list[dict[str, Any]] = []
-        for tr in usable:
-            row = tr.base()
-            reason = tr.split_reason
+    def convert_rows(
+        self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any], out: text_rows.Snapshot
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Export v2 rows → (label_map, stats), one pass over `rows`.
+
+        Without a question param the first checklist answered decides (every row before it answers no
+        checklist, so it is what it would be once the question is known); until one is seen, usable
+        rows are held back (_Held): if the export ends without one, its radio questions decide."""
+        skip_unanswered = params.get("unanswered", "empty") == "skip"
+        question = params.get("question") or None
+        questions = params.get("questions") or None
+        finder = _QuestionFinder() if question is None and questions is None else None
+        mode, asked = ("checklist", [str(question)]) if question is not None else ("radios", sorted(questions or []))
+        held = _Held()
+        n_empty = 0
+
+        def add(row: dict[str, Any], reason: str | None, labels: list[Any]) -> None:
+            nonlocal n_empty
             found: list[set[str]] = []
-            for label in tr.labels:
+            for label in labels:
                 targets, answered = multilabel.label_targets(label, mode, asked)
                 if answered:
                     found.append(targets)
-            if len({frozenset(t) for t in found}) > 1:
-                notes.add("conflicting_labels", tr.ref.data_row_id)  # the first label wins
+            if len(found) > 1 and len({frozenset(t) for t in found}) > 1:
+                out.notes.add("conflicting_labels", row["data_row_id"])  # the first label wins
             targets = found[0] if found else set()
-            if not tr.labels:
+            if not labels:
                 reason = "no_label"
             elif not found:
-                if unanswered == "skip":
+                if skip_unanswered:
                     reason = reason or "no_answer"
                 else:
-                    notes.add("no_answer_as_empty_set", tr.ref.data_row_id)
+                    out.notes.add("no_answer_as_empty_set", row["data_row_id"])
             row["targets"] = sorted(targets)
-            if reason:
-                skipped.add(reason, tr.ref.data_row_id)
-                predict_only.append({**row, "reason": reason})
-            else:
-                examples.append(row)
+            if not reason and not targets:
+                n_empty += 1
+            out.add(row, reason, row["targets"])
 
-        classes = sorted({t for e in examples for t in e["targets"]})
-        counts = multilabel.count_examples(examples)
-        stats = {
-            "model_run_id": model_run_id,
-            "mode": mode,
-            "questions": asked,
-            "rows": len(rows),
-            "examples": len(examples),
-            "per_split": {s: sum(1 for e in examples if e["split"] == s) for s in SPLITS},
-            "per_class": {c: {s: counts.get((c, s), 0) for s in SPLITS} for c in classes},
-            "empty_target_examples": sum(1 for e in examples if not e["targets"]),
-            "predict_only": len(predict_only),
-            "skipped": skipped.as_dict(),
-            "notes": notes.as_dict(),
-            "fetched_urls": n_urls,
-        }
-        progress(
-            f"converted {len(rows)} rows: {len(examples)} examples ({len(classes)} classes), "
-            f"{len(predict_only)} predict-only, {skipped.total()} not used for training",
-            examples=len(examples),
-        )
+        for tr in out.text_rows(rows, model_run_id, on_ref=finder.see if finder else None):
+            if finder is not None:
+                if finder.checklist is None:
+                    held.add(tr.base(), tr.split_reason, tr.labels)
+                    continue
+                mode, asked, finder = "checklist", [finder.checklist], None
+                for row, reason, labels in held.drain():
+                    add(row, reason, labels)
+            add(tr.base(), tr.split_reason, tr.labels)
+        out.require_rows(model_run_id)
+        if finder is not None:
+            if finder.checklist is not None:
+                mode, asked = "checklist", [finder.checklist]
+            elif finder.radios:
+                mode, asked = "radios", sorted(finder.radios)
+            else:
+                raise DatasetError(
+                    f"no checklist or radio classification is answered in model run {model_run_id!r}: "
+                    "text_multi_classification needs a checklist (or radio questions)"
+                )
+            for row, reason, labels in held.drain():
+                add(row, reason, labels)
+
+        classes = out.classes()
+        stats = out.stats(model_run_id, mode=mode, questions=asked, empty_target_examples=n_empty)
+        out.done(f"examples ({len(classes)} classes)")
         label_map = {"mode": mode, "question": asked[0] if mode == "checklist" else None, "questions": asked}
-        return Dataset(
-            examples=examples, label_map={**label_map, "classes": classes}, stats=stats, predict_only=predict_only
-        )
+        return {**label_map, "classes": classes}, stats
 
     def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
-        if not dataset.examples:
-            raise DatasetError(text_rows.no_examples_message(dataset.stats))
+        self.require_examples(dataset)
         classes = dataset.label_map.get("classes", [])
         if not classes:
             raise DatasetError(
                 f"no class is ever answered in model run {dataset.stats.get('model_run_id', '')!r}: nothing to learn"
             )
-        multilabel.validate_counts(multilabel.count_examples(dataset.examples), classes, min_examples)
+        counts = self.class_split_counts(dataset, multilabel.count_examples)
+        multilabel.validate_counts(counts, classes, min_examples)
 
     def etl_summary(self, dataset: Dataset) -> dict[str, Any]:
         return {

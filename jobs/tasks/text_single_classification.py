@@ -17,22 +17,18 @@ Run params understood (all optional, from the run request's `params`):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jobs.tasks import classification, exportv2, text_rows
 from jobs.tasks.base import (
     MODEL_META_FILE,
-    SPLITS,
     Dataset,
     DatasetError,
     Evaluation,
     ParamError,
     Progress,
     SnapshotRows,
-    Task,
-    dataset_uris,
-    dumps_row,
     load_joblib,
     save_joblib,
 )
@@ -42,7 +38,6 @@ from lbtrain.progress import Counter
 MODEL_TYPE = "text_single_classification"
 MODEL_FILE = "model.joblib"
 DEFAULT_C = (1.0, 3.0, 10.0, 30.0)
-PROGRESS_EVERY = 100_000
 
 
 # --- params -------------------------------------------------------------------------------
@@ -144,139 +139,48 @@ class TextClassifier:
 # --- the task -----------------------------------------------------------------------------
 
 
-def _convert(
-    rows: Iterable[Mapping[str, Any]],
-    model_run_id: str,
-    params: Mapping[str, Any],
-    progress: Progress,
-    add_example: Callable[[dict[str, Any]], Any],
-    add_predict_only: Callable[[dict[str, Any]], Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Export v2 rows → (label_map, stats), one pass over `rows`, handing each example and
-    predict-only row on in export order as it is made; only counters are kept.
-
-    Without a `question` param the question is the first radio question answered in the export,
-    found on the way: rows before the first radio answer answer no radio question at all, so they
-    are what they would be once the question is known (no_label / no_answer)."""
-    skipped = exportv2.SkipLog()
-    conflicts = exportv2.SkipLog()
-    counts = text_rows.StreamCounts()
-    question: str | None = params.get("question") or None
-
-    def find_question(ref: exportv2.RowRef) -> None:
-        nonlocal question
-        if question is None and ref.run is not None:
-            question = exportv2.first_radio_question_of_run(ref.run)
-
-    n_examples = n_predict_only = 0
-    per_pair: dict[tuple[str, str], int] = {}
-    for usable_row in text_rows.stream_text_rows(
-        rows, model_run_id, skipped, progress, counts, on_ref=None if question else find_question
-    ):
-        row = usable_row.base()
-        answers = exportv2.radio_answers(usable_row.ref.run, question) if question else []
-        if len(set(answers)) > 1:
-            conflicts.add("conflicting_answers", usable_row.ref.data_row_id)  # first label wins
-        reason = usable_row.split_reason
-        if not answers:
-            reason = "no_label" if not usable_row.labels else "no_answer"
-        row["target"] = answers[0] if answers else None
-        if reason:
-            skipped.add(reason, usable_row.ref.data_row_id)
-            row["reason"] = reason
-            add_predict_only(row)
-            n_predict_only += 1
-        else:
-            add_example(row)
-            n_examples += 1
-            key = (row["target"], row["split"])
-            per_pair[key] = per_pair.get(key, 0) + 1
-        if (n_examples + n_predict_only) % PROGRESS_EVERY == 0:
-            progress(f"converted {counts.rows} rows so far", rows=counts.rows)
-    if counts.rows == 0:
-        raise DatasetError(f"model run {model_run_id!r} has no data rows in its export")
-    if counts.in_run == 0:
-        raise DatasetError(f"none of the {counts.rows} exported data rows belongs to model run {model_run_id!r}")
-    if not question:
-        raise DatasetError(
-            f"no radio classification is answered in model run {model_run_id!r}: "
-            "text_single_classification needs one radio question"
-        )
-
-    classes = sorted({c for c, _ in per_pair})
-    per_class = {c: {s: per_pair.get((c, s), 0) for s in SPLITS} for c in classes}
-    stats = {
-        "model_run_id": model_run_id,
-        "question": question,
-        "rows": counts.rows,
-        "examples": n_examples,
-        "per_split": {s: sum(n for (_, split), n in per_pair.items() if split == s) for s in SPLITS},
-        "per_class": per_class,
-        "predict_only": n_predict_only,
-        "skipped": skipped.as_dict(),
-        "notes": conflicts.as_dict(),
-        "fetched_urls": counts.urls,
-    }
-    progress(
-        f"converted {counts.rows} rows: {n_examples} examples, {n_predict_only} predict-only, "
-        f"{skipped.total()} not used for training",
-        examples=n_examples,
-    )
-    return {"question": question, "classes": classes}, stats
-
-
-class TextSingleClassification(Task):
+class TextSingleClassification(text_rows.StreamingTextTask):
     model_type = MODEL_TYPE
 
-    def convert(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        model_run_id: str,
-        params: Mapping[str, Any],
-        out_uri: str,
-        progress: Progress,
-    ) -> Dataset:
-        rows = exportv2.reiterable(rows)
-        exportv2.require_rows_in_run(rows, model_run_id)
-        examples: list[dict[str, Any]] = []
-        predict_only: list[dict[str, Any]] = []
-        label_map, stats = _convert(rows, model_run_id, params, progress, examples.append, predict_only.append)
-        return Dataset(examples=examples, label_map=label_map, stats=stats, predict_only=predict_only)
+    def convert_rows(
+        self, rows: Iterable[Mapping[str, Any]], model_run_id: str, params: Mapping[str, Any], out: text_rows.Snapshot
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Export v2 rows → (label_map, stats), one pass over `rows`.
 
-    def convert_to(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        model_run_id: str,
-        params: Mapping[str, Any],
-        out_uri: str,
-        progress: Progress,
-    ) -> Dataset:
-        """`convert` in one pass over `rows` (any iterable, walked once) that writes dataset.jsonl
-        and predict_only.jsonl under `out_uri` as it goes (published only if it succeeds); the
-        Dataset's rows are read back from those files on demand, its split sizes are counted."""
-        uris = dataset_uris(out_uri)
-        with (
-            storage.staged(uris["dataset"]) as examples_path,
-            storage.staged(uris["predict_only"]) as predict_only_path,
-            open(examples_path, "w", encoding="utf-8", newline="\n") as examples_file,
-            open(predict_only_path, "w", encoding="utf-8", newline="\n") as predict_only_file,
-        ):
-            label_map, stats = _convert(
-                rows, model_run_id, params, progress,
-                lambda row: examples_file.write(dumps_row(row)),
-                lambda row: predict_only_file.write(dumps_row(row)),
+        Without a `question` param the question is the first radio question answered in the export,
+        found on the way: rows before the first radio answer answer no radio question at all, so they
+        are what they would be once the question is known (no_label / no_answer)."""
+        question: str | None = params.get("question") or None
+
+        def find_question(ref: exportv2.RowRef) -> None:
+            nonlocal question
+            if question is None and ref.run is not None:
+                question = exportv2.first_radio_question_of_run(ref.run)
+
+        radio_answers = exportv2.radio_answers_of_labels
+        for usable_row in out.text_rows(rows, model_run_id, on_ref=None if question else find_question):
+            row = usable_row.base()
+            answers = radio_answers(usable_row.labels, question) if question else []
+            if len(answers) > 1 and len(set(answers)) > 1:
+                out.notes.add("conflicting_answers", usable_row.ref.data_row_id)  # first label wins
+            reason = usable_row.split_reason
+            if not answers:
+                reason = "no_label" if not usable_row.labels else "no_answer"
+            row["target"] = target = answers[0] if answers else None
+            out.add(row, reason, (target,))
+        out.require_rows(model_run_id)
+        if not question:
+            raise DatasetError(
+                f"no radio classification is answered in model run {model_run_id!r}: "
+                "text_single_classification needs one radio question"
             )
-        return Dataset(
-            examples=SnapshotRows(uris["dataset"], stats["examples"]),
-            label_map=label_map,
-            stats=stats,
-            predict_only=SnapshotRows(uris["predict_only"], stats["predict_only"]),
-            split_sizes=dict(stats["per_split"]),
-        )
+        classes = out.classes()
+        stats = out.stats(model_run_id, question=question)
+        out.done()
+        return {"question": question, "classes": classes}, stats
 
     def validate(self, dataset: Dataset, min_examples: Mapping[str, int]) -> None:
-        if not dataset.examples:
-            raise DatasetError(text_rows.no_examples_message(dataset.stats))
+        self.require_examples(dataset)
         classification.validate_counts(
             dataset.examples,
             dataset.label_map.get("classes", []),

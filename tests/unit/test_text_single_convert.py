@@ -15,6 +15,7 @@ from jobs.tasks.base import DatasetError, loads_jsonl, read_dataset, write_datas
 from jobs.tasks.text_single_classification import TASK
 from lbtrain import fetch
 from lbtrain.adapters.labelbox import FileLabelbox
+from tests.unit.text_stream_checks import assert_streams_like_convert
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "export_text_single.ndjson"
 MR = "mr-golden"
@@ -256,30 +257,9 @@ def test_streamed_convert_writes_the_same_snapshot_as_convert(tmp_path, monkeypa
     """The etl job's one-pass path (convert_to: the export walked once, rows written as they are made,
     URLs fetched `chunk` rows at a time) gives the files, summary and validation that convert does."""
     from jobs.tasks import text_rows
-    from jobs.tasks.base import SnapshotRows
 
     monkeypatch.setattr(text_rows, "URL_CHUNK", chunk)
-    rows = golden_rows(tmp_path)
-    for params in ({}, {"question": "sentiment"}):
-        listed = TASK.convert(rows, MR, params, str(tmp_path / "a"), _quiet)
-        write_dataset(str(tmp_path / "a"), listed)
-        streamed = TASK.convert_to(iter(rows), MR, params, str(tmp_path / "b"), _quiet)
-        assert isinstance(streamed.examples, SnapshotRows)
-        write_dataset(str(tmp_path / "b"), streamed)
-        for name in ("dataset.jsonl", "predict_only.jsonl", "label_map.json", "stats.json"):
-            assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
-        assert TASK.etl_summary(streamed) == TASK.etl_summary(listed)
-        assert list(streamed.examples) == listed.examples
-        assert list(streamed.predict_only) == listed.predict_only
-        for minimum in ({}, {"train": 1000}):
-            errors = []
-            for ds in (listed, streamed):
-                try:
-                    TASK.validate(ds, minimum)
-                    errors.append(None)
-                except DatasetError as exc:
-                    errors.append(str(exc))
-            assert errors[0] == errors[1]
+    assert_streams_like_convert(TASK, golden_rows(tmp_path), MR, ({}, {"question": "sentiment"}), tmp_path)
 
 
 def test_streamed_convert_publishes_nothing_when_it_fails(tmp_path):
