@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from lbtrain.adapters import firestore_txn
 from lbtrain.adapters.pubsub_bus import publisher_client
 from lbtrain.emulators import free_port
 
@@ -43,12 +44,12 @@ def measure_floor(project: str, n: int = 100, concurrency: int = 4, timeout: flo
             if self.path == "/a":  # hop 1: one transaction, one publish (waited), then the answer
                 ref = db.collection(f"floor-{tag}").document(body["key"])
 
-                @firestore.transactional
-                def txn(t: firestore.Transaction) -> None:
-                    if not ref.get(transaction=t).exists:
+                def txn(t: firestore_txn.LazyTransaction) -> None:  # begun by its read, as lbtrain's are
+                    (snap,) = t.get_all([ref])
+                    if not snap.exists:
                         t.set(ref, {"at": firestore.SERVER_TIMESTAMP})
 
-                txn(db.transaction())
+                firestore_txn.run(db, txn)
                 publisher.publish(topics["b"], json.dumps(body).encode()).result(timeout=30)
             else:  # hop 2: arrived
                 arrived.setdefault(body["key"], time.time())
