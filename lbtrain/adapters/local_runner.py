@@ -95,6 +95,12 @@ def run(job_dir: Path) -> int:
 
 
 def _make_bus(config: configmod.Config):  # noqa: ANN202
+    """On the emulator, its REST API (lbtrain/adapters/pubsub_rest.py: no gRPC to import for one message)."""
+    host = config.pubsub_emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST", "")
+    if host:
+        from lbtrain.adapters.pubsub_rest import EmulatorRestBus
+
+        return EmulatorRestBus(host, config.project, config.deployment_name)
     from lbtrain.adapters.pubsub_bus import PubSubBus
 
     return PubSubBus(config.project, config.deployment_name)
