@@ -49,7 +49,8 @@ def table(results: dict[str, dict[str, Any]], when: str) -> str:
          f"{num(ing, 'floor_rps')}/s, p99 {num(ing, 'floor_p99_ms')} ms (one HMAC, one transaction, one publish)"),
         ("ingress: half of them redeliveries", f"{num(ing, 'dup_rps')}/s", f"{num(ing, 'floor_rps')}/s"),
         ("ingress: label webhooks counted by a rule", f"{num(ing, 'label_rps')}/s",
-         f"{num(ing, 'label_floor_rps')}/s (one transaction per label); lost {num(ing, 'lost')}"),
+         f"{num(ing, 'label_floor_rps')}/s (one transaction per label); {num(ing, 'label_floor_sharded_rps')}/s "
+         f"with the count in 8 shards read back, as lbtrain keeps it; lost {num(ing, 'lost')}"),
         ("etl job, synthetic text_single export", f"{num(etl, 'rows')} rows: {num(etl, 'rows_per_s')} rows/s, "
          f"peak {num(etl, 'peak_rss_mib')} MiB", "reading and parsing the export alone: "
          f"{num(etl, 'floor_rows_per_s')} rows/s"),

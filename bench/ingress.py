@@ -11,7 +11,10 @@ pre-signed deliveries:
 - dup:    half fresh deliveries, half redeliveries of them (same X-Labelbox-Id, sent a little later);
 - label:  signed `POST /webhooks/labelbox` LABEL_CREATED deliveries, distinct label ids, for a rule whose
           min_labels is out of reach (no run is held);
-- floor / label_floor: the same shapes against the floor handler.
+- floor / label_floor: the same shapes against the floor handler;
+- label_floor_sharded: the label floor with its count in 8 shards and the exact sum read back, as a
+          count on Firestore must be kept under a burst (what lbtrain's label path itself costs is its
+          ratio to this one; the issue's ratio is to label_floor).
 
 Then it checks from Firestore and the REST API that every accepted delivery made exactly one run (or
 one count), and profiles one request of each kind in-process (Firestore RPCs, publishes, time split).
@@ -224,13 +227,13 @@ def with_redeliveries(fresh: list[Request], lag: int) -> list[Request]:
     return out
 
 
-def labels(n: int, secret: str, project_id: str) -> list[Request]:
+def labels(n: int, secret: str, project_id: str, path: str = "/webhooks/labelbox") -> list[Request]:
     out = []
     for _ in range(n):
         label_id = f"lbl{uuid.uuid4().hex[:20]}"
         body = {"id": label_id, "label": "{}", "dataRow": {"id": f"dr{uuid.uuid4().hex[:20]}"},
                 "project": {"id": project_id, "name": "bench"}, "createdAt": "2026-11-20T10:15:02.123Z"}
-        out.append(signed("/webhooks/labelbox", body, secret, f"d-{uuid.uuid4().hex}", "LABEL_CREATED", label_id))
+        out.append(signed(path, body, secret, f"d-{uuid.uuid4().hex}", "LABEL_CREATED", label_id))
     return out
 
 
@@ -277,6 +280,13 @@ def floor_count(project: str, project_id: str) -> int:
 
     snap = firestore.Client(project=project).collection("floor-counters").document(project_id).get()
     return int(snap.get("count")) if snap.exists else 0
+
+
+def floor_sharded_count(project: str, project_id: str) -> int:
+    from google.cloud import firestore
+
+    shards = firestore.Client(project=project).collection("floor-sharded").document(project_id).collection("shards")
+    return sum(int(s.get("count") or 0) for s in shards.stream())
 
 
 # -- profile: the real ingress in-process, once per kind, with counting wrappers ---------------------
@@ -456,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         api = Client(ingress.url, token=token, retries=0, timeout=30)
         rule_project = f"prj{uuid.uuid4().hex[:12]}"
         api.set_trigger(rule_project, {"model_type": MODEL_TYPE, "model_id": "m1", "min_labels": 1_000_000})
-        floor_project = f"prj{uuid.uuid4().hex[:12]}"
+        floor_project, sharded_project = f"prj{uuid.uuid4().hex[:12]}", f"prj{uuid.uuid4().hex[:12]}"
 
         # Warm-up (unmeasured): first gRPC channels, lazy imports, in both servers.
         warm = max(conc, 16)
@@ -473,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("new", ingress, lambda: new_runs(n, secret, labelbox_dir, "n")),
                 ("dup", ingress, lambda: with_redeliveries(new_runs(n // 2, secret, labelbox_dir, "r"), 2 * conc)),
                 ("label_floor", floor, lambda: labels(n, secret, floor_project)),
+                ("label_floor_sharded", floor, lambda: labels(n, secret, sharded_project,
+                                                              "/webhooks/labelbox-sharded")),
                 ("label", ingress, lambda: labels(n, secret, rule_project))]
         table = []
         for name, server, build in plan:
@@ -505,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         lf_ok = sum(1 for s in results["label_floor"]["statuses"] if s == 200)
         lf_n = floor_count(project, floor_project)
         checks["label_floor"] = {"accepted": lf_ok, "counted": lf_n, "lost": max(0, lf_ok - lf_n)}
+        ls_ok = sum(1 for s in results["label_floor_sharded"]["statuses"] if s == 200)
+        ls_n = floor_sharded_count(project, sharded_project)
+        checks["label_floor_sharded"] = {"accepted": ls_ok, "counted": ls_n, "lost": max(0, ls_ok - ls_n)}
         dup_fresh = len({r[3] for r in sent["dup"]})
         checks["dup"]["runs"] = sum(counts.get(mr, 0) for mr in {r[3] for r in sent["dup"]})
         checks["dup"]["expected_runs"] = dup_fresh
@@ -534,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                "new_vs_floor_rps": ratio(by["new"]["rps"], by["floor"]["rps"]),
                "new_vs_floor_p99": ratio(by["new"]["p99_ms"], by["floor"]["p99_ms"]),
                "label_vs_floor_rps": ratio(by["label"]["rps"], by["label_floor"]["rps"]),
+               "label_floor_sharded_rps": by["label_floor_sharded"]["rps"],
+               "label_vs_sharded_floor_rps": ratio(by["label"]["rps"], by["label_floor_sharded"]["rps"]),
                "new_cpu_ms": by["new"]["server_cpu_ms_per_request"],
                "floor_cpu_ms": by["floor"]["server_cpu_ms_per_request"],
                "label_cpu_ms": by["label"]["server_cpu_ms_per_request"],
@@ -543,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         if prof is not None:
             out["profile"] = prof
         say(f"\nratios: new/floor rps {out['new_vs_floor_rps']}, new/floor p99 {out['new_vs_floor_p99']}, "
-            f"label/label_floor rps {out['label_vs_floor_rps']}; lost {lost}, extra {extra}")
+            f"label/label_floor rps {out['label_vs_floor_rps']}, label/label_floor_sharded rps "
+            f"{out['label_vs_sharded_floor_rps']}; lost {lost}, extra {extra}")
         print(json.dumps(out), flush=True)
         return 0 if lost == 0 and extra == 0 else 1
     finally:

@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-import threading
+import time
 from typing import Any
 
 from lbtrain import config as configmod
@@ -76,9 +76,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     cfg = _config()
     logmod.setup(secrets=cfg.secrets(), project=cfg.project)
     stack = DevStack(cfg, port=args.port, reconcile_interval=args.reconcile_interval)
-    stop = threading.Event()
+    # The handler only appends to a list: an Event set from a signal handler can deadlock on the Event's
+    # own lock when the signal lands while the main thread holds it (inside wait()).
+    stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     try:
         stack.start()
         c = stack.config
@@ -96,7 +98,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
               f"    gcloud pubsub topics publish {c.topic('runs')} "
               f"--message='{{\"model_type\": \"text_single_classification\", \"model_run_id\": \"ID\"}}'\n"
               f"Ctrl-C stops everything.", flush=True)
-        stop.wait()
+        while not stop:
+            time.sleep(0.2)
     finally:
         print("lbtrain dev: stopping", flush=True)
         stack.stop()

@@ -29,6 +29,7 @@ def test_the_ingress_bench_runs_and_loses_nothing(emulator_hosts: dict[str, str]
     assert out["lost"] == 0 and out["extra"] == 0 and out["non_200"] == 0, out["checks"]
     assert out["checks"]["new"]["created"] == 24 and out["checks"]["dup"]["runs"] == 12
     assert out["checks"]["label"]["counted"] == 24
+    assert out["checks"]["label_floor_sharded"] == {"accepted": 24, "counted": 24, "lost": 0}
     new = out["profile"]["new run"]["calls_per_request"]
     assert new["pubsub.publish (waited)"] == 1 and new["firestore.commit"] >= 1
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,7 +13,7 @@ import all as bench_all  # noqa: E402
 
 RESULTS = {
     "ingress": {"new_rps": 94.2, "new_p99_ms": 271.0, "floor_rps": 222.0, "floor_p99_ms": 130.4, "dup_rps": 176.0,
-                "label_rps": 128.0, "label_floor_rps": 301.0, "lost": 0},
+                "label_rps": 128.0, "label_floor_rps": 301.0, "label_floor_sharded_rps": 150.0, "lost": 0},
     "etl": {"rows": 1_000_000, "rows_per_s": 50_700, "peak_rss_mib": 116.2, "floor_rows_per_s": 169_000},
     "handoff": {"error": "exit 1"},
 }
@@ -25,6 +25,7 @@ def test_the_table_holds_every_figure_and_names_a_failure():
     text = bench_all.table(RESULTS, "2026-12-03")
     assert "| ingress: signed webhooks that start a run | 94/s, p99 271 ms | 222/s, p99 130 ms" in text
     assert "| 176/s | 222/s |" in text and "128/s" in text and "301/s" in text and "lost 0" in text
+    assert "150/s with the count in 8 shards" in text
     assert "1,000,000 rows: 50,700 rows/s, peak 116 MiB" in text and "169,000 rows/s" in text
     assert "p50 – ms" in text and "(failed in this run: handoff)" in text
 
