@@ -107,8 +107,7 @@ class FirestoreStore:
     @staticmethod
     def _get_all(t: Txn, refs: list[Any]) -> list[Any]:
         """The snapshots of `refs` (in their order) read in one round trip."""
-        snaps = {snap.reference.path: snap for snap in t.get_all(refs)}
-        return [snaps[ref.path] for ref in refs]
+        return firestore_txn.get_ordered(t, refs)
 
     @staticmethod
     def stored_step(run: dict[str, Any], stage: str, snap: Any) -> dict[str, Any] | None:
@@ -152,9 +151,8 @@ class FirestoreStore:
 
     def get_step(self, run_id: str, stage: str) -> dict[str, Any]:
         run_ref, step_ref = self._run_ref(run_id), self._step_ref(run_id, stage)
-        snaps = {snap.reference.path: snap for snap in self.db.get_all([run_ref, step_ref])}
-        run_snap = snaps[run_ref.path]
-        step = self.stored_step(run_snap.to_dict(), stage, snaps[step_ref.path]) if run_snap.exists else None
+        run_snap, step_snap = self._get_all(self.db, [run_ref, step_ref])
+        step = self.stored_step(run_snap.to_dict(), stage, step_snap) if run_snap.exists else None
         if step is None:
             raise NotFound(f"{run_id}/{stage}")
         return step
@@ -211,13 +209,9 @@ class FirestoreStore:
         def txn(t: firestore_txn.LazyTransaction) -> CreateResult:
             at = d.now()
             # One round trip for both reads (a new run's request is dominated by Firestore round trips).
-            refs = [mr_ref] if delivery_ref is None else [delivery_ref, mr_ref]
-            snaps = {snap.reference.path: snap for snap in t.get_all(refs)}
-            if delivery_ref is not None:
-                seen = snaps[delivery_ref.path]
-                if seen.exists:
-                    return CreateResult(seen.get("run_id"), False, "duplicate delivery")
-            mr = snaps[mr_ref.path]
+            *seen_snap, mr = self._get_all(t, [mr_ref] if delivery_ref is None else [delivery_ref, mr_ref])
+            if seen_snap and seen_snap[0].exists:
+                return CreateResult(seen_snap[0].get("run_id"), False, "duplicate delivery")
             active = mr.get("active_run_id") if mr.exists else None
             if active:
                 if delivery_ref is not None:

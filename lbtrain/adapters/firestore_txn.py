@@ -88,6 +88,13 @@ class LazyTransaction:
             pass  # the transaction expires on its own
 
 
+def get_ordered(reader: Any, references: list[Any]) -> list[Any]:
+    """The snapshots of `references`, in their order, read in one round trip by `reader`'s `get_all`
+    (a transaction, begun by its read or not, or the client itself)."""
+    snaps = {snap.reference.path: snap for snap in reader.get_all(references)}
+    return [snaps[ref.path] for ref in references]
+
+
 def run(client: firestore.Client, fn: Callable[[LazyTransaction], T], max_attempts: int = MAX_ATTEMPTS) -> T:
     """`fn(transaction)`, committed; run again on contention (Aborted), `Busy` when that outlasts the attempts.
     An exception from `fn` rolls the transaction back and propagates."""

@@ -153,8 +153,7 @@ class TriggerStore:
             at = d.now()
             # The delivery, the rule and the label's marker in one round trip, which also begins the
             # transaction (lbtrain/adapters/firestore_txn.py).
-            snaps = {s.reference.path: s for s in t.get_all([delivery_ref, ref, marker_ref])}
-            seen, snap, marker = snaps[delivery_ref.path], snaps[ref.path], snaps[marker_ref.path]
+            seen, snap, marker = firestore_txn.get_ordered(t, [delivery_ref, ref, marker_ref])
             rule = snap.to_dict() if snap.exists else None
             if seen.exists:
                 return "duplicate", rule, seen.get("run_id") or ""
